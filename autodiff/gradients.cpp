@@ -1,0 +1,268 @@
+// The gradient rules, one per op, in one table (a switch with no default: an op added to
+// op_list.h without a row here fails to compile), and the reverse sweep that applies them.
+#include "autodiff/gradients.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "runtime/ops.h"
+
+namespace rf {
+
+namespace {
+
+// What a rule sees: the forward node, the incoming gradient of each output (invalid where the
+// output has none) and which inputs need a gradient.
+struct GradContext {
+  Graph& g;
+  const Node& n;
+  const std::vector<Value>& dy;
+  const std::vector<char>& on_path;
+  Value in(int i) const { return n.inputs[size_t(i)]; }
+  Value out(int j) const { return Value{&g, n.id, j}; }
+  bool needs(int i) const { return on_path[size_t(n.inputs[size_t(i)].node)] != 0; }
+};
+
+bool static_same_shape(const Graph& g, Value a, Value b) {
+  const Shape &sa = g.spec(a).shape, &sb = g.spec(b).shape;
+  return sa.defined() && sa == sb;
+}
+// dy summed down to x's shape where x was broadcast in the forward op.
+Value unbroadcast(Graph& g, Value dy, Value x) {
+  if (static_same_shape(g, dy, x)) return dy;
+  return g.add(Op::SumLike, {dy, x});
+}
+Value add2(Graph& g, Op op, Value a, Value b) { return g.add(op, {a, b}); }
+
+[[noreturn]] void no_rule(const Node& n) {
+  fail("gradients(): no gradient rule for op ", op_name(n.op), " (node '", n.name,
+       "'); second-order gradients and this op's derivative are not implemented");
+}
+
+// Returns one Value per input (invalid = no gradient flows there).
+std::vector<Value> rule(const GradContext& c) {
+  Graph& g = c.g;
+  const Node& n = c.n;
+  const Attrs& a = n.attrs;
+  const Value dy = c.dy[0];
+  std::vector<Value> dx(n.inputs.size());
+  switch (n.op) {
+    case Op::Placeholder:
+    case Op::Const:
+    case Op::Variable:
+      return dx;
+    case Op::InitVariable:
+    case Op::ApplySGD:
+    case Op::ApplyMomentum:
+    case Op::ApplyAdam:
+      no_rule(n);
+
+    case Op::MatMul: {
+      const Value A = c.in(0), B = c.in(1);
+      const bool ta = a.transpose_a, tb = a.transpose_b;
+      if (c.needs(0))
+        dx[0] = !ta ? ops::matmul(dy, B, false, !tb) : ops::matmul(B, dy, tb, true);
+      if (c.needs(1))
+        dx[1] = !tb ? ops::matmul(A, dy, !ta, false) : ops::matmul(dy, A, true, ta);
+      return dx;
+    }
+
+    case Op::Add:
+      if (c.needs(0)) dx[0] = unbroadcast(g, dy, c.in(0));
+      if (c.needs(1)) dx[1] = unbroadcast(g, dy, c.in(1));
+      return dx;
+    case Op::Sub:
+      if (c.needs(0)) dx[0] = unbroadcast(g, dy, c.in(0));
+      if (c.needs(1)) dx[1] = unbroadcast(g, ops::neg(dy), c.in(1));
+      return dx;
+    case Op::Mul:
+      if (c.needs(0)) dx[0] = unbroadcast(g, ops::mul(dy, c.in(1)), c.in(0));
+      if (c.needs(1)) dx[1] = unbroadcast(g, ops::mul(dy, c.in(0)), c.in(1));
+      return dx;
+    case Op::Div:
+      if (c.needs(0)) dx[0] = unbroadcast(g, ops::div(dy, c.in(1)), c.in(0));
+      if (c.needs(1)) dx[1] = unbroadcast(g, ops::neg(ops::div(ops::mul(dy, c.out(0)), c.in(1))), c.in(1));
+      return dx;
+
+    case Op::Neg: dx[0] = ops::neg(dy); return dx;
+    case Op::Exp: dx[0] = ops::mul(dy, c.out(0)); return dx;
+    case Op::Log: dx[0] = ops::div(dy, c.in(0)); return dx;
+    case Op::Sqrt: dx[0] = ops::div(ops::mul_scalar(dy, 0.5), c.out(0)); return dx;
+    case Op::Square: dx[0] = ops::mul(dy, ops::mul_scalar(c.in(0), 2.0)); return dx;
+    // relu'(x) = [x > 0] = [relu(x) > 0]: reading the output lets the input die early.
+    case Op::Relu: dx[0] = add2(g, Op::ReluGrad, dy, c.out(0)); return dx;
+    case Op::Tanh: dx[0] = add2(g, Op::TanhGrad, dy, c.out(0)); return dx;
+    case Op::Sigmoid: dx[0] = add2(g, Op::SigmoidGrad, dy, c.out(0)); return dx;
+    case Op::Gelu: dx[0] = add2(g, Op::GeluGrad, dy, c.in(0)); return dx;
+    case Op::ReluGrad:
+    case Op::TanhGrad:
+    case Op::SigmoidGrad:
+    case Op::GeluGrad:
+      no_rule(n);
+
+    case Op::AddScalar: dx[0] = dy; return dx;
+    case Op::MulScalar: dx[0] = ops::mul_scalar(dy, a.scalar); return dx;
+    case Op::PowScalar:
+      dx[0] = ops::mul(dy, ops::mul_scalar(ops::pow_scalar(c.in(0), a.scalar - 1.0), a.scalar));
+      return dx;
+
+    case Op::Softmax: dx[0] = add2(g, Op::SoftmaxGrad, dy, c.out(0)); return dx;
+    case Op::LogSoftmax: dx[0] = add2(g, Op::LogSoftmaxGrad, dy, c.out(0)); return dx;
+    case Op::SoftmaxGrad:
+    case Op::LogSoftmaxGrad:
+      no_rule(n);
+    case Op::SparseSoftmaxXent:
+      RF_CHECK(!c.dy[1].valid(), "gradients(): the backprop output of '", n.name, "' is not differentiable");
+      if (dy.valid()) dx[0] = add2(g, Op::SparseSoftmaxXentGrad, dy, c.out(1));
+      return dx;
+    case Op::SparseSoftmaxXentGrad:
+      no_rule(n);
+
+    case Op::Sum:
+    case Op::Mean: {
+      Attrs b;
+      b.axes.clear();
+      const int rank = g.spec(c.in(0)).shape.rank;
+      for (int ax : a.axes) b.axes.push_back(ax < 0 ? ax + rank : ax);
+      std::sort(b.axes.begin(), b.axes.end());
+      b.keepdims = a.keepdims;
+      b.average = n.op == Op::Mean;
+      dx[0] = g.add(Op::BroadcastLike, {dy, c.in(0)}, std::move(b));
+      return dx;
+    }
+    case Op::BroadcastLike:
+      if (!a.axes.empty() || a.average || (a.scalar != 0 && a.scalar != 1)) no_rule(n);
+      dx[0] = g.add(Op::SumLike, {dy, c.in(0)});
+      return dx;
+    case Op::SumLike:
+      dx[0] = g.add(Op::BroadcastLike, {dy, c.in(0)});
+      return dx;
+
+    case Op::Reshape:
+    case Op::ReshapeLike:
+      dx[0] = g.add(Op::ReshapeLike, {dy, c.in(0)});
+      return dx;
+    case Op::Transpose: {
+      std::vector<int> inv(a.perm.size());
+      for (size_t i = 0; i < a.perm.size(); ++i) inv[size_t(a.perm[i])] = int(i);
+      dx[0] = ops::transpose(dy, inv);
+      return dx;
+    }
+
+    case Op::BiasAdd:
+      if (c.needs(0)) dx[0] = dy;
+      if (c.needs(1)) dx[1] = g.add(Op::BiasAddGrad, {dy});
+      return dx;
+    case Op::BiasAddGrad:
+      no_rule(n);
+
+    case Op::Conv2D: {
+      Attrs geo;
+      geo.stride_h = a.stride_h;
+      geo.stride_w = a.stride_w;
+      geo.pad_h = a.pad_h;
+      geo.pad_w = a.pad_w;
+      if (c.needs(0)) dx[0] = g.add(Op::Conv2DGradInput, {dy, c.in(1), c.in(0)}, geo);
+      if (c.needs(1)) dx[1] = g.add(Op::Conv2DGradFilter, {c.in(0), dy, c.in(1)}, geo);
+      return dx;
+    }
+    case Op::Conv2DGradInput:
+    case Op::Conv2DGradFilter:
+      no_rule(n);
+
+    case Op::MaxPool2D: {
+      RF_CHECK(!c.dy[1].valid(), "gradients(): the argmax output of '", n.name, "' is not differentiable");
+      Attrs geo = a;
+      dx[0] = g.add(Op::MaxPool2DGrad, {dy, c.out(1), c.in(0)}, std::move(geo));
+      return dx;
+    }
+    case Op::AvgPool2D: {
+      Attrs geo = a;
+      dx[0] = g.add(Op::AvgPool2DGrad, {dy, c.in(0)}, std::move(geo));
+      return dx;
+    }
+    case Op::MaxPool2DGrad:
+    case Op::AvgPool2DGrad:
+      no_rule(n);
+
+    case Op::Dropout:
+      RF_CHECK(!c.dy[1].valid(), "gradients(): the mask output of '", n.name, "' is not differentiable");
+      dx[0] = ops::mul(dy, c.out(1));
+      return dx;
+
+    case Op::Cast:
+      dx[0] = ops::cast(dy, g.spec(c.in(0)).dtype);
+      return dx;
+
+    case Op::COUNT:
+      break;
+  }
+  no_rule(n);
+}
+
+}  // namespace
+
+std::vector<Value> gradients(Value loss, const std::vector<Value>& xs) {
+  RF_CHECK(loss.valid(), "gradients(): invalid loss value");
+  Graph& g = *loss.graph;
+  const OutSpec& ls = g.spec(loss);
+  RF_CHECK(ls.shape.rank == 0 && (ls.dtype == DType::F32 || ls.dtype == DType::F64),
+           "gradients(): the loss must be an F32/F64 scalar, got ", dtype_name(ls.dtype), ls.shape.str(),
+           " from '", g.node(loss).name, "'");
+  const int end = loss.node + 1;  // nodes added below are not part of the forward graph
+
+  // on_path: depends on some x (forward) and the loss depends on it (backward).
+  std::vector<char> from_x(size_t(end), 0), to_loss(size_t(end), 0), on_path(size_t(end), 0);
+  for (const Value& x : xs) {
+    RF_CHECK(x.valid() && x.graph == &g, "gradients(): a value is not of the loss's graph");
+    if (x.node < end) from_x[size_t(x.node)] = 1;
+  }
+  for (int id = 0; id < end; ++id)
+    for (const Value& in : g.node(id).inputs)
+      if (from_x[size_t(in.node)]) from_x[size_t(id)] = 1;
+  to_loss[size_t(loss.node)] = 1;
+  for (int id = end - 1; id >= 0; --id)
+    if (to_loss[size_t(id)])
+      for (const Value& in : g.node(id).inputs) to_loss[size_t(in.node)] = 1;
+  for (int id = 0; id < end; ++id) on_path[size_t(id)] = from_x[size_t(id)] && to_loss[size_t(id)];
+
+  // Pending gradients per (node, output); summed when the node is processed.
+  std::vector<std::vector<std::vector<Value>>> pending(static_cast<size_t>(end));
+  auto push = [&](Value v, Value grad) {
+    auto& slots = pending[size_t(v.node)];
+    if (slots.empty()) slots.resize(g.node(v.node).outputs.size());
+    slots[size_t(v.index)].push_back(grad);
+  };
+  auto total = [&](int id, int j) -> Value {
+    auto& slots = pending[size_t(id)];
+    if (slots.empty() || slots[size_t(j)].empty()) return {};
+    Value s = slots[size_t(j)][0];
+    for (size_t k = 1; k < slots[size_t(j)].size(); ++k) s = ops::add(s, slots[size_t(j)][k]);
+    slots[size_t(j)] = {s};
+    return s;
+  };
+
+  Tensor one(Shape{}, ls.dtype);
+  if (ls.dtype == DType::F32) *one.data<float>() = 1.0f;
+  else *one.data<double>() = 1.0;
+  push(loss, g.constant(one));  // unnamed: gradients() may be called again on the same loss
+
+  for (int id = end - 1; id >= 0; --id) {
+    if (!on_path[size_t(id)] || pending[size_t(id)].empty()) continue;
+    const Node& n = g.node(id);
+    if (n.inputs.empty()) continue;
+    std::vector<Value> dys(n.outputs.size());
+    for (size_t j = 0; j < dys.size(); ++j) dys[j] = total(id, int(j));
+    const Node node_copy = n;  // rules add nodes, which may move g's node storage
+    GradContext ctx{g, node_copy, dys, on_path};
+    std::vector<Value> dxs = rule(ctx);
+    for (size_t i = 0; i < dxs.size(); ++i)
+      if (dxs[i].valid() && on_path[size_t(node_copy.inputs[i].node)]) push(node_copy.inputs[i], dxs[i]);
+  }
+
+  std::vector<Value> out;
+  for (const Value& x : xs) out.push_back(x.node < end ? total(x.node, x.index) : Value{});
+  return out;
+}
+
+}  // namespace rf

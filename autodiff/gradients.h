@@ -1,0 +1,17 @@
+// Reverse-mode autodiff: gradients(loss, xs) adds the backward nodes to the graph and returns
+// d loss / d x for each x. Only nodes on a path from some x to the loss are differentiated, so
+// e.g. the input gradient of a first layer fed by data is never built.
+#pragma once
+#include <vector>
+
+#include "runtime/graph.h"
+
+namespace rf {
+
+// loss must be a scalar (shape []) F32/F64 value. Gradients reaching one value from several
+// consumers are summed. For an x that the loss does not depend on, the result is an invalid
+// Value (valid() == false). An op on the path without a gradient rule throws rf::Error naming
+// the node and the op.
+std::vector<Value> gradients(Value loss, const std::vector<Value>& xs);
+
+}  // namespace rf

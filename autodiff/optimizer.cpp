@@ -1,0 +1,87 @@
+// Optimizer graph construction and learning-rate schedules.
+#include "autodiff/optimizer.h"
+
+#include <cmath>
+
+#include "autodiff/gradients.h"
+
+namespace rf {
+
+OptimizerConfig::Kind parse_optimizer(const std::string& s) {
+  if (s == "sgd") return OptimizerConfig::Kind::SGD;
+  if (s == "momentum" || s == "nesterov") return OptimizerConfig::Kind::Momentum;
+  if (s == "adam") return OptimizerConfig::Kind::Adam;
+  if (s == "adamw") return OptimizerConfig::Kind::AdamW;
+  fail("unknown optimizer '", s, "': expected sgd, momentum, nesterov, adam or adamw");
+}
+
+LrSchedule::Kind parse_schedule(const std::string& s) {
+  if (s == "constant") return LrSchedule::Kind::Constant;
+  if (s == "step") return LrSchedule::Kind::Step;
+  if (s == "cosine") return LrSchedule::Kind::Cosine;
+  fail("unknown lr schedule '", s, "': expected constant, step or cosine");
+}
+
+TrainOp minimize(Value loss, const OptimizerConfig& cfg) {
+  Graph& g = *loss.graph;
+  TrainOp t;
+  t.vars = g.variables(/*trainable_only=*/true);
+  RF_CHECK(!t.vars.empty(), "minimize(): the graph has no trainable Variables");
+  std::vector<Value> xs;
+  for (int id : t.vars) xs.push_back(Value{&g, id, 0});
+  t.grads = gradients(loss, xs);
+  t.hyper = g.placeholder("optimizer/hyper", DType::F64, Shape{2});
+
+  Attrs base;
+  base.momentum = cfg.momentum;
+  base.nesterov = cfg.nesterov;
+  base.beta1 = cfg.beta1;
+  base.beta2 = cfg.beta2;
+  base.eps = cfg.eps;
+  base.weight_decay = cfg.weight_decay;
+  base.decoupled = cfg.kind == OptimizerConfig::Kind::AdamW;
+  for (size_t i = 0; i < t.vars.size(); ++i) {
+    const Node& v = g.node(t.vars[i]);
+    const std::string name = v.name;
+    const Shape shape = v.attrs.shape;
+    const DType dtype = v.attrs.dtype;
+    RF_CHECK(t.grads[i].valid(), "minimize(): the loss does not depend on Variable '", name, "'");
+    auto slot = [&](const char* s) {
+      return g.variable(name + "/" + s, shape, dtype, Initializer::zeros(), /*trainable=*/false);
+    };
+    const Value var{&g, t.vars[i], 0};
+    switch (cfg.kind) {
+      case OptimizerConfig::Kind::SGD:
+        t.updates.push_back(g.add(Op::ApplySGD, {var, t.grads[i], t.hyper}, base, name + "/update"));
+        break;
+      case OptimizerConfig::Kind::Momentum:
+        t.updates.push_back(
+            g.add(Op::ApplyMomentum, {var, slot("velocity"), t.grads[i], t.hyper}, base, name + "/update"));
+        break;
+      case OptimizerConfig::Kind::Adam:
+      case OptimizerConfig::Kind::AdamW: {
+        const Value m = slot("m"), vv = slot("v");
+        t.updates.push_back(g.add(Op::ApplyAdam, {var, m, vv, t.grads[i], t.hyper}, base, name + "/update"));
+        break;
+      }
+    }
+  }
+  return t;
+}
+
+double LrSchedule::at(int64_t step) const {
+  if (warmup_steps > 0 && step < warmup_steps) return base_lr * double(step + 1) / double(warmup_steps);
+  const int64_t s = step - warmup_steps;
+  switch (kind) {
+    case Kind::Constant: return base_lr;
+    case Kind::Step: return base_lr * std::pow(gamma, double(s / std::max<int64_t>(step_size, 1)));
+    case Kind::Cosine: {
+      const int64_t span = std::max<int64_t>(total_steps - warmup_steps, 1);
+      const double p = std::min(1.0, double(s) / double(span));
+      return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + std::cos(M_PI * p));
+    }
+  }
+  return base_lr;
+}
+
+}  // namespace rf

@@ -1,0 +1,109 @@
+// The CPU kernel API: plain functions over buffers and shapes, float and double (T), one
+// thread pool (OpenMP) whose size the runtime sets. Every function checks its own shape
+// preconditions that the caller cannot (label ranges, broadcast compatibility) and throws
+// std::invalid_argument with a clear message.
+#pragma once
+#include <cstdint>
+
+#include "kernels/common.h"
+#include "kernels/elementwise.h"
+
+namespace rf::kernels::cpu {
+
+// ---- elementwise (elementwise_cpu.cpp) ----
+template <class T> void unary(UnaryOp op, const T* x, T* y, i64 n);
+// Same-shape binary op.
+template <class T> void binary(BinaryOp op, const T* a, const T* b, T* y, i64 n);
+// Numpy broadcasting. as, bs, ys have the same rank (the caller left-pads with 1s); every
+// as[i], bs[i] is 1 or ys[i].
+template <class T>
+void binary_broadcast(BinaryOp op, const T* a, const Shape& as, const T* b, const Shape& bs, T* y,
+                      const Shape& ys);
+template <class T> void scalar(ScalarOp op, const T* x, double c, T* y, i64 n);
+
+// ---- reductions and broadcasting (reduce_cpu.cpp) ----
+// y[ys] = sum of x[xs] over the axes where ys[i] == 1 != xs[i]; ys.rank == xs.rank. Sums in
+// the accumulation type of T (double for double, float for float with pairwise blocking).
+template <class T> void reduce_sum(const T* x, const Shape& xs, T* y, const Shape& ys, double scale);
+// y[ys] = x broadcast; xs.rank == ys.rank and every xs[i] is 1 or ys[i].
+template <class T> void broadcast_to(const T* x, const Shape& xs, T* y, const Shape& ys, double scale);
+// y = transpose of x by perm (y.dims[i] = x.dims[perm[i]]).
+template <class T> void transpose(const T* x, const Shape& xs, const int* perm, T* y);
+// Bias over the channel axis of [outer, C, inner] (NCHW conv output: outer=N, inner=H*W; a
+// dense layer: outer=N, inner=1). bias_add: y = x + b[c]. bias_grad: db[c] = sum dy[., c, .].
+template <class T> void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner);
+template <class T> void bias_grad(const T* dy, T* db, i64 outer, i64 C, i64 inner);
+// Fused dense epilogue: y = relu(x + b) over [outer, C] (inner = 1).
+template <class T> void bias_add_relu(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner);
+
+// ---- softmax family (softmax_cpu.cpp); rows x cols, over the last axis ----
+template <class T> void softmax(const T* x, T* y, i64 rows, i64 cols);
+template <class T> void log_softmax(const T* x, T* y, i64 rows, i64 cols);
+// dx = y * (dy - sum(dy * y)), y = softmax(x).
+template <class T> void softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols);
+// dx = dy - exp(y) * sum(dy), y = log_softmax(x).
+template <class T> void log_softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols);
+// Sparse softmax cross-entropy with integer labels (L = int32_t or int64_t), fused and stable:
+// loss[r] = logsumexp(x[r]) - x[r, label[r]]; backprop[r] = softmax(x[r]) - onehot(label[r]).
+// Throws std::invalid_argument if a label is outside [0, cols).
+template <class T, class L>
+void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols);
+// dlogits[r, :] = dloss[r] * backprop[r, :].
+template <class T> void sparse_xent_grad(const T* dloss, const T* backprop, T* dlogits, i64 rows, i64 cols);
+
+// ---- dense algebra (matmul_cpu.cpp, OpenBLAS) ----
+// Row-major C[m,n] = alpha * op(A) op(B) + beta * C; op(A) is [m,k], op(B) is [k,n].
+template <class T>
+void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda, const T* b,
+          i64 ldb, T beta, T* c, i64 ldc);
+
+// ---- convolution and pooling (conv_cpu.cpp, pool_cpu.cpp); NCHW, filters OIHW ----
+struct ConvGeom {
+  i64 N, C, H, W;   // input
+  i64 K, R, S;      // output channels, filter height, width
+  i64 stride_h, stride_w, pad_h, pad_w;
+  i64 P, Q;         // output height, width: (H + 2 pad_h - R) / stride_h + 1
+};
+template <class T> void conv2d(const T* x, const T* w, T* y, const ConvGeom& g);
+template <class T> void conv2d_grad_input(const T* dy, const T* w, T* dx, const ConvGeom& g);
+template <class T> void conv2d_grad_filter(const T* x, const T* dy, T* dw, const ConvGeom& g);
+
+struct PoolGeom {
+  i64 N, C, H, W;
+  i64 R, S, stride_h, stride_w, pad_h, pad_w;
+  i64 P, Q;
+};
+// argmax holds, per output element, the flat h*W+w index of the chosen input within its plane.
+template <class T> void max_pool2d(const T* x, T* y, int32_t* argmax, const PoolGeom& g);
+template <class T> void max_pool2d_grad(const T* dy, const int32_t* argmax, T* dx, const PoolGeom& g);
+// Average over the window including padding (PyTorch's count_include_pad=True).
+template <class T> void avg_pool2d(const T* x, T* y, const PoolGeom& g);
+template <class T> void avg_pool2d_grad(const T* dy, T* dx, const PoolGeom& g);
+
+// ---- randomness (random_cpu.cpp), counter-based so results do not depend on threads ----
+// mask[i] = keep ? 1/(1-rate) : 0 with P(keep) = 1-rate, from (seed, counter, i); y = x * mask.
+template <class T> void dropout(const T* x, T* y, T* mask, i64 n, double rate, uint64_t seed, uint64_t counter);
+template <class T> void fill_uniform(T* y, i64 n, double lo, double hi, uint64_t seed);
+template <class T> void fill_normal(T* y, i64 n, double mean, double stddev, uint64_t seed);
+template <class T> void fill_constant(T* y, i64 n, double value);
+
+// ---- optimizer updates (optim_cpu.cpp), PyTorch's semantics ----
+// SGD: g' = g + wd*w; w -= lr*g'.
+template <class T> void sgd_update(T* w, const T* g, i64 n, double lr, double wd);
+// Momentum: g' = g + wd*w; v = mu*v + g'; w -= lr * (nesterov ? g' + mu*v : v).
+template <class T>
+void momentum_update(T* w, T* v, const T* g, i64 n, double lr, double mu, double wd, bool nesterov);
+// Adam (decoupled=false: g' = g + wd*w) / AdamW (decoupled=true: w *= 1 - lr*wd first);
+// m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2; w -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps).
+// t is the 1-based step.
+template <class T>
+void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, double b2, double eps,
+                 double wd, bool decoupled, i64 t);
+
+// ---- casts (cast_cpu.cpp); 16-bit floats as raw bits ----
+void f32_to_f16(const float* x, uint16_t* y, i64 n);
+void f16_to_f32(const uint16_t* x, float* y, i64 n);
+void f32_to_bf16(const float* x, uint16_t* y, i64 n);  // round to nearest even
+void bf16_to_f32(const uint16_t* x, float* y, i64 n);
+
+}  // namespace rf::kernels::cpu

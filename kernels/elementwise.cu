@@ -1,0 +1,386 @@
+// CUDA elementwise, broadcasting, reduction, bias and optimizer kernels (kernels/cuda.h). The math
+// lives in the functors of kernels/elementwise.h so that CPU and GPU results agree by construction.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda.h"
+#include "runtime/error.h"
+
+namespace rf::kernels::cuda {
+
+namespace {
+
+constexpr int kBlock = 256;
+// Grid-stride loops cover any n, so the grid only needs to fill the GPU (132 SMs x 2048 threads
+// on an H100 is ~1k blocks of 256); the cap keeps it well inside gridDim.x's limit.
+constexpr i64 kMaxGrid = 65536;
+
+unsigned grid_for(i64 n) { return unsigned(std::clamp<i64>((n + kBlock - 1) / kBlock, 1, kMaxGrid)); }
+
+__device__ __forceinline__ i64 global_index() { return i64(blockIdx.x) * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ i64 grid_stride() { return i64(blockDim.x) * gridDim.x; }
+
+void check_n(i64 n, const char* fn) {
+  if (n < 0) throw std::invalid_argument(std::string(fn) + ": negative element count");
+}
+
+// Element strides of a contiguous tensor of shape s, with 0 on broadcast (size-1) axes of a
+// tensor broadcast to out: indexing with out's multi-index then reads the right element.
+struct Strides {
+  i64 v[Shape::kMaxRank] = {};
+};
+
+Strides broadcast_strides(const Shape& s) {
+  Strides st;
+  i64 acc = 1;
+  for (int d = s.rank - 1; d >= 0; --d) {
+    st.v[d] = s.dims[d] == 1 ? 0 : acc;
+    acc *= s.dims[d];
+  }
+  return st;
+}
+
+// Offsets of flat output index i in two broadcast inputs.
+__device__ __forceinline__ void bcast_offsets(i64 i, const Shape& ys, const Strides& as, const Strides& bs,
+                                              i64* ai, i64* bi) {
+  i64 a = 0, b = 0;
+  for (int d = ys.rank - 1; d >= 0; --d) {
+    const i64 idx = i % ys.dims[d];
+    i /= ys.dims[d];
+    a += idx * as.v[d];
+    b += idx * bs.v[d];
+  }
+  *ai = a;
+  *bi = b;
+}
+
+// ---- elementwise kernels (F is one of the functors of elementwise.h) ----
+
+template <class T, class F> __global__ void unary_kernel(F f, const T* x, T* y, i64 n) {
+  for (i64 i = global_index(); i < n; i += grid_stride()) y[i] = f(x[i]);
+}
+
+template <class T, class F> __global__ void binary_kernel(F f, const T* a, const T* b, T* y, i64 n) {
+  for (i64 i = global_index(); i < n; i += grid_stride()) y[i] = f(a[i], b[i]);
+}
+
+template <class T, class F>
+__global__ void binary_broadcast_kernel(F f, const T* a, Strides as, const T* b, Strides bs, T* y, Shape ys,
+                                        i64 n) {
+  for (i64 i = global_index(); i < n; i += grid_stride()) {
+    i64 ai, bi;
+    bcast_offsets(i, ys, as, bs, &ai, &bi);
+    y[i] = f(a[ai], b[bi]);
+  }
+}
+
+template <class T, class F> __global__ void scalar_kernel(F f, const T* x, T c, T* y, i64 n) {
+  for (i64 i = global_index(); i < n; i += grid_stride()) y[i] = f(x[i], c);
+}
+
+template <class T> __global__ void broadcast_kernel(const T* x, Strides xs, T* y, Shape ys, T scale, i64 n) {
+  const Strides none{};
+  for (i64 i = global_index(); i < n; i += grid_stride()) {
+    i64 xi, unused;
+    bcast_offsets(i, ys, xs, none, &xi, &unused);
+    y[i] = x[xi] * scale;
+  }
+}
+
+template <class T> __global__ void bias_add_kernel(const T* x, const T* b, T* y, i64 C, i64 inner, i64 n) {
+  for (i64 i = global_index(); i < n; i += grid_stride()) y[i] = x[i] + b[(i / inner) % C];
+}
+
+// ---- reduction ----
+// P1: direct kernels (a thread or a block per output element, double accumulators). P4 replaces
+// them with CUB segmented reductions.
+
+// The kept axes of the output (input strides; reduced axes have output size 1 and drop out of
+// the offset) and the reduced axes (sizes and input strides).
+struct ReducePlan {
+  Shape out;                       // ys
+  Strides out_stride;              // input stride of each output axis
+  int red_rank = 0;
+  i64 red_dims[Shape::kMaxRank] = {};
+  i64 red_stride[Shape::kMaxRank] = {};
+  i64 n_out = 0, n_red = 1;
+};
+
+__device__ __forceinline__ i64 reduce_base(i64 o, const ReducePlan& p) {
+  i64 off = 0;
+  for (int d = p.out.rank - 1; d >= 0; --d) {
+    off += (o % p.out.dims[d]) * p.out_stride.v[d];
+    o /= p.out.dims[d];
+  }
+  return off;
+}
+
+__device__ __forceinline__ i64 reduce_offset(i64 r, const ReducePlan& p) {
+  i64 off = 0;
+  for (int d = p.red_rank - 1; d >= 0; --d) {
+    off += (r % p.red_dims[d]) * p.red_stride[d];
+    r /= p.red_dims[d];
+  }
+  return off;
+}
+
+// Many outputs, short reductions: one thread per output, walking the reduced axes with an
+// odometer (no divisions in the inner loop).
+template <class T> __global__ void reduce_thread_kernel(const T* x, T* y, ReducePlan p, double scale) {
+  for (i64 o = global_index(); o < p.n_out; o += grid_stride()) {
+    i64 off = reduce_base(o, p);
+    i64 idx[Shape::kMaxRank] = {};
+    double acc = 0;
+    for (i64 r = 0; r < p.n_red; ++r) {
+      acc += double(x[off]);
+      for (int d = p.red_rank - 1; d >= 0; --d) {
+        off += p.red_stride[d];
+        if (++idx[d] < p.red_dims[d]) break;
+        off -= p.red_stride[d] * p.red_dims[d];
+        idx[d] = 0;
+      }
+    }
+    y[o] = T(acc * scale);
+  }
+}
+
+// Few outputs, long reductions: one block per output, a tree over the block's partial sums
+// (deterministic: the summation order does not depend on scheduling).
+template <class T> __global__ void reduce_block_kernel(const T* x, T* y, ReducePlan p, double scale) {
+  __shared__ double partial[kBlock];
+  for (i64 o = blockIdx.x; o < p.n_out; o += gridDim.x) {
+    const i64 base = reduce_base(o, p);
+    double acc = 0;
+    for (i64 r = threadIdx.x; r < p.n_red; r += blockDim.x) acc += double(x[base + reduce_offset(r, p)]);
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = kBlock / 2; s > 0; s >>= 1) {
+      if (int(threadIdx.x) < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) y[o] = T(partial[0] * scale);
+    __syncthreads();  // partial[] is reused by the next output
+  }
+}
+
+// ---- optimizers ----
+// The same arithmetic, in the same order, as kernels/optim_cpu.cpp (PyTorch's single-tensor
+// path): scalars formed in double on the host, the update in T. Weight decay is skipped, not
+// multiplied by 0, when wd == 0 (0 * inf would be NaN), as PyTorch does.
+
+template <class T> __global__ void sgd_kernel(T* w, const T* g, i64 n, T neg_lr, T wd, bool decay) {
+  for (i64 i = global_index(); i < n; i += grid_stride()) {
+    T gi = g[i];
+    if (decay) gi += wd * w[i];
+    w[i] += neg_lr * gi;
+  }
+}
+
+template <class T>
+__global__ void momentum_kernel(T* w, T* v, const T* g, i64 n, T neg_lr, T mu, T wd, bool decay, bool nesterov) {
+  for (i64 i = global_index(); i < n; i += grid_stride()) {
+    T gi = g[i];
+    if (decay) gi += wd * w[i];
+    const T vi = mu * v[i] + gi;
+    v[i] = vi;
+    w[i] += neg_lr * (nesterov ? gi + mu * vi : vi);
+  }
+}
+
+template <class T> struct AdamScalars {
+  T neg_step;          // -lr / (1 - b1^t)
+  T bc2_sqrt;          // sqrt(1 - b2^t)
+  T eps, b2, one_minus_b2;
+  T lerp_w, one_minus_lerp_w;  // m.lerp_(g, 1 - b1), in PyTorch's two-sided form
+  T wd, shrink;        // shrink = 1 - lr * wd (AdamW)
+  int decay;           // 0 none, 1 L2 into g, 2 decoupled
+  bool lerp_low;       // 1 - b1 < 0.5
+};
+
+template <class T> __global__ void adam_kernel(T* w, T* m, T* v, const T* g, i64 n, AdamScalars<T> s) {
+  for (i64 i = global_index(); i < n; i += grid_stride()) {
+    T gi = g[i];
+    T wi = w[i];
+    if (s.decay == 2) wi *= s.shrink;
+    if (s.decay == 1) gi += s.wd * wi;
+    const T mo = m[i];
+    const T mi = s.lerp_low ? mo + s.lerp_w * (gi - mo) : gi - (gi - mo) * s.one_minus_lerp_w;
+    const T vi = v[i] * s.b2 + s.one_minus_b2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = wi + s.neg_step * mi / (sqrt(vi) / s.bc2_sqrt + s.eps);
+  }
+}
+
+}  // namespace
+
+// ---- elementwise ----
+
+template <class T> void unary(UnaryOp op, const T* x, T* y, i64 n, cudaStream_t stream) {
+  check_n(n, "unary");
+  if (n == 0) return;
+  visit_unary(op, [&](auto f) {
+    unary_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(f, x, y, n);
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+template <class T> void binary(BinaryOp op, const T* a, const T* b, T* y, i64 n, cudaStream_t stream) {
+  check_n(n, "binary");
+  if (n == 0) return;
+  visit_binary(op, [&](auto f) {
+    binary_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(f, a, b, y, n);
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+template <class T>
+void binary_broadcast(BinaryOp op, const T* a, const Shape& as, const T* b, const Shape& bs, T* y,
+                      const Shape& ys, cudaStream_t stream) {
+  if (as.rank != ys.rank || bs.rank != ys.rank)
+    throw std::invalid_argument("binary_broadcast: ranks differ: " + as.str() + ", " + bs.str() + " -> " + ys.str());
+  for (int d = 0; d < ys.rank; ++d)
+    if ((as.dims[d] != 1 && as.dims[d] != ys.dims[d]) || (bs.dims[d] != 1 && bs.dims[d] != ys.dims[d]))
+      throw std::invalid_argument("binary_broadcast: cannot broadcast " + as.str() + " and " + bs.str() + " to " +
+                                  ys.str());
+  const i64 n = ys.numel();
+  if (n == 0) return;
+  const Strides sa = broadcast_strides(as), sb = broadcast_strides(bs);
+  visit_binary(op, [&](auto f) {
+    binary_broadcast_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(f, a, sa, b, sb, y, ys, n);
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+template <class T> void scalar(ScalarOp op, const T* x, double c, T* y, i64 n, cudaStream_t stream) {
+  check_n(n, "scalar");
+  if (n == 0) return;
+  visit_scalar(op, [&](auto f) {
+    scalar_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(f, x, T(c), y, n);
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+// ---- reductions and broadcasting ----
+
+template <class T>
+void reduce_sum(const T* x, const Shape& xs, T* y, const Shape& ys, double scale, cudaStream_t stream) {
+  if (xs.rank != ys.rank)
+    throw std::invalid_argument("reduce_sum: ranks differ: " + xs.str() + " -> " + ys.str());
+  ReducePlan p;
+  p.out = ys;
+  i64 stride = 1;
+  for (int d = xs.rank - 1; d >= 0; --d) {
+    if (ys.dims[d] == xs.dims[d]) {
+      p.out_stride.v[d] = stride;
+    } else if (ys.dims[d] == 1) {
+      p.out_stride.v[d] = 0;
+      p.red_dims[p.red_rank] = xs.dims[d];
+      p.red_stride[p.red_rank] = stride;
+      ++p.red_rank;
+    } else {
+      throw std::invalid_argument("reduce_sum: cannot reduce " + xs.str() + " to " + ys.str());
+    }
+    stride *= xs.dims[d];
+  }
+  // The reduced axes were collected innermost first; the offset helpers want outermost first.
+  std::reverse(p.red_dims, p.red_dims + p.red_rank);
+  std::reverse(p.red_stride, p.red_stride + p.red_rank);
+  p.n_out = ys.numel();
+  for (int i = 0; i < p.red_rank; ++i) p.n_red *= p.red_dims[i];
+  if (p.n_out == 0) return;
+  if (p.n_red == 0) {  // a sum over nothing: zeros, unscaled (as on the CPU)
+    CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(p.n_out) * sizeof(T), stream));
+    return;
+  }
+  // A block per output pays off when the reduction is long and there are too few outputs to
+  // fill the GPU with one thread each.
+  if (p.n_red >= 64 && p.n_out < 32768) {
+    reduce_block_kernel<T><<<unsigned(std::min<i64>(p.n_out, kMaxGrid)), kBlock, 0, stream>>>(x, y, p, scale);
+  } else {
+    reduce_thread_kernel<T><<<grid_for(p.n_out), kBlock, 0, stream>>>(x, y, p, scale);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void broadcast_to(const T* x, const Shape& xs, T* y, const Shape& ys, double scale, cudaStream_t stream) {
+  if (xs.rank != ys.rank) throw std::invalid_argument("broadcast_to: ranks differ: " + xs.str() + " -> " + ys.str());
+  for (int d = 0; d < ys.rank; ++d)
+    if (xs.dims[d] != 1 && xs.dims[d] != ys.dims[d])
+      throw std::invalid_argument("broadcast_to: cannot broadcast " + xs.str() + " to " + ys.str());
+  const i64 n = ys.numel();
+  if (n == 0) return;
+  broadcast_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(x, broadcast_strides(xs), y, ys, T(scale), n);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <class T> void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner, cudaStream_t stream) {
+  if (outer < 0 || C < 0 || inner < 0) throw std::invalid_argument("bias_add: negative dimension");
+  const i64 n = outer * C * inner;
+  if (n == 0) return;
+  bias_add_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(x, b, y, C, inner, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <class T> void bias_grad(const T* dy, T* db, i64 outer, i64 C, i64 inner, cudaStream_t stream) {
+  if (outer < 0 || C < 0 || inner < 0) throw std::invalid_argument("bias_grad: negative dimension");
+  // A reduction of [outer, C, inner] to [1, C, 1]; also zero-fills db when outer*inner == 0.
+  reduce_sum(dy, Shape{outer, C, inner}, db, Shape{1, C, 1}, 1.0, stream);
+}
+
+// ---- optimizers ----
+
+template <class T> void sgd_update(T* w, const T* g, i64 n, double lr, double wd, cudaStream_t stream) {
+  check_n(n, "sgd_update");
+  if (n == 0) return;
+  sgd_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(w, g, n, T(-lr), T(wd), wd != 0);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void momentum_update(T* w, T* v, const T* g, i64 n, double lr, double mu, double wd, bool nesterov,
+                     cudaStream_t stream) {
+  check_n(n, "momentum_update");
+  if (n == 0) return;
+  momentum_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(w, v, g, n, T(-lr), T(mu), T(wd), wd != 0, nesterov);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, double b2, double eps,
+                 double wd, bool decoupled, i64 t, cudaStream_t stream) {
+  check_n(n, "adam_update");
+  if (t < 1) throw std::invalid_argument("adam_update: step t must be >= 1, got " + std::to_string(t));
+  if (n == 0) return;
+  const double bc1 = 1.0 - std::pow(b1, double(t));
+  const double bc2 = 1.0 - std::pow(b2, double(t));
+  const double lw = 1.0 - b1;
+  const AdamScalars<T> s{T(-(lr / bc1)), T(std::sqrt(bc2)), T(eps),     T(b2),
+                         T(1.0 - b2),    T(lw),             T(1.0 - lw), T(wd),
+                         T(1.0 - lr * wd), wd == 0 ? 0 : decoupled ? 2 : 1, lw < 0.5};
+  adam_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(w, m, v, g, n, s);
+  CUDA_CHECK_LAUNCH();
+}
+
+#define RF_INSTANTIATE(T)                                                                                    \
+  template void unary<T>(UnaryOp, const T*, T*, i64, cudaStream_t);                                          \
+  template void binary<T>(BinaryOp, const T*, const T*, T*, i64, cudaStream_t);                              \
+  template void binary_broadcast<T>(BinaryOp, const T*, const Shape&, const T*, const Shape&, T*, const Shape&, \
+                                    cudaStream_t);                                                           \
+  template void scalar<T>(ScalarOp, const T*, double, T*, i64, cudaStream_t);                                \
+  template void reduce_sum<T>(const T*, const Shape&, T*, const Shape&, double, cudaStream_t);               \
+  template void broadcast_to<T>(const T*, const Shape&, T*, const Shape&, double, cudaStream_t);             \
+  template void bias_add<T>(const T*, const T*, T*, i64, i64, i64, cudaStream_t);                            \
+  template void bias_grad<T>(const T*, T*, i64, i64, i64, cudaStream_t);                                     \
+  template void sgd_update<T>(T*, const T*, i64, double, double, cudaStream_t);                              \
+  template void momentum_update<T>(T*, T*, const T*, i64, double, double, double, bool, cudaStream_t);       \
+  template void adam_update<T>(T*, T*, T*, const T*, i64, double, double, double, double, double, bool, i64, \
+                               cudaStream_t);
+RF_INSTANTIATE(float)
+RF_INSTANTIATE(double)
+#undef RF_INSTANTIATE
+
+}  // namespace rf::kernels::cuda

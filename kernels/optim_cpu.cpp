@@ -1,0 +1,184 @@
+// CPU optimizer steps (SGD, momentum/Nesterov, Adam/AdamW) with PyTorch's update order, so a
+// run can be compared step by step with torch.optim. Arithmetic is in T; only scalars are double.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#include "kernels/cpu.h"
+
+// Asserts no loop-carried dependence to GCC, so loops whose output may alias an input exactly
+// (in-place ops) still vectorize without a runtime overlap check. Other compilers keep theirs.
+#if defined(__GNUC__) && !defined(__clang__)
+#define RF_IVDEP _Pragma("GCC ivdep")
+#else
+#define RF_IVDEP
+#endif
+
+namespace rf::kernels::cpu {
+
+namespace {
+
+// Below this many elements per thread one thread does the whole op: starting an OpenMP team
+// costs microseconds, more than an entire update of a typical layer's parameters.
+constexpr i64 kGrain = 1 << 15;
+
+// Calls body(begin, end) over [0, n): inline when small, else one contiguous slice per thread.
+template <class F>
+void parallel_range(i64 n, F&& body) {
+  const int nt = (n >= 2 * kGrain && !omp_in_parallel()) ? omp_get_max_threads() : 1;
+  if (nt <= 1) {
+    body(i64(0), n);
+    return;
+  }
+  const i64 parts = std::min<i64>(nt, n / kGrain);
+#pragma omp parallel for schedule(static) num_threads(static_cast<int>(parts))
+  for (i64 p = 0; p < parts; ++p) body(n * p / parts, n * (p + 1) / parts);
+}
+
+// The per-call options are template parameters so each loop body is branch-free, which GCC needs
+// before it will vectorize it. Weight decay is skipped, not multiplied by 0, when wd == 0, as
+// PyTorch does (0 * inf would be NaN).
+
+template <bool kDecay, class T>
+void sgd_loop(T* w, const T* g, i64 b, i64 e, T nlr, T wd) {
+  RF_IVDEP
+  for (i64 i = b; i < e; ++i) {
+    T gi = g[i];
+    if constexpr (kDecay) gi += wd * w[i];
+    w[i] += nlr * gi;
+  }
+}
+
+template <bool kDecay, bool kNesterov, class T>
+void momentum_loop(T* w, T* v, const T* g, i64 b, i64 e, T nlr, T mu, T wd) {
+  RF_IVDEP
+  for (i64 i = b; i < e; ++i) {
+    T gi = g[i];
+    if constexpr (kDecay) gi += wd * w[i];
+    const T vi = mu * v[i] + gi;
+    v[i] = vi;
+    if constexpr (kNesterov) w[i] += nlr * (gi + mu * vi);
+    else w[i] += nlr * vi;
+  }
+}
+
+template <class T>
+struct AdamScalars {
+  T neg_step, bc2_sqrt, eps, b2, one_minus_b2, lerp_w, one_minus_lerp_w, wd, shrink;
+};
+
+// std::sqrt sets errno on negative input, so GCC (without -fno-math-errno) keeps a scalar libm
+// fallback per element and refuses to vectorize any loop containing it; "#pragma GCC optimize"
+// does not lift that for the vectorizer. So the Adam loop runs in L1-sized blocks: vectorizable
+// moment updates, then the square roots with explicit SIMD, then the vectorizable weight update.
+inline void sqrt_inplace(float* x, i64 n) {
+  i64 i = 0;
+#if defined(__AVX__)
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_loadu_ps(x + i)));
+#endif
+  for (; i < n; ++i) x[i] = std::sqrt(x[i]);
+}
+inline void sqrt_inplace(double* x, i64 n) {
+  i64 i = 0;
+#if defined(__AVX__)
+  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(x + i, _mm256_sqrt_pd(_mm256_loadu_pd(x + i)));
+#endif
+  for (; i < n; ++i) x[i] = std::sqrt(x[i]);
+}
+
+template <int kDecay /* 0 none, 1 L2 into g, 2 decoupled */, bool kLerpLow, class T>
+void adam_loop(T* w, T* m, T* v, const T* g, i64 b, i64 e, const AdamScalars<T>& s) {
+  constexpr i64 kBlock = 512;
+  T root[kBlock];
+  for (i64 i0 = b; i0 < e; i0 += kBlock) {
+    const i64 len = std::min(kBlock, e - i0);
+    T* wb = w + i0;
+    T* mb = m + i0;
+    T* vb = v + i0;
+    const T* gb = g + i0;
+    RF_IVDEP
+    for (i64 j = 0; j < len; ++j) {
+      T gi = gb[j];
+      if constexpr (kDecay == 2) wb[j] *= s.shrink;
+      if constexpr (kDecay == 1) gi += s.wd * wb[j];
+      // m.lerp_(g, 1 - b1): PyTorch's lerp is a + w (b - a) for w < 0.5, else b - (b - a)(1 - w).
+      T mi;
+      if constexpr (kLerpLow) mi = mb[j] + s.lerp_w * (gi - mb[j]);
+      else mi = gi - (gi - mb[j]) * s.one_minus_lerp_w;
+      const T vi = vb[j] * s.b2 + s.one_minus_b2 * gi * gi;
+      mb[j] = mi;
+      vb[j] = vi;
+      root[j] = vi;
+    }
+    sqrt_inplace(root, len);
+    RF_IVDEP
+    for (i64 j = 0; j < len; ++j) wb[j] += s.neg_step * mb[j] / (root[j] / s.bc2_sqrt + s.eps);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void sgd_update(T* w, const T* g, i64 n, double lr, double wd) {
+  const T nlr = static_cast<T>(-lr), wdt = static_cast<T>(wd);
+  parallel_range(n, [&](i64 b, i64 e) {
+    if (wd != 0) sgd_loop<true>(w, g, b, e, nlr, wdt);
+    else sgd_loop<false>(w, g, b, e, nlr, wdt);
+  });
+}
+
+template <class T>
+void momentum_update(T* w, T* v, const T* g, i64 n, double lr, double mu, double wd, bool nesterov) {
+  const T nlr = static_cast<T>(-lr), mut = static_cast<T>(mu), wdt = static_cast<T>(wd);
+  parallel_range(n, [&](i64 b, i64 e) {
+    if (wd != 0) {
+      if (nesterov) momentum_loop<true, true>(w, v, g, b, e, nlr, mut, wdt);
+      else momentum_loop<true, false>(w, v, g, b, e, nlr, mut, wdt);
+    } else {
+      if (nesterov) momentum_loop<false, true>(w, v, g, b, e, nlr, mut, wdt);
+      else momentum_loop<false, false>(w, v, g, b, e, nlr, mut, wdt);
+    }
+  });
+}
+
+template <class T>
+void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, double b2, double eps,
+                 double wd, bool decoupled, i64 t) {
+  if (t < 1) throw std::invalid_argument("adam_update: step t must be >= 1, got " + std::to_string(t));
+  // The scalars as torch.optim.Adam's single-tensor path forms them: in double, then used in T.
+  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(t));
+  const double lw = 1.0 - b1;
+  const AdamScalars<T> s{static_cast<T>(-(lr / bc1)), static_cast<T>(std::sqrt(bc2)),  static_cast<T>(eps),
+                         static_cast<T>(b2),          static_cast<T>(1.0 - b2),         static_cast<T>(lw),
+                         static_cast<T>(1.0 - lw),    static_cast<T>(wd),               static_cast<T>(1.0 - lr * wd)};
+  const int decay = wd == 0 ? 0 : decoupled ? 2 : 1;
+  const bool low = lw < 0.5;
+  parallel_range(n, [&](i64 b, i64 e) {
+    switch (decay * 2 + (low ? 1 : 0)) {
+      case 0: adam_loop<0, false>(w, m, v, g, b, e, s); break;
+      case 1: adam_loop<0, true>(w, m, v, g, b, e, s); break;
+      case 2: adam_loop<1, false>(w, m, v, g, b, e, s); break;
+      case 3: adam_loop<1, true>(w, m, v, g, b, e, s); break;
+      case 4: adam_loop<2, false>(w, m, v, g, b, e, s); break;
+      default: adam_loop<2, true>(w, m, v, g, b, e, s); break;
+    }
+  });
+}
+
+template void sgd_update<float>(float*, const float*, i64, double, double);
+template void sgd_update<double>(double*, const double*, i64, double, double);
+template void momentum_update<float>(float*, float*, const float*, i64, double, double, double, bool);
+template void momentum_update<double>(double*, double*, const double*, i64, double, double, double, bool);
+template void adam_update<float>(float*, float*, float*, const float*, i64, double, double, double, double, double,
+                                 bool, i64);
+template void adam_update<double>(double*, double*, double*, const double*, i64, double, double, double, double,
+                                  double, bool, i64);
+
+}  // namespace rf::kernels::cpu

@@ -1,0 +1,67 @@
+// The `ringflow` command line. Every failure ends in one "ringflow: error: ..." line on stderr
+// and a non-zero exit status.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "models/trainer.h"
+#include "runtime/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"ringflow: a data-parallel deep-learning trainer (graph runtime, autodiff, ring-allreduce)"};
+  app.require_subcommand(1);
+  rf::TrainConfig c;
+  bool no_shuffle = false, quiet = false;
+  CLI::App* tr = app.add_subcommand("train", "train a model and print a one-line JSON summary on stdout");
+  tr->add_option("--model", c.model, "mlp | cnn")->check(CLI::IsMember({"mlp", "cnn"}))->capture_default_str();
+  tr->add_option("--data", c.data, "fashion-mnist | synthetic")
+      ->check(CLI::IsMember({"fashion-mnist", "synthetic"}))
+      ->capture_default_str();
+  tr->add_option("--data-dir", c.data_dir, "directory of the Fashion-MNIST IDX files")->capture_default_str();
+  tr->add_option("--epochs", c.epochs, "epochs over the training set")->capture_default_str();
+  tr->add_option("--max-steps", c.max_steps, "stop after this many steps (default: no limit)");
+  tr->add_option("--batch", c.batch, "global batch size")->capture_default_str();
+  tr->add_option("--lr", c.lr, "base learning rate")->capture_default_str();
+  tr->add_option("--optimizer", c.optimizer, "sgd | momentum | nesterov | adam | adamw")
+      ->check(CLI::IsMember({"sgd", "momentum", "nesterov", "adam", "adamw"}))
+      ->capture_default_str();
+  tr->add_option("--momentum", c.momentum, "momentum factor (momentum, nesterov)")->capture_default_str();
+  tr->add_option("--weight-decay", c.weight_decay, "L2 (decoupled for adamw)")->capture_default_str();
+  tr->add_option("--lr-schedule", c.schedule, "constant | step | cosine")
+      ->check(CLI::IsMember({"constant", "step", "cosine"}))
+      ->capture_default_str();
+  tr->add_option("--warmup-steps", c.warmup_steps, "linear learning-rate warm-up steps")->capture_default_str();
+  tr->add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  tr->add_option("--seed", c.seed, "seed of initialisation and shuffling")->capture_default_str();
+  tr->add_option("--threads", c.threads, "CPU threads for kernels and BLAS")->capture_default_str();
+  tr->add_option("--metrics", c.metrics_path, "write JSON lines (every --metrics-every steps and every epoch)");
+  tr->add_option("--metrics-every", c.metrics_every, "steps between metrics lines")->capture_default_str();
+  tr->add_flag("--no-shuffle", no_shuffle, "keep the data set order");
+  tr->add_option("--init-from", c.init_from, "start from a safetensors checkpoint");
+  tr->add_option("--save", c.save_path, "write the trained Variables as safetensors");
+  tr->add_option("--eval-batch", c.eval_batch, "batch size of the test-set evaluation")->capture_default_str();
+  tr->add_option("--synthetic-train", c.synthetic_train, "samples in the synthetic training set")
+      ->capture_default_str();
+  tr->add_flag("--quiet", quiet, "no progress line on stderr");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "ringflow: error: %s (see ringflow train --help)\n", e.what());
+    return 2;
+  }
+  c.shuffle = !no_shuffle;
+  c.progress = !quiet;
+  try {
+    const nlohmann::json summary = rf::train(c);
+    std::cout << summary.dump() << std::endl;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ringflow: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

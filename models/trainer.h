@@ -1,0 +1,42 @@
+// The training loop behind `ringflow train`: data, model, optimizer, session, metrics,
+// checkpoints and the one-line JSON summary.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace rf {
+
+struct TrainConfig {
+  std::string model = "cnn";
+  std::string data = "fashion-mnist";  // or "synthetic"
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  int64_t synthetic_train = 12000, synthetic_test = 2000;
+  int64_t epochs = 3;
+  int64_t max_steps = -1;  // stop after this many steps in total (-1: no limit)
+  int64_t batch = 64;      // global batch
+  double lr = 0.05;
+  std::string optimizer = "momentum";
+  double momentum = 0.9;
+  double weight_decay = 0;
+  std::string schedule = "cosine";
+  int64_t warmup_steps = 0;
+  std::string device = "auto";
+  uint64_t seed = 42;
+  int threads = 1;
+  std::string metrics_path;
+  int64_t metrics_every = 100;
+  bool shuffle = true;
+  std::string init_from;
+  std::string save_path;
+  int64_t eval_batch = 1000;
+  bool progress = true;
+};
+
+// Validates the configuration (throws rf::Error with a one-line message on bad input), trains
+// and returns the summary (model, device, world_size, steps, train_seconds, samples_per_second,
+// test_accuracy, final_loss, param_norm, ...).
+nlohmann::json train(const TrainConfig& cfg);
+
+}  // namespace rf

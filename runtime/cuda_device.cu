@@ -1,0 +1,352 @@
+// The CUDA side of runtime/device.h: device discovery, the per-device caching allocator,
+// compute streams, copies and cuBLAS handles (declared in runtime/cuda_backend.h).
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/cuda_backend.h"
+#include "runtime/cuda_options.h"
+#include "runtime/error.h"
+
+namespace rf {
+
+const char* cublas_status_string(cublasStatus_t s) {
+  const char* str = cublasGetStatusString(s);
+  return str ? str : "unknown cuBLAS status";
+}
+
+}  // namespace rf
+
+namespace rf::cuda {
+
+namespace {
+
+// ---- device discovery: asked once, the answer (or the driver's reason) is remembered ----
+
+struct DeviceInfo {
+  int count = 0;
+  std::string reason;  // why count == 0
+};
+
+const DeviceInfo& device_info() {
+  static const DeviceInfo info = [] {
+    DeviceInfo d;
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+      // No driver, driver older than the runtime, no device...: the CPU path must still work,
+      // so this is an answer (0 devices), not an error. Clear it so that it does not surface
+      // at the next unrelated CUDA_CHECK.
+      (void)cudaGetLastError();
+      d.reason = std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
+      return d;
+    }
+    if (n == 0) {
+      d.reason = "the CUDA driver reports no device (check CUDA_VISIBLE_DEVICES)";
+      return d;
+    }
+    d.count = n;
+    return d;
+  }();
+  return info;
+}
+
+void check_device(int device) {
+  const DeviceInfo& info = device_info();
+  if (info.count == 0) fail("CUDA device ", device, " requested but no CUDA device is present (", info.reason, ")");
+  RF_CHECK(device >= 0 && device < info.count, "CUDA device ", device, " does not exist (", info.count,
+           " device(s) present)");
+}
+
+// Makes `device` current for the scope and restores the caller's device after, so that backend
+// calls never change which device the calling thread's own CUDA code targets.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : device_(device) {
+    CUDA_CHECK(cudaGetDevice(&prev_));
+    if (prev_ != device_) CUDA_CHECK(cudaSetDevice(device_));
+  }
+  ~DeviceGuard() {
+    if (prev_ != device_) (void)cudaSetDevice(prev_);  // destructors do not throw
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int device_;
+  int prev_ = 0;
+};
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+// ---- caching allocator (PyTorch's CUDACachingAllocator, much simplified) ----
+//
+// cudaMalloc/cudaFree synchronise the device and cost tens of microseconds, so freed blocks are
+// kept and handed out again. A freed block may still be read by kernels queued on the compute
+// stream; reusing it right away is safe because every user of this device's memory runs on that
+// one stream, so the next user's kernels are ordered after the previous user's. (Work on other
+// streams, e.g. collectives, will need PyTorch-style record_stream/events before it may share.)
+class CachingAllocator final : public Allocator {
+ public:
+  explicit CachingAllocator(int device) : device_(device) {}
+
+  ~CachingAllocator() override {
+    // At process exit the CUDA runtime may already be unloaded: cudaFree then fails, and there
+    // is nothing useful to do about it (the driver reclaims the memory anyway).
+    for (auto& [size, p] : free_) (void)cudaFree(p);
+    free_.clear();
+    (void)cudaGetLastError();
+  }
+
+  void* allocate(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    const size_t size = round_size(bytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t block = 0;  // a cached block may be larger than this request's size class
+    void* p = take_cached(size, &block);
+    if (!p) {
+      p = system_alloc(bytes, size);
+      block = size;
+    }
+    live_.emplace(p, block);
+    allocated_ += block;
+    return p;
+  }
+
+  void deallocate(void* p, size_t bytes) override {
+    if (!p) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(p);
+    if (it == live_.end()) {
+      // Called from Storage's destructor: report the bug rather than throw.
+      std::fprintf(stderr, "ringflow: cuda:%d allocator: free of unknown pointer %p (%zu bytes) ignored\n",
+                   device_, p, bytes);
+      return;
+    }
+    const size_t size = it->second;
+    live_.erase(it);
+    allocated_ -= size;
+    free_.emplace(size, p);
+  }
+
+  size_t reserved_bytes() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reserved_;
+  }
+  size_t allocated_bytes() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return allocated_;
+  }
+  size_t system_allocations() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+
+ private:
+  // Rounding makes slightly different requests (a smaller last batch, say) share size classes.
+  static constexpr size_t kSmallSize = size_t(1) << 20;  // <= 1 MiB counts as small
+  static constexpr size_t kSmallRound = 512;
+  static constexpr size_t kLargeRound = size_t(2) << 20;
+
+  static size_t round_size(size_t bytes) {
+    const size_t r = bytes <= kSmallSize ? kSmallRound : kLargeRound;
+    return (bytes + r - 1) / r * r;
+  }
+
+  // Best fit among cached blocks. Blocks are never split, so a block more than twice the
+  // request is not used: a small tensor must not pin a huge block.
+  void* take_cached(size_t size, size_t* block) {
+    auto it = free_.lower_bound(size);
+    if (it == free_.end() || it->first > 2 * size) return nullptr;
+    void* p = it->second;
+    *block = it->first;
+    free_.erase(it);
+    return p;
+  }
+
+  void* system_alloc(size_t bytes, size_t size) {
+    DeviceGuard guard(device_);
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, size);
+    if (e == cudaErrorMemoryAllocation) {
+      // Out of memory: give every cached block back to the driver and try once more.
+      (void)cudaGetLastError();
+      release_cache();
+      e = cudaMalloc(&p, size);
+    }
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      fail(e == cudaErrorMemoryAllocation ? "CUDA out of memory" : "CUDA error", " on cuda:", device_,
+           " allocating ", bytes, " bytes (", size, " rounded; ", double(reserved_) / kMiB,
+           " MiB reserved by ringflow, ", double(allocated_) / kMiB, " MiB in use): ", cudaGetErrorString(e));
+    }
+    ++calls_;
+    reserved_ += size;
+    return p;
+  }
+
+  // Frees every cached block (lock held, device current). The blocks may still be read by queued
+  // kernels, so wait for the device first.
+  void release_cache() {
+    (void)cudaDeviceSynchronize();
+    for (auto& [size, p] : free_) {
+      (void)cudaFree(p);
+      reserved_ -= size;
+    }
+    free_.clear();
+    (void)cudaGetLastError();
+  }
+
+  int device_;
+  mutable std::mutex mu_;
+  std::multimap<size_t, void*> free_;       // cached blocks by size
+  std::unordered_map<void*, size_t> live_;  // handed-out block -> its size
+  size_t reserved_ = 0;                     // bytes held from cudaMalloc (live + cached)
+  size_t allocated_ = 0;                    // bytes of handed-out blocks
+  size_t calls_ = 0;                        // cudaMalloc calls
+};
+
+// ---- per-device state, created on first use ----
+
+struct DeviceState {
+  explicit DeviceState(int device) : alloc(device) {}
+  std::mutex mu;  // serialises the lazy creation below
+  std::atomic<cudaStream_t> stream{nullptr};
+  std::atomic<cublasHandle_t> cublas{nullptr};
+  CachingAllocator alloc;
+  // Streams and cuBLAS handles are deliberately never destroyed: destroying them from a static
+  // destructor can run after the CUDA runtime has shut down, and the driver frees them at exit.
+};
+
+std::atomic<bool> g_allow_tf32{false};
+
+cublasMath_t math_mode() { return g_allow_tf32.load() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH; }
+
+class Registry {
+ public:
+  Registry() {
+    const int n = device_info().count;
+    for (int i = 0; i < n; ++i) devices_.push_back(std::make_unique<DeviceState>(i));
+  }
+  DeviceState& at(int device) {
+    check_device(device);
+    return *devices_[size_t(device)];
+  }
+  int size() const { return int(devices_.size()); }
+  DeviceState& raw(int i) { return *devices_[size_t(i)]; }
+
+ private:
+  std::vector<std::unique_ptr<DeviceState>> devices_;
+};
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+cudaStream_t stream_of(int device) {
+  DeviceState& s = registry().at(device);
+  cudaStream_t st = s.stream.load(std::memory_order_acquire);
+  if (st) return st;
+  std::lock_guard<std::mutex> lock(s.mu);
+  st = s.stream.load(std::memory_order_relaxed);
+  if (!st) {
+    DeviceGuard guard(device);
+    // Non-blocking: our work must not serialise against the legacy default stream that
+    // libraries or user code may use.
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    s.stream.store(st, std::memory_order_release);
+  }
+  return st;
+}
+
+}  // namespace
+
+// ---- rf::cuda API ----
+
+int device_count() { return device_info().count; }
+
+std::string unavailable_reason() { return device_info().reason; }
+
+Allocator& caching_allocator(int device) { return registry().at(device).alloc; }
+
+void* compute_stream(int device) { return stream_of(device); }
+
+void stream_synchronize(void* stream) { CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream))); }
+
+void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
+  if (bytes == 0) return;
+  if (dst_dev.is_cpu() && src_dev.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  if (src_dev.is_cpu() || dst_dev.is_cpu() || src_dev.index == dst_dev.index) {
+    // One CUDA device involved: run on its compute stream so the copy is ordered after the
+    // kernels that produce (or still read) the device buffer.
+    const int dev = dst_dev.is_cuda() ? dst_dev.index : src_dev.index;
+    const cudaMemcpyKind kind = src_dev.is_cpu()   ? cudaMemcpyHostToDevice
+                                : dst_dev.is_cpu() ? cudaMemcpyDeviceToHost
+                                                   : cudaMemcpyDeviceToDevice;
+    cudaStream_t st = stream_of(dev);
+    DeviceGuard guard(dev);
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    return;
+  }
+  // Two devices: dst's pending work must finish before dst is overwritten; the copy itself is
+  // ordered after src's producers by running on src's stream.
+  cudaStream_t dst_st = stream_of(dst_dev.index);
+  cudaStream_t src_st = stream_of(src_dev.index);
+  CUDA_CHECK(cudaStreamSynchronize(dst_st));
+  DeviceGuard guard(src_dev.index);
+  CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_dev.index, src, src_dev.index, bytes, src_st));
+  CUDA_CHECK(cudaStreamSynchronize(src_st));
+}
+
+void memset_zero(void* dst, int device, size_t bytes) {
+  if (bytes == 0) return;
+  cudaStream_t st = stream_of(device);
+  DeviceGuard guard(device);
+  CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, st));
+}
+
+void* cublas_handle(int device) {
+  DeviceState& s = registry().at(device);
+  cublasHandle_t h = s.cublas.load(std::memory_order_acquire);
+  if (h) return h;
+  cudaStream_t st = stream_of(device);  // before taking s.mu: stream_of locks it too
+  std::lock_guard<std::mutex> lock(s.mu);
+  h = s.cublas.load(std::memory_order_relaxed);
+  if (!h) {
+    DeviceGuard guard(device);
+    CUBLAS_CHECK(cublasCreate(&h));
+    CUBLAS_CHECK(cublasSetStream(h, st));
+    CUBLAS_CHECK(cublasSetMathMode(h, math_mode()));
+    s.cublas.store(h, std::memory_order_release);
+  }
+  return h;
+}
+
+void set_allow_tf32(bool allow) {
+  g_allow_tf32.store(allow);
+  // Handles created after this point read the flag; update those that exist.
+  Registry& r = registry();
+  for (int i = 0; i < r.size(); ++i) {
+    DeviceState& s = r.raw(i);
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (cublasHandle_t h = s.cublas.load()) CUBLAS_CHECK(cublasSetMathMode(h, math_mode()));
+  }
+}
+
+bool allow_tf32() { return g_allow_tf32.load(); }
+
+}  // namespace rf::cuda

@@ -1,0 +1,360 @@
+// The CPU execution table: one case per op, translating a node's attributes and bound tensors
+// into a call of the CPU kernels (kernels/cpu.h).
+#include <algorithm>
+
+#include "kernels/cpu.h"
+#include "runtime/exec.h"
+
+namespace rf {
+
+namespace kc = kernels::cpu;
+using kernels::BinaryOp;
+using kernels::ScalarOp;
+using kernels::UnaryOp;
+
+namespace {
+
+// Calls f(T{}) with T = float or double for the tensor's dtype.
+template <class F> void with_float(const Node& n, DType t, F&& f) {
+  switch (t) {
+    case DType::F32: f(float{}); return;
+    case DType::F64: f(double{}); return;
+    default: fail("node '", n.name, "' (", op_name(n.op), "): no CPU kernel for ", dtype_name(t));
+  }
+}
+
+Shape left_pad(const Shape& s, int rank) {
+  Shape out;
+  for (int i = 0; i < rank - s.rank; ++i) out.push_back(1);
+  for (int i = 0; i < s.rank; ++i) out.push_back(s[i]);
+  return out;
+}
+
+// The shape at rank `rank` that BroadcastLike's input broadcasts from (see op_list.h).
+Shape broadcast_source_shape(const Attrs& a, const Shape& x, int rank) {
+  if (a.axes.empty() || a.keepdims) return left_pad(x, rank);
+  Shape out;
+  int src = 0;
+  for (int i = 0; i < rank; ++i) {
+    const bool inserted = std::find(a.axes.begin(), a.axes.end(), i) != a.axes.end();
+    out.push_back(inserted ? 1 : x[src++]);
+  }
+  return out;
+}
+
+// [outer, C, inner] view of an [N, C, ...] tensor for the bias ops.
+void channel_dims(const Shape& s, i64* outer, i64* c, i64* inner) {
+  *outer = s[0];
+  *c = s[1];
+  *inner = 1;
+  for (int i = 2; i < s.rank; ++i) *inner *= s[i];
+}
+
+kc::ConvGeom conv_geom(const Node& n, const Shape& x, const Shape& w, const Shape& y) {
+  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], n.attrs.stride_h, n.attrs.stride_w,
+          n.attrs.pad_h, n.attrs.pad_w, y[2], y[3]};
+}
+kc::PoolGeom pool_geom(const Node& n, const Shape& x, const Shape& y) {
+  const Attrs& a = n.attrs;
+  return {x[0], x[1], x[2], x[3], a.kernel_h, a.kernel_w, a.stride_h, a.stride_w, a.pad_h, a.pad_w, y[2], y[3]};
+}
+
+UnaryOp unary_of(Op op) {
+  switch (op) {
+    case Op::Neg: return UnaryOp::Neg;
+    case Op::Exp: return UnaryOp::Exp;
+    case Op::Log: return UnaryOp::Log;
+    case Op::Sqrt: return UnaryOp::Sqrt;
+    case Op::Square: return UnaryOp::Square;
+    case Op::Relu: return UnaryOp::Relu;
+    case Op::Tanh: return UnaryOp::Tanh;
+    case Op::Sigmoid: return UnaryOp::Sigmoid;
+    default: return UnaryOp::Gelu;
+  }
+}
+BinaryOp binary_of(Op op) {
+  switch (op) {
+    case Op::Add: return BinaryOp::Add;
+    case Op::Sub: return BinaryOp::Sub;
+    case Op::Mul: return BinaryOp::Mul;
+    case Op::Div: return BinaryOp::Div;
+    case Op::ReluGrad: return BinaryOp::ReluGrad;
+    case Op::TanhGrad: return BinaryOp::TanhGrad;
+    case Op::SigmoidGrad: return BinaryOp::SigmoidGrad;
+    default: return BinaryOp::GeluGrad;
+  }
+}
+
+}  // namespace
+
+void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
+  const Attrs& a = n.attrs;
+  switch (n.op) {
+    case Op::Placeholder:
+    case Op::Const:
+    case Op::Variable:
+    case Op::InitVariable:
+    case Op::Reshape:
+    case Op::ReshapeLike:
+      fail("internal: node '", n.name, "' (", op_name(n.op), ") is run by the Session, not a kernel");
+
+    case Op::MatMul:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const Shape& as = in[0]->shape();
+        const Shape& bs = in[1]->shape();
+        const i64 m = out[0]->shape()[0], nn = out[0]->shape()[1];
+        const i64 k = a.transpose_a ? as[0] : as[1];
+        kc::gemm<T>(a.transpose_a, a.transpose_b, m, nn, k, T(1), in[0]->data<T>(), as[1], in[1]->data<T>(),
+                    bs[1], T(0), out[0]->data<T>(), nn);
+      });
+      return;
+
+    case Op::Add:
+    case Op::Sub:
+    case Op::Mul:
+    case Op::Div:
+    case Op::ReluGrad:
+    case Op::TanhGrad:
+    case Op::SigmoidGrad:
+    case Op::GeluGrad:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const Shape& ys = out[0]->shape();
+        if (in[0]->shape() == ys && in[1]->shape() == ys) {
+          kc::binary<T>(binary_of(n.op), in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(), ys.numel());
+        } else {
+          kc::binary_broadcast<T>(binary_of(n.op), in[0]->data<T>(), left_pad(in[0]->shape(), ys.rank),
+                                  in[1]->data<T>(), left_pad(in[1]->shape(), ys.rank), out[0]->data<T>(), ys);
+        }
+      });
+      return;
+
+    case Op::Neg:
+    case Op::Exp:
+    case Op::Log:
+    case Op::Sqrt:
+    case Op::Square:
+    case Op::Relu:
+    case Op::Tanh:
+    case Op::Sigmoid:
+    case Op::Gelu:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::unary<T>(unary_of(n.op), in[0]->data<T>(), out[0]->data<T>(), out[0]->numel());
+      });
+      return;
+
+    case Op::AddScalar:
+    case Op::MulScalar:
+    case Op::PowScalar:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const ScalarOp s = n.op == Op::AddScalar ? ScalarOp::Add : n.op == Op::MulScalar ? ScalarOp::Mul : ScalarOp::Pow;
+        kc::scalar<T>(s, in[0]->data<T>(), a.scalar, out[0]->data<T>(), out[0]->numel());
+      });
+      return;
+
+    case Op::Softmax:
+    case Op::LogSoftmax:
+    case Op::SoftmaxGrad:
+    case Op::LogSoftmaxGrad:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const i64 cols = out[0]->shape().dim(-1);
+        const i64 rows = cols ? out[0]->numel() / cols : 0;
+        T* y = out[0]->data<T>();
+        if (n.op == Op::Softmax) kc::softmax<T>(in[0]->data<T>(), y, rows, cols);
+        else if (n.op == Op::LogSoftmax) kc::log_softmax<T>(in[0]->data<T>(), y, rows, cols);
+        else if (n.op == Op::SoftmaxGrad) kc::softmax_grad<T>(in[0]->data<T>(), in[1]->data<T>(), y, rows, cols);
+        else kc::log_softmax_grad<T>(in[0]->data<T>(), in[1]->data<T>(), y, rows, cols);
+      });
+      return;
+
+    case Op::SparseSoftmaxXent:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const i64 rows = in[0]->shape()[0], cols = in[0]->shape()[1];
+        try {
+          if (in[1]->dtype() == DType::I32)
+            kc::sparse_xent<T, int32_t>(in[0]->data<T>(), in[1]->data<int32_t>(), out[0]->data<T>(),
+                                        out[1]->data<T>(), rows, cols);
+          else
+            kc::sparse_xent<T, int64_t>(in[0]->data<T>(), in[1]->data<int64_t>(), out[0]->data<T>(),
+                                        out[1]->data<T>(), rows, cols);
+        } catch (const std::invalid_argument& e) {
+          fail("node '", n.name, "': ", e.what());
+        }
+      });
+      return;
+    case Op::SparseSoftmaxXentGrad:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::sparse_xent_grad<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(), in[1]->shape()[0],
+                                in[1]->shape()[1]);
+      });
+      return;
+
+    case Op::Sum:
+    case Op::Mean:
+    case Op::SumLike:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const Shape& xs = in[0]->shape();
+        // The reduced shape at the input's rank: 1 on reduced axes.
+        Shape ys;
+        if (n.op == Op::SumLike) {
+          ys = left_pad(out[0]->shape(), xs.rank);
+        } else {
+          ys = xs;
+          if (a.axes.empty())
+            for (int i = 0; i < xs.rank; ++i) ys[i] = 1;
+          for (int ax : a.axes) ys[ax < 0 ? ax + xs.rank : ax] = 1;
+        }
+        const double count = ys.numel() ? double(xs.numel()) / double(ys.numel()) : 1.0;
+        kc::reduce_sum<T>(in[0]->data<T>(), xs, out[0]->data<T>(), ys, n.op == Op::Mean ? 1.0 / count : 1.0);
+      });
+      return;
+    case Op::BroadcastLike:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const Shape& ys = out[0]->shape();
+        const Shape xs = broadcast_source_shape(a, in[0]->shape(), ys.rank);
+        double scale = a.scalar == 0 ? 1.0 : a.scalar;
+        if (a.average && ys.numel() > 0) scale *= double(xs.numel()) / double(ys.numel());
+        kc::broadcast_to<T>(in[0]->data<T>(), xs, out[0]->data<T>(), ys, scale);
+      });
+      return;
+
+    case Op::Transpose:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::transpose<T>(in[0]->data<T>(), in[0]->shape(), a.perm.data(), out[0]->data<T>());
+      });
+      return;
+
+    case Op::BiasAdd:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        i64 outer, c, inner;
+        channel_dims(in[0]->shape(), &outer, &c, &inner);
+        kc::bias_add<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(), outer, c, inner);
+      });
+      return;
+    case Op::BiasAddGrad:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        i64 outer, c, inner;
+        channel_dims(in[0]->shape(), &outer, &c, &inner);
+        kc::bias_grad<T>(in[0]->data<T>(), out[0]->data<T>(), outer, c, inner);
+      });
+      return;
+
+    case Op::Conv2D:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::conv2d<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(),
+                      conv_geom(n, in[0]->shape(), in[1]->shape(), out[0]->shape()));
+      });
+      return;
+    case Op::Conv2DGradInput:  // (dy, w, x_like)
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::conv2d_grad_input<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(),
+                                 conv_geom(n, out[0]->shape(), in[1]->shape(), in[0]->shape()));
+      });
+      return;
+    case Op::Conv2DGradFilter:  // (x, dy, w_like)
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::conv2d_grad_filter<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(),
+                                  conv_geom(n, in[0]->shape(), out[0]->shape(), in[1]->shape()));
+      });
+      return;
+
+    case Op::MaxPool2D:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::max_pool2d<T>(in[0]->data<T>(), out[0]->data<T>(), out[1]->data<int32_t>(),
+                          pool_geom(n, in[0]->shape(), out[0]->shape()));
+      });
+      return;
+    case Op::MaxPool2DGrad:  // (dy, argmax, x_like)
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::max_pool2d_grad<T>(in[0]->data<T>(), in[1]->data<int32_t>(), out[0]->data<T>(),
+                               pool_geom(n, out[0]->shape(), in[0]->shape()));
+      });
+      return;
+    case Op::AvgPool2D:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::avg_pool2d<T>(in[0]->data<T>(), out[0]->data<T>(), pool_geom(n, in[0]->shape(), out[0]->shape()));
+      });
+      return;
+    case Op::AvgPool2DGrad:  // (dy, x_like)
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::avg_pool2d_grad<T>(in[0]->data<T>(), out[0]->data<T>(), pool_geom(n, out[0]->shape(), in[0]->shape()));
+      });
+      return;
+
+    case Op::Dropout:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::dropout<T>(in[0]->data<T>(), out[0]->data<T>(), out[1]->data<T>(), out[0]->numel(), a.scalar, a.seed,
+                       ctx.run_index);
+      });
+      return;
+
+    case Op::Cast: {
+      const DType from = in[0]->dtype(), to = out[0]->dtype();
+      const i64 cnt = out[0]->numel();
+      if (from == to) {
+        out[0]->copy_from(*in[0]);
+      } else if (from == DType::F32 && to == DType::F64) {
+        std::copy_n(in[0]->data<float>(), cnt, out[0]->data<double>());
+      } else if (from == DType::F64 && to == DType::F32) {
+        std::copy_n(in[0]->data<double>(), cnt, out[0]->data<float>());
+      } else if (from == DType::F32 && to == DType::F16) {
+        kc::f32_to_f16(in[0]->data<float>(), static_cast<uint16_t*>(out[0]->raw()), cnt);
+      } else if (from == DType::F16 && to == DType::F32) {
+        kc::f16_to_f32(static_cast<const uint16_t*>(in[0]->raw()), out[0]->data<float>(), cnt);
+      } else if (from == DType::F32 && to == DType::BF16) {
+        kc::f32_to_bf16(in[0]->data<float>(), static_cast<uint16_t*>(out[0]->raw()), cnt);
+      } else if (from == DType::BF16 && to == DType::F32) {
+        kc::bf16_to_f32(static_cast<const uint16_t*>(in[0]->raw()), out[0]->data<float>(), cnt);
+      } else {
+        fail("node '", n.name, "': no cast from ", dtype_name(from), " to ", dtype_name(to));
+      }
+      return;
+    }
+
+    case Op::ApplySGD:
+    case Op::ApplyMomentum:
+    case Op::ApplyAdam: {
+      const double* hyper = in[n.inputs.size() - 1]->data<double>();
+      const double lr = hyper[0];
+      const i64 step = i64(hyper[1]);
+      with_float(n, in[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const i64 cnt = in[0]->numel();
+        if (n.op == Op::ApplySGD)
+          kc::sgd_update<T>(in[0]->data<T>(), in[1]->data<T>(), cnt, lr, a.weight_decay);
+        else if (n.op == Op::ApplyMomentum)
+          kc::momentum_update<T>(in[0]->data<T>(), in[1]->data<T>(), in[2]->data<T>(), cnt, lr, a.momentum,
+                                 a.weight_decay, a.nesterov);
+        else
+          kc::adam_update<T>(in[0]->data<T>(), in[1]->data<T>(), in[2]->data<T>(), in[3]->data<T>(), cnt, lr,
+                             a.beta1, a.beta2, a.eps, a.weight_decay, a.decoupled, step);
+      });
+      return;
+    }
+
+    case Op::COUNT:
+      break;
+  }
+  fail("internal: unknown op in node '", n.name, "'");
+}
+
+}  // namespace rf

@@ -1,0 +1,372 @@
+// The CUDA execution table: one case per Op, each running the op's kernels (kernels/cuda.h) on
+// the context's compute stream. Ops without a CUDA kernel yet fail with a message naming them.
+
+// CMake gives -Werror=switch to C++ only; this keeps "every Op has a case" an error under nvcc.
+#pragma GCC diagnostic error "-Wswitch"
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels/cuda.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/error.h"
+#include "runtime/exec.h"
+
+namespace rf {
+
+namespace {
+
+namespace kc = kernels::cuda;
+using kernels::BinaryOp;
+using kernels::ScalarOp;
+using kernels::UnaryOp;
+
+cudaStream_t stream_of(const ExecContext& ctx) { return static_cast<cudaStream_t>(ctx.stream.handle); }
+
+// Numpy broadcasting aligns shapes at the right: prepend size-1 axes up to `rank`.
+Shape left_pad(const Node& node, const Shape& s, int rank) {
+  RF_CHECK(s.rank <= rank, "node '", node.name, "': cannot align shape ", s.str(), " to rank ", rank);
+  Shape r;
+  for (int i = s.rank; i < rank; ++i) r.push_back(1);
+  for (int i = 0; i < s.rank; ++i) r.push_back(s.dims[i]);
+  return r;
+}
+
+// BroadcastLike's input shape at the output's rank (op_list.h): with attrs.axes and no keepdims,
+// x lacks those axes (it came from a Sum/Mean without keepdims), so 1s go back in there; else x
+// is left-padded like any numpy broadcast.
+Shape broadcast_source_shape(const Node& node, const Shape& x, int rank) {
+  const Attrs& a = node.attrs;
+  if (a.axes.empty() || a.keepdims) return left_pad(node, x, rank);
+  bool inserted[Shape::kMaxRank] = {};
+  int n_inserted = 0;
+  for (int ax : a.axes) {
+    const int d = ax < 0 ? ax + rank : ax;
+    RF_CHECK(d >= 0 && d < rank, "node '", node.name, "' (BroadcastLike): axis ", ax, " out of range for rank ", rank);
+    if (!inserted[d]) ++n_inserted;
+    inserted[d] = true;
+  }
+  RF_CHECK(x.rank + n_inserted == rank, "node '", node.name, "' (BroadcastLike): ", x.str(), " with ", n_inserted,
+           " reduced axes does not have rank ", rank);
+  Shape out;
+  int src = 0;
+  for (int d = 0; d < rank; ++d) out.push_back(inserted[d] ? 1 : x.dims[src++]);
+  return out;
+}
+
+// Calls f(T{}) for the floating dtypes that have CUDA kernels.
+template <class F> void dispatch(const Node& node, DType t, F&& f) {
+  switch (t) {
+    case DType::F32: f(float{}); return;
+    case DType::F64: f(double{}); return;
+    case DType::F16:
+    case DType::BF16:
+    case DType::I32:
+    case DType::I64:
+    case DType::U8: break;
+  }
+  fail("op ", op_name(node.op), " (node '", node.name, "') has no CUDA kernel for dtype ", dtype_name(t));
+}
+
+void check_same_numel(const Node& node, const Tensor& a, const Tensor& b) {
+  RF_CHECK(a.numel() == b.numel(), "node '", node.name, "' (", op_name(node.op), "): ", a.shape().str(), " vs ",
+           b.shape().str());
+}
+
+void run_unary(const Node& node, UnaryOp op, Tensor* const* in, Tensor* const* out, cudaStream_t st) {
+  const Tensor& x = *in[0];
+  Tensor& y = *out[0];
+  check_same_numel(node, x, y);
+  dispatch(node, y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    kc::unary<T>(op, x.data<T>(), y.data<T>(), y.numel(), st);
+  });
+}
+
+void run_binary(const Node& node, BinaryOp op, Tensor* const* in, Tensor* const* out, cudaStream_t st) {
+  const Tensor& a = *in[0];
+  const Tensor& b = *in[1];
+  Tensor& y = *out[0];
+  dispatch(node, y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if (a.shape() == y.shape() && b.shape() == y.shape()) {
+      kc::binary<T>(op, a.data<T>(), b.data<T>(), y.data<T>(), y.numel(), st);
+    } else {
+      const int r = y.shape().rank;
+      kc::binary_broadcast<T>(op, a.data<T>(), left_pad(node, a.shape(), r), b.data<T>(),
+                              left_pad(node, b.shape(), r), y.data<T>(), y.shape(), st);
+    }
+  });
+}
+
+void run_scalar(const Node& node, ScalarOp op, Tensor* const* in, Tensor* const* out, cudaStream_t st) {
+  const Tensor& x = *in[0];
+  Tensor& y = *out[0];
+  check_same_numel(node, x, y);
+  dispatch(node, y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    kc::scalar<T>(op, x.data<T>(), node.attrs.scalar, y.data<T>(), y.numel(), st);
+  });
+}
+
+// reduce_sum from x's shape to ys (same rank, reduced axes 1); y's own shape may drop them.
+void run_reduce(const Node& node, const Tensor& x, const Shape& ys, Tensor& y, double scale, cudaStream_t st) {
+  RF_CHECK(ys.numel() == y.numel(), "node '", node.name, "': reduced shape ", ys.str(), " does not fit output ",
+           y.shape().str());
+  dispatch(node, y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    kc::reduce_sum<T>(x.data<T>(), x.shape(), y.data<T>(), ys, scale, st);
+  });
+}
+
+// Sum and Mean over attrs.axes (empty: all). keepdims only changes the output's shape, which the
+// plan already allocated, so the kernel always sees the rank-preserving form.
+void run_sum_mean(const Node& node, bool mean, Tensor* const* in, Tensor* const* out, cudaStream_t st) {
+  const Tensor& x = *in[0];
+  const Shape& xs = x.shape();
+  bool reduced[Shape::kMaxRank] = {};
+  if (node.attrs.axes.empty()) {
+    for (int d = 0; d < xs.rank; ++d) reduced[d] = true;
+  } else {
+    for (int ax : node.attrs.axes) {
+      const int a = ax < 0 ? ax + xs.rank : ax;
+      RF_CHECK(a >= 0 && a < xs.rank, "node '", node.name, "': axis ", ax, " out of range for ", xs.str());
+      reduced[a] = true;
+    }
+  }
+  Shape ys = xs;
+  i64 count = 1;
+  for (int d = 0; d < xs.rank; ++d)
+    if (reduced[d]) {
+      count *= xs.dims[d];
+      ys.dims[d] = 1;
+    }
+  run_reduce(node, x, ys, *out[0], mean ? 1.0 / double(count) : 1.0, st);
+}
+
+// (x[outer, C, inner...]): the channel axis is 1.
+void bias_dims(const Node& node, const Shape& s, i64* outer, i64* C, i64* inner) {
+  RF_CHECK(s.rank >= 2, "node '", node.name, "' (", op_name(node.op), "): needs rank >= 2, got ", s.str());
+  *outer = s.dims[0];
+  *C = s.dims[1];
+  *inner = 1;
+  for (int d = 2; d < s.rank; ++d) *inner *= s.dims[d];
+}
+
+struct Hyper {
+  double lr;
+  i64 step;
+};
+
+// The optimizer's {lr, step} live on the host (the Session writes them each step), so reading
+// them costs no device synchronisation.
+Hyper read_hyper(const Node& node, const Tensor& h) {
+  RF_CHECK(h.dtype() == DType::F64 && h.numel() == 2, "node '", node.name, "' (", op_name(node.op),
+           "): hyperparameters must be F64[2] {lr, step}, got ", dtype_name(h.dtype()), h.shape().str());
+  double v[2];
+  if (h.device().is_cpu()) {
+    v[0] = h.data<double>()[0];
+    v[1] = h.data<double>()[1];
+  } else {  // correct but synchronising; the Session is expected to keep them on the host
+    const std::vector<double> hv = h.to_vector<double>();
+    v[0] = hv[0];
+    v[1] = hv[1];
+  }
+  return {v[0], i64(std::llround(v[1]))};
+}
+
+[[noreturn]] void no_kernel(const Node& node) {
+  fail("op ", op_name(node.op), " has no CUDA kernel yet (node '", node.name, "'); run with --device cpu");
+}
+
+void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
+  const cudaStream_t st = stream_of(ctx);
+  const Attrs& at = node.attrs;
+  switch (node.op) {
+    case Op::Placeholder:
+    case Op::Const:
+    case Op::Variable:
+    case Op::InitVariable:
+    case Op::Reshape:
+    case Op::ReshapeLike:
+      fail("internal: exec_cuda reached ", op_name(node.op), " (node '", node.name,
+           "'), which the Session handles itself");
+
+    case Op::MatMul: {
+      const Tensor& a = *in[0];
+      const Tensor& b = *in[1];
+      Tensor& c = *out[0];
+      RF_CHECK(a.shape().rank == 2 && b.shape().rank == 2, "node '", node.name,
+               "' (MatMul): needs rank-2 operands, got ", a.shape().str(), " and ", b.shape().str());
+      // A is [m,k] ([k,m] when transposed), B is [k,n] ([n,k] when transposed); row-major, so
+      // each leading dimension is the stored row length.
+      const i64 m = at.transpose_a ? a.shape()[1] : a.shape()[0];
+      const i64 k = at.transpose_a ? a.shape()[0] : a.shape()[1];
+      const i64 kb = at.transpose_b ? b.shape()[1] : b.shape()[0];
+      const i64 n = at.transpose_b ? b.shape()[0] : b.shape()[1];
+      RF_CHECK(k == kb && c.numel() == m * n, "node '", node.name, "' (MatMul): ", a.shape().str(),
+               at.transpose_a ? "^T" : "", " x ", b.shape().str(), at.transpose_b ? "^T" : "", " -> ",
+               c.shape().str());
+      auto handle = static_cast<cublasHandle_t>(cuda::cublas_handle(ctx.device.index));
+      dispatch(node, c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::gemm<T>(at.transpose_a, at.transpose_b, m, n, k, T(1), a.data<T>(), a.shape()[1], b.data<T>(),
+                    b.shape()[1], T(0), c.data<T>(), n, handle, st);
+      });
+      return;
+    }
+
+    case Op::Add: return run_binary(node, BinaryOp::Add, in, out, st);
+    case Op::Sub: return run_binary(node, BinaryOp::Sub, in, out, st);
+    case Op::Mul: return run_binary(node, BinaryOp::Mul, in, out, st);
+    case Op::Div: return run_binary(node, BinaryOp::Div, in, out, st);
+
+    case Op::Neg: return run_unary(node, UnaryOp::Neg, in, out, st);
+    case Op::Exp: return run_unary(node, UnaryOp::Exp, in, out, st);
+    case Op::Log: return run_unary(node, UnaryOp::Log, in, out, st);
+    case Op::Sqrt: return run_unary(node, UnaryOp::Sqrt, in, out, st);
+    case Op::Square: return run_unary(node, UnaryOp::Square, in, out, st);
+    case Op::Relu: return run_unary(node, UnaryOp::Relu, in, out, st);
+    case Op::Tanh: return run_unary(node, UnaryOp::Tanh, in, out, st);
+    case Op::Sigmoid: return run_unary(node, UnaryOp::Sigmoid, in, out, st);
+    case Op::Gelu: return run_unary(node, UnaryOp::Gelu, in, out, st);
+
+    case Op::ReluGrad: return run_binary(node, BinaryOp::ReluGrad, in, out, st);
+    case Op::TanhGrad: return run_binary(node, BinaryOp::TanhGrad, in, out, st);
+    case Op::SigmoidGrad: return run_binary(node, BinaryOp::SigmoidGrad, in, out, st);
+    case Op::GeluGrad: return run_binary(node, BinaryOp::GeluGrad, in, out, st);
+
+    case Op::AddScalar: return run_scalar(node, ScalarOp::Add, in, out, st);
+    case Op::MulScalar: return run_scalar(node, ScalarOp::Mul, in, out, st);
+    case Op::PowScalar: return run_scalar(node, ScalarOp::Pow, in, out, st);
+
+    case Op::Sum: return run_sum_mean(node, false, in, out, st);
+    case Op::Mean: return run_sum_mean(node, true, in, out, st);
+    case Op::SumLike: {
+      const Tensor& x = *in[0];
+      return run_reduce(node, x, left_pad(node, in[1]->shape(), x.shape().rank), *out[0], 1.0, st);
+    }
+    case Op::BroadcastLike: {
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      const Shape xs = broadcast_source_shape(node, x.shape(), y.shape().rank);
+      double scale = at.scalar == 0 ? 1.0 : at.scalar;
+      if (at.average && y.numel() > 0) scale *= double(xs.numel()) / double(y.numel());
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::broadcast_to<T>(x.data<T>(), xs, y.data<T>(), y.shape(), scale, st);
+      });
+      return;
+    }
+
+    case Op::BiasAdd: {
+      const Tensor& x = *in[0];
+      const Tensor& b = *in[1];
+      Tensor& y = *out[0];
+      i64 outer, C, inner;
+      bias_dims(node, x.shape(), &outer, &C, &inner);
+      RF_CHECK(b.numel() == C, "node '", node.name, "' (BiasAdd): bias ", b.shape().str(), " for ", C, " channels");
+      check_same_numel(node, x, y);
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::bias_add<T>(x.data<T>(), b.data<T>(), y.data<T>(), outer, C, inner, st);
+      });
+      return;
+    }
+    case Op::BiasAddGrad: {
+      const Tensor& dy = *in[0];
+      Tensor& db = *out[0];
+      i64 outer, C, inner;
+      bias_dims(node, dy.shape(), &outer, &C, &inner);
+      RF_CHECK(db.numel() == C, "node '", node.name, "' (BiasAddGrad): output ", db.shape().str(), " for ", C,
+               " channels");
+      dispatch(node, db.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::bias_grad<T>(dy.data<T>(), db.data<T>(), outer, C, inner, st);
+      });
+      return;
+    }
+
+    case Op::ApplySGD: {  // (var, grad, hyper)
+      Tensor& w = *in[0];
+      const Tensor& g = *in[1];
+      check_same_numel(node, w, g);
+      const Hyper h = read_hyper(node, *in[2]);
+      dispatch(node, w.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::sgd_update<T>(w.data<T>(), g.data<T>(), w.numel(), h.lr, at.weight_decay, st);
+      });
+      return;
+    }
+    case Op::ApplyMomentum: {  // (var, velocity, grad, hyper)
+      Tensor& w = *in[0];
+      Tensor& v = *in[1];
+      const Tensor& g = *in[2];
+      check_same_numel(node, w, v);
+      check_same_numel(node, w, g);
+      const Hyper h = read_hyper(node, *in[3]);
+      dispatch(node, w.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::momentum_update<T>(w.data<T>(), v.data<T>(), g.data<T>(), w.numel(), h.lr, at.momentum,
+                               at.weight_decay, at.nesterov, st);
+      });
+      return;
+    }
+    case Op::ApplyAdam: {  // (var, m, v, grad, hyper)
+      Tensor& w = *in[0];
+      Tensor& m = *in[1];
+      Tensor& v = *in[2];
+      const Tensor& g = *in[3];
+      check_same_numel(node, w, m);
+      check_same_numel(node, w, v);
+      check_same_numel(node, w, g);
+      const Hyper h = read_hyper(node, *in[4]);
+      dispatch(node, w.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::adam_update<T>(w.data<T>(), m.data<T>(), v.data<T>(), g.data<T>(), w.numel(), h.lr, at.beta1, at.beta2,
+                           at.eps, at.weight_decay, at.decoupled, h.step, st);
+      });
+      return;
+    }
+
+    case Op::Softmax:
+    case Op::LogSoftmax:
+    case Op::SoftmaxGrad:
+    case Op::LogSoftmaxGrad:
+    case Op::SparseSoftmaxXent:
+    case Op::SparseSoftmaxXentGrad:
+    case Op::Transpose:
+    case Op::Conv2D:
+    case Op::Conv2DGradInput:
+    case Op::Conv2DGradFilter:
+    case Op::MaxPool2D:
+    case Op::MaxPool2DGrad:
+    case Op::AvgPool2D:
+    case Op::AvgPool2DGrad:
+    case Op::Dropout:
+    case Op::Cast:
+      no_kernel(node);
+
+    case Op::COUNT: break;
+  }
+  fail("internal: exec_cuda: bad op ", int(node.op), " (node '", node.name, "')");
+}
+
+}  // namespace
+
+void exec_cuda(const Node& node, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
+  RF_CHECK(ctx.device.is_cuda(), "internal: exec_cuda for node '", node.name, "' on ", ctx.device.str());
+  // Kernels launch on ctx.stream, which belongs to ctx.device: make that device current.
+  CUDA_CHECK(cudaSetDevice(ctx.device.index));
+  try {
+    exec(node, in, out, ctx);
+  } catch (const std::invalid_argument& e) {
+    // Kernel precondition failures do not know which node they ran for.
+    fail("node '", node.name, "' (", op_name(node.op), "): ", e.what());
+  }
+}
+
+}  // namespace rf

@@ -1,0 +1,332 @@
+// Plan compilation (pruning, ordering, concrete shapes, buffers) and the executor loop.
+#include "runtime/session.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cpu.h"
+
+namespace rf {
+
+namespace {
+bool is_update(Op op) { return op == Op::ApplySGD || op == Op::ApplyMomentum || op == Op::ApplyAdam; }
+}  // namespace
+
+// One node of a plan with its bound tensors (pointers into Plan::values, which never moves).
+struct PlanStep {
+  enum class Kind : unsigned char { Kernel, Feed, Const, Var, Init, View };
+  Kind kind = Kind::Kernel;
+  const Node* node = nullptr;
+  int nin = 0, nout = 0;
+  Tensor* in[8] = {};
+  Tensor* out[2] = {};
+};
+
+struct Plan {
+  std::vector<Tensor> values;   // every output of every needed node
+  std::vector<int> base;        // node id -> index of its output 0 in values (-1: not in plan)
+  std::vector<PlanStep> steps;  // init, then compute, then updates
+  size_t first_update = 0;      // steps[first_update..] are Apply* nodes
+  std::vector<Tensor*> fetch_slots;
+  std::vector<Tensor> results;
+  std::vector<Tensor> feed_staging;  // device buffers for host feeds on a CUDA plan
+  uint64_t runs = 0;
+};
+
+size_t Session::KeyHash::operator()(const std::vector<int64_t>& k) const noexcept {
+  uint64_t h = 1469598103934665603ull;
+  for (int64_t v : k) h = (h ^ uint64_t(v)) * 1099511628211ull;
+  return size_t(h);
+}
+
+Session::Session(const Graph& graph, Device device)
+    : graph_(graph), device_(device), stream_(compute_stream(device)) {}
+Session::~Session() = default;
+
+Tensor& Session::variable(int node) {
+  RF_CHECK(node >= 0 && node < graph_.size() && graph_.node(node).op == Op::Variable, "node ", node,
+           " is not a Variable");
+  if (vars_.size() < size_t(graph_.size())) vars_.resize(size_t(graph_.size()));
+  VarSlot& s = vars_[size_t(node)];
+  if (!s.value.defined()) {
+    const Attrs& a = graph_.node(node).attrs;
+    s.value = Tensor(a.shape, a.dtype, device_);
+  }
+  return s.value;
+}
+
+Tensor& Session::variable(const std::string& name) {
+  const int id = graph_.find(name);
+  RF_CHECK(id >= 0 && graph_.node(id).op == Op::Variable, "no Variable named '", name, "' in the graph");
+  return variable(id);
+}
+
+bool Session::initialized(int node) const {
+  return size_t(node) < vars_.size() && vars_[size_t(node)].initialized;
+}
+
+void Session::set_initialized(int node) {
+  variable(node);
+  vars_[size_t(node)].initialized = true;
+}
+
+void Session::run_initializer(int var_node) {
+  const Node& n = graph_.node(var_node);
+  const Attrs& a = n.attrs;
+  Tensor& dst = variable(var_node);
+  // Initial values are computed on the host in the variable's dtype and copied, so every
+  // device starts from bit-identical Variables.
+  Tensor host = device_.is_cpu() ? dst : Tensor(a.shape, a.dtype);
+  const Shape& s = a.shape;
+  i64 receptive = 1;
+  for (int i = 2; i < s.rank; ++i) receptive *= s[i];
+  const double fan_in = s.rank >= 2 ? double(s[1] * receptive) : double(s.rank ? s[0] : 1);
+  const double fan_out = s.rank >= 2 ? double(s[0] * receptive) : double(s.rank ? s[0] : 1);
+  auto fill = [&](auto* p) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    const i64 cnt = host.numel();
+    switch (a.init.kind) {
+      case Initializer::Kind::Zeros: kernels::cpu::fill_constant<T>(p, cnt, 0.0); break;
+      case Initializer::Kind::Constant: kernels::cpu::fill_constant<T>(p, cnt, a.init.a); break;
+      case Initializer::Kind::Uniform: kernels::cpu::fill_uniform<T>(p, cnt, a.init.a, a.init.b, a.seed); break;
+      case Initializer::Kind::Normal: kernels::cpu::fill_normal<T>(p, cnt, a.init.a, a.init.b, a.seed); break;
+      case Initializer::Kind::GlorotUniform: {
+        const double lim = std::sqrt(6.0 / (fan_in + fan_out));
+        kernels::cpu::fill_uniform<T>(p, cnt, -lim, lim, a.seed);
+        break;
+      }
+      case Initializer::Kind::HeNormal:
+        kernels::cpu::fill_normal<T>(p, cnt, 0.0, std::sqrt(2.0 / fan_in), a.seed);
+        break;
+    }
+  };
+  switch (a.dtype) {
+    case DType::F32: fill(host.data<float>()); break;
+    case DType::F64: fill(host.data<double>()); break;
+    default:
+      RF_CHECK(a.init.kind == Initializer::Kind::Zeros, "Variable '", n.name, "': only zeros can initialise ",
+               dtype_name(a.dtype));
+      host.zero();
+  }
+  if (!host.same_storage(dst)) dst.copy_from(host);
+  vars_[size_t(var_node)].initialized = true;
+}
+
+std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
+                                       const std::vector<Value>& targets) {
+  const int N = graph_.size();
+  std::vector<char> fed(size_t(N), 0), needed(size_t(N), 0);
+  for (const Feed& f : feeds) {
+    RF_CHECK(f.first.valid() && f.first.graph == &graph_, "a feed key is not a value of this graph");
+    const Node& n = graph_.node(f.first);
+    RF_CHECK(n.op == Op::Placeholder, "can only feed Placeholders; '", n.name, "' is a ", op_name(n.op));
+    fed[size_t(n.id)] = 1;
+  }
+  std::vector<int> stack;
+  for (const Value& v : fetches) {
+    RF_CHECK(v.valid() && v.graph == &graph_ && v.node < N, "a fetch is not a value of this graph");
+    RF_CHECK(v.index < int(graph_.node(v).outputs.size()), "fetch of output ", v.index, " of '",
+             graph_.node(v).name, "', which has no such output");
+    stack.push_back(v.node);
+  }
+  for (const Value& v : targets) {
+    RF_CHECK(v.valid() && v.graph == &graph_ && v.node < N, "a target is not a node of this graph");
+    stack.push_back(v.node);
+  }
+  while (!stack.empty()) {
+    const int id = stack.back();
+    stack.pop_back();
+    if (needed[size_t(id)]) continue;
+    needed[size_t(id)] = 1;
+    if (fed[size_t(id)]) continue;
+    for (const Value& in : graph_.node(id).inputs) stack.push_back(in.node);
+  }
+
+  auto plan = std::make_unique<Plan>();
+  plan->base.assign(size_t(N), -1);
+  std::vector<int> init_ids, compute_ids, update_ids;
+  size_t nvalues = 0;
+  for (int id = 0; id < N; ++id) {
+    if (!needed[size_t(id)]) continue;
+    const Node& n = graph_.node(id);
+    plan->base[size_t(id)] = int(nvalues);
+    nvalues += n.outputs.size();
+    (n.op == Op::InitVariable ? init_ids : is_update(n.op) ? update_ids : compute_ids).push_back(id);
+  }
+  plan->values.resize(nvalues);
+
+  // Concrete specs: feeds fix the unknown dimensions, then every node is inferred again.
+  std::vector<std::vector<OutSpec>> specs(static_cast<size_t>(N));
+  for (const Feed& f : feeds) {
+    const Node& n = graph_.node(f.first);
+    RF_CHECK(f.second.defined(), "feed for '", n.name, "' is an empty tensor");
+    RF_CHECK(f.second.dtype() == n.attrs.dtype, "feed for '", n.name, "' is ", dtype_name(f.second.dtype()),
+             ", the placeholder is ", dtype_name(n.attrs.dtype));
+    const Shape& ps = n.attrs.shape;
+    const Shape& fs = f.second.shape();
+    bool ok = ps.rank == fs.rank;
+    for (int i = 0; ok && i < ps.rank; ++i) ok = ps[i] < 0 || ps[i] == fs[i];
+    RF_CHECK(ok, "feed for '", n.name, "' has shape ", fs.str(), ", the placeholder expects ", ps.str());
+    specs[size_t(n.id)] = {{f.second.dtype(), fs}};
+  }
+  auto infer_node = [&](int id) {
+    const Node& n = graph_.node(id);
+    if (fed[size_t(id)]) return;
+    RF_CHECK(n.op != Op::Placeholder, "placeholder '", n.name, "' must be fed");
+    std::vector<OutSpec> in;
+    for (const Value& v : n.inputs) in.push_back(specs[size_t(v.node)].at(size_t(v.index)));
+    try {
+      specs[size_t(id)] = infer_outputs(n, in);
+    } catch (const Error& e) {
+      fail("node '", n.name, "' (", op_name(n.op), "): ", e.what());
+    }
+    for (const OutSpec& s : specs[size_t(id)])
+      RF_CHECK(s.shape.defined(), "node '", n.name, "' has undefined shape ", s.shape.str(),
+               " after feeding: is a placeholder missing from the feeds?");
+  };
+  for (int id : compute_ids) infer_node(id);
+  for (int id : update_ids) infer_node(id);
+
+  auto make_step = [&](int id) {
+    const Node& n = graph_.node(id);
+    PlanStep st;
+    st.node = &n;
+    st.nin = int(n.inputs.size());
+    st.nout = int(n.outputs.size());
+    RF_CHECK(st.nin <= 8 && st.nout <= 2, "internal: node '", n.name, "' has too many inputs/outputs");
+    for (int i = 0; i < st.nin; ++i)
+      st.in[i] = &plan->values[size_t(plan->base[size_t(n.inputs[size_t(i)].node)] + n.inputs[size_t(i)].index)];
+    for (int j = 0; j < st.nout; ++j) st.out[j] = &plan->values[size_t(plan->base[size_t(id)] + j)];
+    switch (n.op) {
+      case Op::Placeholder: st.kind = PlanStep::Kind::Feed; break;
+      case Op::Const:
+        st.kind = PlanStep::Kind::Const;
+        *st.out[0] = n.attrs.value.to(device_);
+        break;
+      case Op::Variable:
+        st.kind = PlanStep::Kind::Var;
+        *st.out[0] = variable(id);
+        break;
+      case Op::InitVariable: st.kind = PlanStep::Kind::Init; break;
+      case Op::Reshape:
+      case Op::ReshapeLike: st.kind = PlanStep::Kind::View; break;
+      default:
+        st.kind = PlanStep::Kind::Kernel;
+        for (int j = 0; j < st.nout; ++j) {
+          const OutSpec& s = specs[size_t(id)][size_t(j)];
+          *st.out[j] = Tensor(s.shape, s.dtype, device_);
+        }
+    }
+    // Apply* ops read their hyper-parameters {lr, step} on the host.
+    if (is_update(n.op)) {
+      const Node& h = graph_.node(n.inputs.back());
+      RF_CHECK(h.op == Op::Placeholder, "node '", n.name, "': hyper must be a fed Placeholder");
+      for (int i = 0; i + 1 < st.nin; ++i) {
+        const Node& src = graph_.node(n.inputs[size_t(i)]);
+        if (i == 0 || (n.op != Op::ApplySGD && i < st.nin - 2))
+          RF_CHECK(src.op == Op::Variable, "node '", n.name, "': input ", i, " must be a Variable, got '",
+                   src.name, "'");
+      }
+    }
+    plan->steps.push_back(st);
+  };
+  for (int id : init_ids) make_step(id);
+  for (int id : compute_ids) make_step(id);
+  plan->first_update = plan->steps.size();
+  for (int id : update_ids) make_step(id);
+
+  // Feeds that live on another device than the plan are staged into plan-owned buffers.
+  plan->feed_staging.resize(feeds.size());
+  for (size_t i = 0; i < feeds.size(); ++i) {
+    const Node& n = graph_.node(feeds[i].first);
+    const bool host_hyper = std::any_of(plan->steps.begin(), plan->steps.end(), [&](const PlanStep& s) {
+      return is_update(s.node->op) && s.node->inputs.back().node == n.id;
+    });
+    if (feeds[i].second.device() != device_ && !host_hyper)
+      plan->feed_staging[i] = Tensor(feeds[i].second.shape(), feeds[i].second.dtype(), device_);
+  }
+
+  for (const Value& v : fetches)
+    plan->fetch_slots.push_back(&plan->values[size_t(plan->base[size_t(v.node)] + v.index)]);
+  plan->results.resize(fetches.size());
+  ++plans_compiled_;
+  return plan;
+}
+
+Plan& Session::plan_for(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
+                        const std::vector<Value>& targets) {
+  std::vector<int64_t>& k = key_scratch_;
+  k.clear();
+  for (const Value& v : fetches) { k.push_back(v.node); k.push_back(v.index); }
+  k.push_back(-1);
+  for (const Value& v : targets) k.push_back(v.node);
+  k.push_back(-2);
+  for (const Feed& f : feeds) {
+    k.push_back(f.first.node);
+    k.push_back(int64_t(f.second.dtype()) | (int64_t(f.second.device().is_cuda()) << 8));
+    const Shape& s = f.second.shape();
+    k.push_back(s.rank);
+    for (int i = 0; i < s.rank; ++i) k.push_back(s[i]);
+  }
+  auto it = plans_.find(k);
+  if (it != plans_.end()) return *it->second;
+  auto plan = compile(fetches, feeds, targets);
+  return *plans_.emplace(k, std::move(plan)).first->second;
+}
+
+const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
+                                        const std::vector<Value>& targets, const RunOptions* options) {
+  Plan& plan = plan_for(fetches, feeds, targets);
+  for (size_t i = 0; i < feeds.size(); ++i) {
+    Tensor& slot = plan.values[size_t(plan.base[size_t(feeds[i].first.node)])];
+    if (plan.feed_staging[i].defined()) {
+      plan.feed_staging[i].copy_from(feeds[i].second);
+      slot = plan.feed_staging[i];
+    } else {
+      slot = feeds[i].second;
+    }
+  }
+  ExecContext ctx{device_, stream_, plan.runs++};
+  for (size_t si = 0; si < plan.steps.size(); ++si) {
+    PlanStep& st = plan.steps[si];
+    if (si == plan.first_update && options && options->before_updates) options->before_updates();
+    switch (st.kind) {
+      case PlanStep::Kind::Feed:
+      case PlanStep::Kind::Const:
+        break;
+      case PlanStep::Kind::Var:
+        RF_CHECK(initialized(st.node->id), "Variable '", st.node->name,
+                 "' is read before it is initialised: run the graph's initializers first");
+        break;
+      case PlanStep::Kind::Init:
+        run_initializer(st.node->attrs.var);
+        break;
+      case PlanStep::Kind::View: {
+        Tensor& o = *st.out[0];
+        const Shape shape = o.defined() ? o.shape() : Shape{};
+        if (!o.defined()) {
+          // First run: the view's shape is the inferred one (input numel is fixed by the plan).
+          std::vector<OutSpec> in;
+          for (int i = 0; i < st.nin; ++i) in.push_back({st.in[i]->dtype(), st.in[i]->shape()});
+          o = st.in[0]->view(infer_outputs(*st.node, in)[0].shape);
+        } else {
+          o = st.in[0]->view(shape);
+        }
+        break;
+      }
+      case PlanStep::Kind::Kernel:
+#if RINGFLOW_CUDA
+        if (device_.is_cuda()) exec_cuda(*st.node, st.in, st.out, ctx);
+        else
+#endif
+          exec_cpu(*st.node, st.in, st.out, ctx);
+        break;
+    }
+    if (options && options->on_node_done) options->on_node_done(st.node->id);
+  }
+  if (plan.first_update == plan.steps.size() && options && options->before_updates) options->before_updates();
+  for (size_t i = 0; i < plan.fetch_slots.size(); ++i) plan.results[i] = *plan.fetch_slots[i];
+  return plan.results;
+}
+
+}  // namespace rf

@@ -1,0 +1,78 @@
+// Session: runs fetches and targets of a Graph with feeds, on one device. Each (fetches, feeds,
+// targets) signature is compiled once into a Plan (node order, concrete shapes, buffers); a run
+// of a compiled plan allocates nothing. Variables live in the Session (as in TensorFlow 1).
+#pragma once
+#include <functional>
+#include <memory>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "runtime/exec.h"
+#include "runtime/graph.h"
+
+namespace rf {
+
+struct RunOptions {
+  // Called after each node of the plan ran, with its id (the data-parallel layer starts a
+  // bucket's allreduce when its last gradient is ready).
+  std::function<void(int node)> on_node_done;
+  // Called once after every other node ran and before the first update (Apply*) node.
+  std::function<void()> before_updates;
+};
+
+struct Plan;
+
+class Session {
+ public:
+  using Feed = std::pair<Value, Tensor>;
+
+  explicit Session(const Graph& graph, Device device = Device::cpu());
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Runs what fetches and targets need and returns the fetched values. The returned tensors
+  // are the plan's own buffers (fetching a Variable returns its storage): they stay valid until
+  // the next run of the same signature; clone() what must outlive it. Update ops (Apply*) run
+  // after every other node of the plan, so a step reads each Variable before it is changed.
+  const std::vector<Tensor>& run(const std::vector<Value>& fetches, const std::vector<Feed>& feeds = {},
+                                 const std::vector<Value>& targets = {}, const RunOptions* options = nullptr);
+
+  // A Variable's storage by name or node id (allocated on first use, on this session's device).
+  Tensor& variable(const std::string& name);
+  Tensor& variable(int node);
+  bool initialized(int node) const;
+  // Marks a Variable as initialised after its values were written directly (checkpoint load,
+  // broadcast from rank 0).
+  void set_initialized(int node);
+
+  Device device() const { return device_; }
+  const Graph& graph() const { return graph_; }
+  size_t plans_compiled() const { return plans_compiled_; }
+
+ private:
+  Plan& plan_for(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
+                 const std::vector<Value>& targets);
+  std::unique_ptr<Plan> compile(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
+                                const std::vector<Value>& targets);
+  void run_initializer(int var_node);
+
+  struct VarSlot {
+    Tensor value;
+    bool initialized = false;
+  };
+  struct KeyHash {
+    size_t operator()(const std::vector<int64_t>& k) const noexcept;
+  };
+
+  const Graph& graph_;
+  Device device_;
+  Stream stream_;
+  std::vector<VarSlot> vars_;  // by node id
+  std::unordered_map<std::vector<int64_t>, std::unique_ptr<Plan>, KeyHash> plans_;
+  std::vector<int64_t> key_scratch_;
+  size_t plans_compiled_ = 0;
+};
+
+}  // namespace rf

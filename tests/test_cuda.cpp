@@ -1,0 +1,480 @@
+// The CUDA backend: differential tests of the CUDA kernels and exec_cuda against the CPU ones,
+// the caching allocator; and, in builds without CUDA, that asking for a CUDA device fails clearly.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "runtime/device.h"
+#include "runtime/error.h"
+
+#if RINGFLOW_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu.h"
+#include "kernels/cuda.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/cuda_options.h"
+#include "runtime/exec.h"
+#include "runtime/graph.h"
+#include "runtime/tensor.h"
+
+namespace {
+
+using rf::Device;
+using rf::i64;
+using rf::Shape;
+using rf::Tensor;
+using rf::kernels::BinaryOp;
+using rf::kernels::ScalarOp;
+using rf::kernels::UnaryOp;
+namespace cpu = rf::kernels::cpu;
+namespace kc = rf::kernels::cuda;
+
+std::vector<float> random_vec(i64 n, float lo, float hi, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = dist(gen);
+  return v;
+}
+
+// A device copy of host data, through the runtime (its allocator and compute stream).
+Tensor to_gpu(const std::vector<float>& v, const Shape& s) {
+  return Tensor::from_vector<float>(v, s).to(Device::cuda(0));
+}
+Tensor gpu_empty(const Shape& s) { return Tensor(s, rf::DType::F32, Device::cuda(0)); }
+
+cudaStream_t stream() { return static_cast<cudaStream_t>(rf::cuda::compute_stream(0)); }
+
+// Relative error, measured against max(1, |want|) so values near zero compare absolutely (the
+// GPU's float math functions are within a few ulp, which is large relative to a tiny result).
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - double(want[i])) / std::max(1.0, std::fabs(double(want[i])));
+    if (!(err <= worst)) {  // also catches NaN
+      worst = err;
+      at = i;
+    }
+  }
+  EXPECT_LE(worst, tol) << what << ": worst at " << at << ": gpu " << got[at] << " vs cpu " << want[at];
+}
+
+// Copies the device result back (the copy runs on the compute stream, after the kernel).
+std::vector<float> host(const Tensor& t) { return t.to_vector<float>(); }
+
+const UnaryOp kUnary[] = {UnaryOp::Neg, UnaryOp::Exp,  UnaryOp::Log,  UnaryOp::Sqrt,    UnaryOp::Square,
+                          UnaryOp::Abs, UnaryOp::Relu, UnaryOp::Tanh, UnaryOp::Sigmoid, UnaryOp::Gelu};
+const BinaryOp kBinary[] = {BinaryOp::Add,      BinaryOp::Sub,      BinaryOp::Mul,         BinaryOp::Div,
+                            BinaryOp::ReluGrad, BinaryOp::TanhGrad, BinaryOp::SigmoidGrad, BinaryOp::GeluGrad};
+
+TEST(CudaKernels, Unary) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  const i64 n = 10007;
+  for (UnaryOp op : kUnary) {
+    const bool positive = op == UnaryOp::Log || op == UnaryOp::Sqrt;
+    const auto x = random_vec(n, positive ? 0.05f : -4.f, 4.f, 1 + unsigned(op));
+    std::vector<float> want(static_cast<size_t>(n));
+    cpu::unary<float>(op, x.data(), want.data(), n);
+    Tensor xd = to_gpu(x, {n}), yd = gpu_empty({n});
+    kc::unary<float>(op, xd.data<float>(), yd.data<float>(), n, stream());
+    expect_close(host(yd), want, 1e-5, "unary op " + std::to_string(int(op)));
+  }
+}
+
+TEST(CudaKernels, Binary) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  const i64 n = 4099;
+  for (BinaryOp op : kBinary) {
+    const auto a = random_vec(n, -3.f, 3.f, 10 + unsigned(op));
+    const auto b = op == BinaryOp::Div ? random_vec(n, 0.5f, 2.f, 20) : random_vec(n, -3.f, 3.f, 20 + unsigned(op));
+    std::vector<float> want(static_cast<size_t>(n));
+    cpu::binary<float>(op, a.data(), b.data(), want.data(), n);
+    Tensor ad = to_gpu(a, {n}), bd = to_gpu(b, {n}), yd = gpu_empty({n});
+    kc::binary<float>(op, ad.data<float>(), bd.data<float>(), yd.data<float>(), n, stream());
+    expect_close(host(yd), want, 1e-5, "binary op " + std::to_string(int(op)));
+  }
+}
+
+TEST(CudaKernels, BinaryBroadcast) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  struct Case {
+    Shape a, b, y;
+  };
+  const Case cases[] = {
+      {{4, 1, 5}, {1, 3, 5}, {4, 3, 5}},
+      {{1, 1}, {3, 4}, {3, 4}},
+      {{7, 1}, {1, 300}, {7, 300}},
+      {{2, 1, 4, 1, 3, 2}, {1, 3, 1, 5, 3, 1}, {2, 3, 4, 5, 3, 2}},
+  };
+  for (const Case& c : cases)
+    for (BinaryOp op : {BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div}) {
+      const auto a = random_vec(c.a.numel(), -2.f, 2.f, 30);
+      const auto b = random_vec(c.b.numel(), 0.5f, 2.f, 31);
+      std::vector<float> want(size_t(c.y.numel()));
+      cpu::binary_broadcast<float>(op, a.data(), c.a, b.data(), c.b, want.data(), c.y);
+      Tensor ad = to_gpu(a, c.a), bd = to_gpu(b, c.b), yd = gpu_empty(c.y);
+      kc::binary_broadcast<float>(op, ad.data<float>(), c.a, bd.data<float>(), c.b, yd.data<float>(), c.y, stream());
+      expect_close(host(yd), want, 1e-5, c.a.str() + " op " + std::to_string(int(op)) + " " + c.b.str());
+    }
+}
+
+TEST(CudaKernels, BinaryBroadcastRejectsBadShapes) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  Tensor ad = gpu_empty({2, 3}), bd = gpu_empty({4, 3}), yd = gpu_empty({4, 3});
+  EXPECT_THROW(kc::binary_broadcast<float>(BinaryOp::Add, ad.data<float>(), Shape{2, 3}, bd.data<float>(),
+                                           Shape{4, 3}, yd.data<float>(), Shape{4, 3}, stream()),
+               std::invalid_argument);
+}
+
+TEST(CudaKernels, Scalar) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  const i64 n = 3001;
+  for (ScalarOp op : {ScalarOp::Add, ScalarOp::Mul, ScalarOp::Pow, ScalarOp::RSub, ScalarOp::RDiv}) {
+    const auto x = random_vec(n, 0.1f, 3.f, 40 + unsigned(op));  // positive: Pow and RDiv
+    const double c = 2.5;
+    std::vector<float> want(static_cast<size_t>(n));
+    cpu::scalar<float>(op, x.data(), c, want.data(), n);
+    Tensor xd = to_gpu(x, {n}), yd = gpu_empty({n});
+    kc::scalar<float>(op, xd.data<float>(), c, yd.data<float>(), n, stream());
+    expect_close(host(yd), want, 1e-5, "scalar op " + std::to_string(int(op)));
+  }
+}
+
+TEST(CudaKernels, ReduceSum) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  struct Case {
+    Shape x, y;
+  };
+  // Both kernels: block per output (long reductions, few outputs) and thread per output.
+  const Case cases[] = {
+      {{7, 9, 11}, {1, 9, 1}},   {{7, 9, 11}, {7, 1, 11}},   {{7, 9, 11}, {1, 1, 1}},
+      {{1000, 3}, {1, 3}},       {{3, 100000}, {3, 1}},      {{40000, 2}, {40000, 1}},
+      {{}, {}},                  {{5, 6}, {5, 6}},           {{2, 3, 4, 5, 6, 7}, {2, 1, 4, 1, 6, 1}},
+      {{1, 4, 1}, {1, 1, 1}},
+  };
+  for (const Case& c : cases)
+    for (double scale : {1.0, 0.25}) {
+      // Positive values: no cancellation, so the CPU's float sums are accurate to ~1e-6 relative.
+      const auto x = random_vec(c.x.numel(), 0.f, 1.f, 50);
+      std::vector<float> want(size_t(c.y.numel()));
+      cpu::reduce_sum<float>(x.data(), c.x, want.data(), c.y, scale);
+      Tensor xd = to_gpu(x, c.x), yd = gpu_empty(c.y);
+      kc::reduce_sum<float>(xd.data<float>(), c.x, yd.data<float>(), c.y, scale, stream());
+      expect_close(host(yd), want, 1e-5, c.x.str() + " -> " + c.y.str());
+    }
+}
+
+TEST(CudaKernels, BroadcastTo) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  struct Case {
+    Shape x, y;
+  };
+  const Case cases[] = {{{1, 3, 1}, {4, 3, 5}}, {{1, 1}, {6, 7}}, {{5, 1}, {5, 9}}, {{2, 3}, {2, 3}}};
+  for (const Case& c : cases) {
+    const auto x = random_vec(c.x.numel(), -1.f, 1.f, 60);
+    std::vector<float> want(size_t(c.y.numel()));
+    cpu::broadcast_to<float>(x.data(), c.x, want.data(), c.y, 0.5);
+    Tensor xd = to_gpu(x, c.x), yd = gpu_empty(c.y);
+    kc::broadcast_to<float>(xd.data<float>(), c.x, yd.data<float>(), c.y, 0.5, stream());
+    expect_close(host(yd), want, 1e-5, c.x.str() + " -> " + c.y.str());
+  }
+}
+
+TEST(CudaKernels, BiasAddAndGrad) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  struct Case {
+    i64 outer, C, inner;
+  };
+  for (const Case& c : {Case{8, 16, 49}, Case{256, 10, 1}, Case{3, 5, 1000}}) {
+    const i64 n = c.outer * c.C * c.inner;
+    const auto x = random_vec(n, 0.f, 1.f, 70), b = random_vec(c.C, -1.f, 1.f, 71);  // x >= 0: see ReduceSum
+    std::vector<float> want(static_cast<size_t>(n)), want_db(static_cast<size_t>(c.C));
+    cpu::bias_add<float>(x.data(), b.data(), want.data(), c.outer, c.C, c.inner);
+    cpu::bias_grad<float>(x.data(), want_db.data(), c.outer, c.C, c.inner);
+    Tensor xd = to_gpu(x, {n}), bd = to_gpu(b, {c.C}), yd = gpu_empty({n}), dbd = gpu_empty({c.C});
+    kc::bias_add<float>(xd.data<float>(), bd.data<float>(), yd.data<float>(), c.outer, c.C, c.inner, stream());
+    kc::bias_grad<float>(xd.data<float>(), dbd.data<float>(), c.outer, c.C, c.inner, stream());
+    const std::string what = std::to_string(c.outer) + "x" + std::to_string(c.C) + "x" + std::to_string(c.inner);
+    expect_close(host(yd), want, 1e-5, "bias_add " + what);
+    expect_close(host(dbd), want_db, 1e-5, "bias_grad " + what);
+  }
+}
+
+TEST(CudaKernels, GemmAllTransposes) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  auto handle = static_cast<cublasHandle_t>(rf::cuda::cublas_handle(0));
+  const i64 m = 37, n = 53, k = 129;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (i64 pad : {i64(0), i64(3)}) {  // pad: leading dimensions wider than the rows
+        const i64 a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
+        const i64 lda = a_cols + pad, ldb = b_cols + pad, ldc = n + pad;
+        const auto a = random_vec(a_rows * lda, -1.f, 1.f, 80);
+        const auto b = random_vec(b_rows * ldb, -1.f, 1.f, 81);
+        const auto c0 = random_vec(m * ldc, -1.f, 1.f, 82);
+        std::vector<float> want = c0;
+        cpu::gemm<float>(ta, tb, m, n, k, 1.5f, a.data(), lda, b.data(), ldb, 0.5f, want.data(), ldc);
+        Tensor ad = to_gpu(a, {a_rows * lda}), bd = to_gpu(b, {b_rows * ldb}), cd = to_gpu(c0, {m * ldc});
+        kc::gemm<float>(ta, tb, m, n, k, 1.5f, ad.data<float>(), lda, bd.data<float>(), ldb, 0.5f, cd.data<float>(),
+                        ldc, handle, stream());
+        const std::string what = std::string("gemm ta=") + (ta ? "1" : "0") + " tb=" + (tb ? "1" : "0") +
+                                 " pad=" + std::to_string(pad);
+        expect_close(host(cd), want, 1e-4, what);
+      }
+}
+
+TEST(CudaKernels, GemmTf32IsOptIn) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  EXPECT_FALSE(rf::cuda::allow_tf32());
+  struct Reset {
+    ~Reset() { rf::cuda::set_allow_tf32(false); }
+  } reset;
+  auto handle = static_cast<cublasHandle_t>(rf::cuda::cublas_handle(0));
+  const i64 m = 64, n = 64, k = 256;
+  const auto a = random_vec(m * k, -1.f, 1.f, 90), b = random_vec(k * n, -1.f, 1.f, 91);
+  std::vector<float> want(size_t(m * n));
+  cpu::gemm<float>(false, false, m, n, k, 1.f, a.data(), k, b.data(), n, 0.f, want.data(), n);
+  rf::cuda::set_allow_tf32(true);
+  EXPECT_TRUE(rf::cuda::allow_tf32());
+  Tensor ad = to_gpu(a, {m * k}), bd = to_gpu(b, {k * n}), cd = gpu_empty({m * n});
+  kc::gemm<float>(false, false, m, n, k, 1.f, ad.data<float>(), k, bd.data<float>(), n, 0.f, cd.data<float>(), n,
+                  handle, stream());
+  expect_close(host(cd), want, 2e-2, "gemm with TF32");  // ~10 mantissa bits
+}
+
+TEST(CudaKernels, OptimizerUpdates) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  const i64 n = 5003;
+  const auto w0 = random_vec(n, -1.f, 1.f, 100), g = random_vec(n, -1.f, 1.f, 101);
+  const auto s0 = random_vec(n, -0.1f, 0.1f, 102), s1 = random_vec(n, 0.f, 0.01f, 103);  // m (any sign), v >= 0
+  Tensor gd = to_gpu(g, {n});
+  {
+    std::vector<float> w = w0;
+    cpu::sgd_update<float>(w.data(), g.data(), n, 0.1, 0.01);
+    Tensor wd = to_gpu(w0, {n});
+    kc::sgd_update<float>(wd.data<float>(), gd.data<float>(), n, 0.1, 0.01, stream());
+    expect_close(host(wd), w, 1e-5, "sgd");
+  }
+  for (bool nesterov : {false, true}) {
+    std::vector<float> w = w0, v = s0;
+    cpu::momentum_update<float>(w.data(), v.data(), g.data(), n, 0.1, 0.9, 1e-4, nesterov);
+    Tensor wd = to_gpu(w0, {n}), vd = to_gpu(s0, {n});
+    kc::momentum_update<float>(wd.data<float>(), vd.data<float>(), gd.data<float>(), n, 0.1, 0.9, 1e-4, nesterov,
+                               stream());
+    expect_close(host(wd), w, 1e-5, nesterov ? "nesterov w" : "momentum w");
+    expect_close(host(vd), v, 1e-5, nesterov ? "nesterov v" : "momentum v");
+  }
+  for (bool decoupled : {false, true}) {
+    std::vector<float> w = w0, m = s0, v = s1;
+    cpu::adam_update<float>(w.data(), m.data(), v.data(), g.data(), n, 1e-3, 0.9, 0.999, 1e-8, 0.01, decoupled, 3);
+    Tensor wd = to_gpu(w0, {n}), md = to_gpu(s0, {n}), vd = to_gpu(s1, {n});
+    kc::adam_update<float>(wd.data<float>(), md.data<float>(), vd.data<float>(), gd.data<float>(), n, 1e-3, 0.9,
+                           0.999, 1e-8, 0.01, decoupled, 3, stream());
+    const std::string what = decoupled ? "adamw " : "adam ";
+    expect_close(host(wd), w, 1e-5, what + "w");
+    expect_close(host(md), m, 1e-5, what + "m");
+    expect_close(host(vd), v, 1e-5, what + "v");
+  }
+}
+
+// ---- exec_cuda against exec_cpu on hand-built nodes ----
+
+struct ExecCase {
+  rf::Node node;
+  std::vector<Tensor> inputs;  // on the host
+  std::vector<Shape> out_shapes;
+};
+
+// Runs the node on both devices; Apply* nodes mutate their inputs, so inputs are compared too.
+void expect_exec_matches(const ExecCase& c, double tol) {
+  const Device gpu = Device::cuda(0);
+  std::vector<Tensor> cin, gin, cout, gout;
+  for (const Tensor& t : c.inputs) {
+    cin.push_back(t.clone());
+    // The optimizer's {lr, step} stays on the host, as the Session keeps it.
+    const bool hyper = t.dtype() == rf::DType::F64 && &t == &c.inputs.back() &&
+                       (c.node.op == rf::Op::ApplySGD || c.node.op == rf::Op::ApplyMomentum ||
+                        c.node.op == rf::Op::ApplyAdam);
+    gin.push_back(hyper ? t.clone() : t.to(gpu));
+  }
+  for (const Shape& s : c.out_shapes) {
+    cout.emplace_back(s, rf::DType::F32);
+    gout.emplace_back(s, rf::DType::F32, gpu);
+  }
+  std::vector<Tensor*> cin_p, gin_p, cout_p, gout_p;
+  for (auto& t : cin) cin_p.push_back(&t);
+  for (auto& t : gin) gin_p.push_back(&t);
+  for (auto& t : cout) cout_p.push_back(&t);
+  for (auto& t : gout) gout_p.push_back(&t);
+  rf::exec_cpu(c.node, cin_p.data(), cout_p.data(), rf::ExecContext{Device::cpu(), rf::compute_stream(Device::cpu())});
+  rf::exec_cuda(c.node, gin_p.data(), gout_p.data(), rf::ExecContext{gpu, rf::compute_stream(gpu)});
+  for (size_t i = 0; i < cout.size(); ++i)
+    expect_close(gout[i].to_vector<float>(), cout[i].to_vector<float>(), tol,
+                 c.node.name + " output " + std::to_string(i));
+  for (size_t i = 0; i < cin.size(); ++i)
+    if (cin[i].dtype() == rf::DType::F32)
+      expect_close(gin[i].to_vector<float>(), cin[i].to_vector<float>(), tol,
+                   c.node.name + " input " + std::to_string(i));
+}
+
+rf::Node make_node(rf::Op op, const std::string& name) {
+  rf::Node n;
+  n.op = op;
+  n.name = name;
+  return n;
+}
+
+Tensor host_rand(const Shape& s, unsigned seed, float lo = -1.f, float hi = 1.f) {
+  return Tensor::from_vector<float>(random_vec(s.numel(), lo, hi, seed), s);
+}
+
+TEST(CudaExec, MatchesCpu) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  {  // MatMul with both transposes: a^T [m,k] from [k,m], b^T [k,n] from [n,k]
+    ExecCase c{make_node(rf::Op::MatMul, "matmul_tt"), {host_rand({20, 12}, 1), host_rand({7, 20}, 2)}, {{12, 7}}};
+    c.node.attrs.transpose_a = c.node.attrs.transpose_b = true;
+    expect_exec_matches(c, 1e-4);
+  }
+  {  // Add with numpy broadcasting over different ranks
+    ExecCase c{make_node(rf::Op::Add, "add_bcast"), {host_rand({4, 3, 5}, 3), host_rand({5}, 4)}, {{4, 3, 5}}};
+    expect_exec_matches(c, 1e-5);
+  }
+  {  // Mean over axes {0, -1} without keepdims
+    ExecCase c{make_node(rf::Op::Mean, "mean"), {host_rand({6, 4, 9}, 5, 0.f, 1.f)}, {{4}}};
+    c.node.attrs.axes = {0, -1};
+    expect_exec_matches(c, 1e-5);
+  }
+  {  // SumLike: [8,3,5] down to [3,1]
+    ExecCase c{make_node(rf::Op::SumLike, "sum_like"), {host_rand({8, 3, 5}, 6, 0.f, 1.f), host_rand({3, 1}, 7)},
+               {{3, 1}}};
+    expect_exec_matches(c, 1e-5);
+  }
+  {  // BroadcastLike: [3,1] up to [8,3,5], times 0.5
+    ExecCase c{make_node(rf::Op::BroadcastLike, "bcast_like"), {host_rand({3, 1}, 8), host_rand({8, 3, 5}, 9)},
+               {{8, 3, 5}}};
+    c.node.attrs.scalar = 0.5;
+    expect_exec_matches(c, 1e-5);
+  }
+  {  // BroadcastLike as Mean's gradient: [4] from a Mean over axes {0, 2} back to [6,4,9]
+    ExecCase c{make_node(rf::Op::BroadcastLike, "mean_grad"), {host_rand({4}, 15), host_rand({6, 4, 9}, 16)},
+               {{6, 4, 9}}};
+    c.node.attrs.axes = {0, 2};
+    c.node.attrs.average = true;
+    expect_exec_matches(c, 1e-5);
+  }
+  {  // BiasAddGrad over NCHW
+    ExecCase c{make_node(rf::Op::BiasAddGrad, "bias_grad"), {host_rand({4, 6, 3, 3}, 10, 0.f, 1.f)}, {{6}}};
+    expect_exec_matches(c, 1e-5);
+  }
+  {  // AdamW step 2, hyperparameters on the host
+    ExecCase c{make_node(rf::Op::ApplyAdam, "adamw"),
+               {host_rand({300}, 11), host_rand({300}, 12, -0.1f, 0.1f), host_rand({300}, 13, 0.f, 0.01f),
+                host_rand({300}, 14), Tensor::from_vector<double>({1e-3, 2.0}, {2})},
+               {}};
+    c.node.attrs.weight_decay = 0.01;
+    c.node.attrs.decoupled = true;
+    expect_exec_matches(c, 1e-5);
+  }
+}
+
+TEST(CudaExec, OpsWithoutKernelsFailClearly) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  const Device gpu = Device::cuda(0);
+  Tensor x = host_rand({2, 3}, 20).to(gpu), y(Shape{2, 3}, rf::DType::F32, gpu);
+  Tensor* in[] = {&x};
+  Tensor* out[] = {&y};
+  const rf::Node node = make_node(rf::Op::Softmax, "probs");
+  try {
+    rf::exec_cuda(node, in, out, rf::ExecContext{gpu, rf::compute_stream(gpu)});
+    FAIL() << "expected rf::Error";
+  } catch (const rf::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Softmax has no CUDA kernel yet (node 'probs')"), std::string::npos)
+        << e.what();
+  }
+}
+
+// ---- runtime ----
+
+TEST(CudaAllocator, ReusesFreedBlocks) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  rf::Allocator& alloc = rf::allocator_for(Device::cuda(0));
+  for (size_t bytes : {size_t(1000), size_t(3) << 20}) {
+    const size_t in_use = alloc.allocated_bytes();
+    void* p = alloc.allocate(bytes);
+    ASSERT_NE(p, nullptr);
+    EXPECT_GE(alloc.allocated_bytes(), in_use + bytes);
+    EXPECT_GE(alloc.reserved_bytes(), alloc.allocated_bytes());
+    const size_t calls = alloc.system_allocations();
+    alloc.deallocate(p, bytes);
+    EXPECT_EQ(alloc.allocated_bytes(), in_use);
+    void* q = alloc.allocate(bytes);
+    EXPECT_EQ(alloc.system_allocations(), calls) << bytes << " bytes: a cached block should be reused";
+    alloc.deallocate(q, bytes);
+  }
+  EXPECT_EQ(alloc.allocate(0), nullptr);
+}
+
+TEST(CudaAllocator, OutOfMemoryThrowsNamingSizeAndDevice) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  rf::Allocator& alloc = rf::allocator_for(Device::cuda(0));
+  const size_t huge = size_t(1) << 50;  // 1 PiB
+  try {
+    alloc.allocate(huge);
+    FAIL() << "expected rf::Error";
+  } catch (const rf::Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("out of memory"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("cuda:0"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(std::to_string(huge)), std::string::npos) << msg;
+  }
+  // The failure must not poison later CUDA calls.
+  Tensor t = host_rand({16}, 30).to(Device::cuda(0));
+  EXPECT_EQ(t.to_vector<float>().size(), 16u);
+}
+
+TEST(CudaRuntime, CopiesAndZeroes) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  const auto v = random_vec(1000, -1.f, 1.f, 40);
+  Tensor a = to_gpu(v, {1000});
+  Tensor b = a.clone();  // device to device
+  EXPECT_EQ(b.to_vector<float>(), v);
+  b.zero();
+  EXPECT_EQ(b.to_vector<float>(), std::vector<float>(1000, 0.f));
+  EXPECT_EQ(a.to_vector<float>(), v);
+}
+
+TEST(CudaRuntime, NoDeviceMeansParseFails) {
+  if (rf::cuda_device_count() != 0) GTEST_SKIP() << "a CUDA device is present";
+  EXPECT_FALSE(rf::cuda_unavailable_reason().empty());
+  try {
+    (void)Device::parse("cuda");
+    FAIL() << "expected rf::Error";
+  } catch (const rf::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no CUDA device"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+
+#else  // !RINGFLOW_CUDA
+
+TEST(CudaBackend, AbsentWithoutCuda) {
+  EXPECT_EQ(rf::cuda_device_count(), 0);
+  try {
+    (void)rf::Device::parse("cuda");
+    FAIL() << "expected rf::Error";
+  } catch (const rf::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no CUDA device"), std::string::npos) << e.what();
+  }
+}
+
+#endif

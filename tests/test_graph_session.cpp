@@ -1,0 +1,151 @@
+// Graph building, shape inference errors, Session feeds/fetches/targets, the plan cache,
+// Variables and their initialisation, and steady-state allocation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "autodiff/gradients.h"
+#include "runtime/ops.h"
+#include "runtime/session.h"
+
+using namespace rf;
+
+namespace {
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(Graph, ShapeInferenceAtAddTime) {
+  Graph g;
+  Value x = g.placeholder("x", DType::F32, Shape{-1, 784});
+  Value w = g.variable("w", Shape{256, 784}, DType::F32, Initializer::zeros());
+  Value y = ops::matmul(x, w, false, true);
+  EXPECT_EQ(g.spec(y).shape, (Shape{-1, 256}));
+  Value s = ops::sum(y, {1}, true);
+  EXPECT_EQ(g.spec(s).shape, (Shape{-1, 1}));
+  Value r = ops::reshape(ops::flatten(g.placeholder("img", DType::F32, Shape{-1, 1, 28, 28})), Shape{-1, 28, 28});
+  EXPECT_EQ(g.spec(r).shape, (Shape{-1, 28, 28}));
+}
+
+TEST(Graph, BadShapeIsAnErrorNamingTheNode) {
+  Graph g;
+  Value a = g.placeholder("a", DType::F32, Shape{4, 3});
+  Value b = g.placeholder("b", DType::F32, Shape{5, 2});
+  const std::string msg = error_of([&] { ops::matmul(a, b, false, false, "bad_mm"); });
+  EXPECT_NE(msg.find("bad_mm"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("inner dimensions"), std::string::npos) << msg;
+  EXPECT_NE(error_of([&] { ops::add(a, b, "bad_add"); }).find("bad_add"), std::string::npos);
+  EXPECT_NE(error_of([&] { ops::reshape(a, Shape{5, -1}, "bad_reshape"); }).find("bad_reshape"), std::string::npos);
+}
+
+TEST(Graph, DuplicateNamesAndForeignValuesAreRejected) {
+  Graph g, h;
+  g.placeholder("x", DType::F32, Shape{2});
+  EXPECT_THROW(g.placeholder("x", DType::F32, Shape{2}), Error);
+  Value y = h.placeholder("y", DType::F32, Shape{2});
+  EXPECT_THROW(g.add(Op::Neg, {y}), Error);
+  EXPECT_THROW(g.add(Op::Add, {g.placeholder("z", DType::F32, Shape{2})}), Error);  // input count
+}
+
+TEST(Session, FeedsAndFetches) {
+  Graph g;
+  Value x = g.placeholder("x", DType::F64, Shape{-1, 3});
+  Value c = g.constant(Tensor::from_vector<double>({1, 2, 3}, Shape{3}));
+  Value y = ops::mul(ops::add(x, c), ops::add_scalar(x, 1.0));
+  Session s(g);
+  Tensor in = Tensor::from_vector<double>({0, 1, 2, 3, 4, 5}, Shape{2, 3});
+  const auto& out = s.run({y}, {{x, in}});
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].shape(), (Shape{2, 3}));
+  const std::vector<double> v = out[0].to_vector<double>();
+  const std::vector<double> want = {(0 + 1) * 1.0, (1 + 2) * 2.0, (2 + 3) * 3.0, (3 + 1) * 4.0, (4 + 2) * 5.0, (5 + 3) * 6.0};
+  for (size_t i = 0; i < 6; ++i) EXPECT_DOUBLE_EQ(v[i], want[i]);
+}
+
+TEST(Session, MissingFeedWrongShapeAndWrongDtypeAreErrors) {
+  Graph g;
+  Value x = g.placeholder("x", DType::F32, Shape{-1, 3});
+  Value y = ops::relu(x);
+  Session s(g);
+  EXPECT_NE(error_of([&] { s.run({y}); }).find("'x' must be fed"), std::string::npos);
+  EXPECT_NE(error_of([&] { s.run({y}, {{x, Tensor(Shape{2, 4}, DType::F32)}}); }).find("expects [?,3]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { s.run({y}, {{x, Tensor(Shape{2, 3}, DType::F64)}}); }).find("F64"), std::string::npos);
+  EXPECT_NE(error_of([&] { s.run({y}, {{y, Tensor(Shape{2, 3}, DType::F32)}}); }).find("Placeholders"),
+            std::string::npos);
+}
+
+TEST(Session, PlanIsCachedPerSignatureAndRunsWithoutAllocating) {
+  Graph g;
+  Value x = g.placeholder("x", DType::F32, Shape{-1, 8});
+  Value w = g.variable("w", Shape{8, 8}, DType::F32, Initializer::glorot_uniform());
+  Value y = ops::sum(ops::tanh(ops::matmul(x, w)));
+  Session s(g);
+  s.run({}, {}, g.initializers());
+  Tensor a = Tensor::zeros(Shape{4, 8}, DType::F32), b = Tensor::zeros(Shape{5, 8}, DType::F32);
+  s.run({y}, {{x, a}});
+  const size_t compiled = s.plans_compiled();
+  Allocator& alloc = allocator_for(Device::cpu());
+  const size_t before = alloc.system_allocations();
+  for (int i = 0; i < 10; ++i) s.run({y}, {{x, a}});
+  EXPECT_EQ(alloc.system_allocations(), before) << "a cached plan allocated memory";
+  EXPECT_EQ(s.plans_compiled(), compiled);
+  s.run({y}, {{x, b}});  // new batch size: a new plan
+  EXPECT_EQ(s.plans_compiled(), compiled + 1);
+  s.run({y}, {{x, a}});
+  EXPECT_EQ(s.plans_compiled(), compiled + 1);
+}
+
+TEST(Session, ReadingAnUninitialisedVariableNamesIt) {
+  Graph g;
+  Value w = g.variable("layer.weight", Shape{2, 2}, DType::F32, Initializer::constant(3));
+  Value y = ops::square(w);
+  Session s(g);
+  const std::string msg = error_of([&] { s.run({y}); });
+  EXPECT_NE(msg.find("layer.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("initialis"), std::string::npos) << msg;
+  s.run({}, {}, g.initializers());
+  EXPECT_EQ(s.run({y})[0].to_vector<float>(), std::vector<float>(4, 9.0f));
+}
+
+TEST(Session, InitialisersAreSeededByNameAndDeterministic) {
+  auto values = [](uint64_t seed, bool extra_first) {
+    Graph g(seed);
+    if (extra_first) g.variable("other", Shape{10}, DType::F32, Initializer::normal(0, 1));
+    Value w = g.variable("w", Shape{64, 32}, DType::F32, Initializer::he_normal());
+    Session s(g);
+    s.run({}, {}, g.initializers());
+    return s.run({w})[0].to_vector<float>();
+  };
+  const auto a = values(7, false), b = values(7, true), c = values(8, false);
+  EXPECT_EQ(a, b) << "creation order changed a variable's initial values";
+  EXPECT_NE(a, c);
+  double sq = 0;
+  for (float v : a) sq += double(v) * v;
+  const double stddev = std::sqrt(sq / double(a.size()));
+  EXPECT_NEAR(stddev, std::sqrt(2.0 / 32), 0.02);  // he_normal: sqrt(2 / fan_in)
+}
+
+TEST(Session, TargetsRunUpdatesAfterEveryRead) {
+  // w is read by y (fetched) and updated in the same run: the fetch sees the old value.
+  Graph g;
+  Value w = g.variable("w", Shape{3}, DType::F64, Initializer::constant(1.0));
+  Value loss = ops::sum(ops::square(w));
+  auto grads = gradients(loss, {w});
+  Value hyper = g.placeholder("hyper", DType::F64, Shape{2});
+  Attrs a;
+  Value upd = g.add(Op::ApplySGD, {w, grads[0], hyper}, a);
+  Session s(g);
+  s.run({}, {}, g.initializers());
+  Tensor h = Tensor::from_vector<double>({0.25, 1}, Shape{2});
+  const double before = s.run({loss}, {{hyper, h}}, {upd})[0].item();
+  EXPECT_DOUBLE_EQ(before, 3.0);
+  // w <- w - 0.25 * 2w = 0.5
+  EXPECT_EQ(s.variable("w").to_vector<double>(), std::vector<double>(3, 0.5));
+}
