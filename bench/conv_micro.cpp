@@ -52,9 +52,12 @@ void fill(std::vector<float>& v, std::mt19937& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int reps = argc > 1 ? std::atoi(argv[1]) : 30;
-  openblas_set_num_threads(1);
-  omp_set_num_threads(1);
+  // Usage: conv_micro [reps=30] [threads=1]. With threads > 1 the CPU-time column sums over
+  // threads; read the wall column then.
+  const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 30;
+  const int threads = argc > 2 ? std::max(1, std::atoi(argv[2])) : 1;
+  openblas_set_num_threads(threads);
+  omp_set_num_threads(threads);
   struct Layer {
     const char* name;
     ConvGeom g;
@@ -64,7 +67,7 @@ int main(int argc, char** argv) {
       {"conv2 5x5 32->64 14x14", {64, 32, 14, 14, 64, 5, 5, 1, 1, 2, 2, 14, 14}},
   };
   std::mt19937 rng(42);
-  std::printf("batch 64, 1 thread, median of %d; ms wall (ms CPU time) [GFLOPS from CPU time]\n", reps);
+  std::printf("batch 64, %d thread(s), median of %d; ms wall (ms CPU time) [GFLOPS from CPU time]\n", threads, reps);
   std::printf("%-24s %24s %24s %24s\n", "layer", "forward", "grad_input", "grad_filter");
   for (const Layer& l : layers) {
     const ConvGeom& g = l.g;

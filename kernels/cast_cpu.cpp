@@ -9,6 +9,7 @@
 #endif
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 #include "kernels/half.h"
 
 namespace rf::kernels::cpu {
@@ -19,23 +20,11 @@ namespace {
 // costs microseconds.
 constexpr i64 kGrain = 1 << 16;
 
-// Calls body(begin, end) over [0, n): inline when small, else one contiguous slice per thread.
-template <class F>
-void parallel_range(i64 n, F&& body) {
-  const int nt = (n >= 2 * kGrain && !omp_in_parallel()) ? omp_get_max_threads() : 1;
-  if (nt <= 1) {
-    body(i64(0), n);
-    return;
-  }
-  const i64 parts = std::min<i64>(nt, n / kGrain);
-#pragma omp parallel for schedule(static) num_threads(static_cast<int>(parts))
-  for (i64 p = 0; p < parts; ++p) body(n * p / parts, n * (p + 1) / parts);
-}
 
 }  // namespace
 
 void f32_to_f16(const float* x, uint16_t* y, i64 n) {
-  parallel_range(n, [&](i64 b, i64 e) {
+  parallel_range(n, kGrain, [&](i64 b, i64 e) {
     i64 i = b;
 #if defined(__F16C__)
     for (; i + 8 <= e; i += 8)
@@ -47,7 +36,7 @@ void f32_to_f16(const float* x, uint16_t* y, i64 n) {
 }
 
 void f16_to_f32(const uint16_t* x, float* y, i64 n) {
-  parallel_range(n, [&](i64 b, i64 e) {
+  parallel_range(n, kGrain, [&](i64 b, i64 e) {
     i64 i = b;
 #if defined(__F16C__)
     for (; i + 8 <= e; i += 8)
@@ -58,13 +47,13 @@ void f16_to_f32(const uint16_t* x, float* y, i64 n) {
 }
 
 void f32_to_bf16(const float* x, uint16_t* y, i64 n) {
-  parallel_range(n, [&](i64 b, i64 e) {
+  parallel_range(n, kGrain, [&](i64 b, i64 e) {
     for (i64 i = b; i < e; ++i) y[i] = float_to_bf16_bits(x[i]);
   });
 }
 
 void bf16_to_f32(const uint16_t* x, float* y, i64 n) {
-  parallel_range(n, [&](i64 b, i64 e) {
+  parallel_range(n, kGrain, [&](i64 b, i64 e) {
     for (i64 i = b; i < e; ++i) y[i] = bf16_bits_to_float(x[i]);
   });
 }

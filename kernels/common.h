@@ -61,8 +61,12 @@ struct Shape {
   std::vector<i64> vec() const { return std::vector<i64>(dims, dims + rank); }
   std::string str() const {
     std::string s = "[";
-    for (int i = 0; i < rank; ++i) s += (i ? "," : "") + (dims[i] < 0 ? std::string("?") : std::to_string(dims[i]));
-    return s + "]";
+    for (int i = 0; i < rank; ++i) {
+      if (i) s += ',';
+      s += dims[i] < 0 ? std::string("?") : std::to_string(dims[i]);
+    }
+    s += ']';
+    return s;
   }
 };
 

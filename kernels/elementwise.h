@@ -7,6 +7,13 @@
 
 namespace rf::kernels {
 
+#if !defined(__CUDACC__)
+// Host code: unqualified exp(float) must find std's float overloads, not ::exp(double). Names
+// are bound where the functors are defined, so this has to be here, not at the call site.
+// (CUDA device code gets float overloads from the CUDA math headers.)
+using std::erf, std::exp, std::log, std::pow, std::sqrt, std::tanh;
+#endif
+
 enum class UnaryOp { Neg, Exp, Log, Sqrt, Square, Abs, Relu, Tanh, Sigmoid, Gelu };
 // Binary ops on two equally shaped (or broadcast) operands. The *Grad ops take (dy, saved) and
 // return dx: ReluGrad(dy, x), TanhGrad(dy, y=tanh x), SigmoidGrad(dy, y=sigmoid x), GeluGrad(dy, x).

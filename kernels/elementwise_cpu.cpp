@@ -3,17 +3,9 @@
 #include <cmath>
 #include <type_traits>
 
-// The functors call exp/log/tanh/erf/... unqualified. <cmath> puts only the double versions in
-// the global namespace, so for T = float the call would go through double (slower, and not what
-// the CUDA build does). Those names are looked up where the functors are defined, not where they
-// are instantiated, which is why this must come before elementwise.h is first included.
+#include "kernels/elementwise.h"
+
 namespace rf::kernels {
-using std::erf;
-using std::exp;
-using std::log;
-using std::pow;
-using std::sqrt;
-using std::tanh;
 static_assert(std::is_same_v<decltype(exp(1.0f)), float>, "float overloads of <cmath> not visible");
 }  // namespace rf::kernels
 
@@ -23,14 +15,8 @@ static_assert(std::is_same_v<decltype(exp(1.0f)), float>, "float overloads of <c
 #include <string>
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 
-// Asserts no loop-carried dependence to GCC, so loops whose output may alias an input exactly
-// (in-place ops) still vectorize without a runtime overlap check. Other compilers keep theirs.
-#if defined(__GNUC__) && !defined(__clang__)
-#define RF_IVDEP _Pragma("GCC ivdep")
-#else
-#define RF_IVDEP
-#endif
 
 namespace rf::kernels::cpu {
 
@@ -40,18 +26,6 @@ namespace {
 // costs microseconds, more than an entire op at the batch sizes we train with.
 constexpr i64 kGrain = 1 << 15;
 
-// Calls body(begin, end) over [0, n): inline when small, else one contiguous slice per thread.
-template <class F>
-void parallel_range(i64 n, i64 grain, F&& body) {
-  const int nt = (n >= 2 * grain && !omp_in_parallel()) ? omp_get_max_threads() : 1;
-  if (nt <= 1) {
-    body(i64(0), n);
-    return;
-  }
-  const i64 parts = std::min<i64>(nt, n / grain);
-#pragma omp parallel for schedule(static) num_threads(static_cast<int>(parts))
-  for (i64 p = 0; p < parts; ++p) body(n * p / parts, n * (p + 1) / parts);
-}
 
 // Ops whose functor calls a libm transcendental are ~20x costlier per element than an add, so
 // they are worth threading at smaller sizes.

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "kernels/cpu.h"
 
@@ -18,39 +20,28 @@ int to_blas_int(i64 v, const char* what) {
   return static_cast<int>(v);
 }
 
-struct BlasArgs {
-  int m, n, k, lda, ldb, ldc;
-};
-
-BlasArgs check(bool ta, bool tb, i64 m, i64 n, i64 k, i64 lda, i64 ldb, i64 ldc) {
-  BlasArgs r{to_blas_int(m, "m"), to_blas_int(n, "n"), to_blas_int(k, "k"),
-             to_blas_int(lda, "lda"), to_blas_int(ldb, "ldb"), to_blas_int(ldc, "ldc")};
-  // Row-major leading dimensions must cover a stored row; BLAS would report this through
-  // xerbla (which prints and may abort), so reject it here with an exception instead.
-  if (lda < std::max<i64>(1, ta ? m : k)) throw std::invalid_argument("gemm: lda too small");
-  if (ldb < std::max<i64>(1, tb ? k : n)) throw std::invalid_argument("gemm: ldb too small");
-  if (ldc < std::max<i64>(1, n)) throw std::invalid_argument("gemm: ldc too small");
-  return r;
-}
-
 }  // namespace
 
-template <>
-void gemm<float>(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, float alpha, const float* a, i64 lda,
-                 const float* b, i64 ldb, float beta, float* c, i64 ldc) {
-  BlasArgs r = check(trans_a, trans_b, m, n, k, lda, ldb, ldc);
+template <class T>
+void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda, const T* b, i64 ldb,
+          T beta, T* c, i64 ldc) {
+  const int M = to_blas_int(m, "m"), N = to_blas_int(n, "n"), K = to_blas_int(k, "k");
+  const int LDA = to_blas_int(lda, "lda"), LDB = to_blas_int(ldb, "ldb"), LDC = to_blas_int(ldc, "ldc");
+  // BLAS reports these through xerbla, which prints and carries on without computing; an
+  // exception tells the caller instead.
+  if (lda < std::max<i64>(1, trans_a ? m : k)) throw std::invalid_argument("gemm: lda smaller than a row of A");
+  if (ldb < std::max<i64>(1, trans_b ? k : n)) throw std::invalid_argument("gemm: ldb smaller than a row of B");
+  if (ldc < std::max<i64>(1, n)) throw std::invalid_argument("gemm: ldc smaller than a row of C");
   if (m == 0 || n == 0) return;
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              r.m, r.n, r.k, alpha, a, r.lda, b, r.ldb, beta, c, r.ldc);
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, a, LDA, b, LDB, beta, c, LDC);
+  else
+    cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, a, LDA, b, LDB, beta, c, LDC);
 }
 
-template <>
-void gemm<double>(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, double alpha, const double* a, i64 lda,
-                  const double* b, i64 ldb, double beta, double* c, i64 ldc) {
-  BlasArgs r = check(trans_a, trans_b, m, n, k, lda, ldb, ldc);
-  if (m == 0 || n == 0) return;
-  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              r.m, r.n, r.k, alpha, a, r.lda, b, r.ldb, beta, c, r.ldc);
-}
+template void gemm<float>(bool, bool, i64, i64, i64, float, const float*, i64, const float*, i64, float, float*, i64);
+template void gemm<double>(bool, bool, i64, i64, i64, double, const double*, i64, const double*, i64, double, double*,
+                           i64);
 
 }  // namespace rf::kernels::cpu

@@ -11,14 +11,8 @@
 #endif
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 
-// Asserts no loop-carried dependence to GCC, so loops whose output may alias an input exactly
-// (in-place ops) still vectorize without a runtime overlap check. Other compilers keep theirs.
-#if defined(__GNUC__) && !defined(__clang__)
-#define RF_IVDEP _Pragma("GCC ivdep")
-#else
-#define RF_IVDEP
-#endif
 
 namespace rf::kernels::cpu {
 
@@ -28,18 +22,6 @@ namespace {
 // costs microseconds, more than an entire update of a typical layer's parameters.
 constexpr i64 kGrain = 1 << 15;
 
-// Calls body(begin, end) over [0, n): inline when small, else one contiguous slice per thread.
-template <class F>
-void parallel_range(i64 n, F&& body) {
-  const int nt = (n >= 2 * kGrain && !omp_in_parallel()) ? omp_get_max_threads() : 1;
-  if (nt <= 1) {
-    body(i64(0), n);
-    return;
-  }
-  const i64 parts = std::min<i64>(nt, n / kGrain);
-#pragma omp parallel for schedule(static) num_threads(static_cast<int>(parts))
-  for (i64 p = 0; p < parts; ++p) body(n * p / parts, n * (p + 1) / parts);
-}
 
 // The per-call options are template parameters so each loop body is branch-free, which GCC needs
 // before it will vectorize it. Weight decay is skipped, not multiplied by 0, when wd == 0, as
@@ -127,7 +109,7 @@ void adam_loop(T* w, T* m, T* v, const T* g, i64 b, i64 e, const AdamScalars<T>&
 template <class T>
 void sgd_update(T* w, const T* g, i64 n, double lr, double wd) {
   const T nlr = static_cast<T>(-lr), wdt = static_cast<T>(wd);
-  parallel_range(n, [&](i64 b, i64 e) {
+  parallel_range(n, kGrain, [&](i64 b, i64 e) {
     if (wd != 0) sgd_loop<true>(w, g, b, e, nlr, wdt);
     else sgd_loop<false>(w, g, b, e, nlr, wdt);
   });
@@ -136,7 +118,7 @@ void sgd_update(T* w, const T* g, i64 n, double lr, double wd) {
 template <class T>
 void momentum_update(T* w, T* v, const T* g, i64 n, double lr, double mu, double wd, bool nesterov) {
   const T nlr = static_cast<T>(-lr), mut = static_cast<T>(mu), wdt = static_cast<T>(wd);
-  parallel_range(n, [&](i64 b, i64 e) {
+  parallel_range(n, kGrain, [&](i64 b, i64 e) {
     if (wd != 0) {
       if (nesterov) momentum_loop<true, true>(w, v, g, b, e, nlr, mut, wdt);
       else momentum_loop<true, false>(w, v, g, b, e, nlr, mut, wdt);
@@ -160,7 +142,7 @@ void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, doub
                          static_cast<T>(1.0 - lw),    static_cast<T>(wd),               static_cast<T>(1.0 - lr * wd)};
   const int decay = wd == 0 ? 0 : decoupled ? 2 : 1;
   const bool low = lw < 0.5;
-  parallel_range(n, [&](i64 b, i64 e) {
+  parallel_range(n, kGrain, [&](i64 b, i64 e) {
     switch (decay * 2 + (low ? 1 : 0)) {
       case 0: adam_loop<0, false>(w, m, v, g, b, e, s); break;
       case 1: adam_loop<0, true>(w, m, v, g, b, e, s); break;

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 #include "kernels/random.h"
 
 namespace rf::kernels::cpu {
@@ -17,18 +18,6 @@ namespace {
 // costs microseconds. A hash per element costs several adds, hence lower than for plain math.
 constexpr i64 kGrain = 1 << 13;
 
-// Calls body(begin, end) over [0, n): inline when small, else one contiguous slice per thread.
-template <class F>
-void parallel_range(i64 n, i64 grain, F&& body) {
-  const int nt = (n >= 2 * grain && !omp_in_parallel()) ? omp_get_max_threads() : 1;
-  if (nt <= 1) {
-    body(i64(0), n);
-    return;
-  }
-  const i64 parts = std::min<i64>(nt, n / grain);
-#pragma omp parallel for schedule(static) num_threads(static_cast<int>(parts))
-  for (i64 p = 0; p < parts; ++p) body(n * p / parts, n * (p + 1) / parts);
-}
 
 }  // namespace
 

@@ -11,14 +11,8 @@
 #endif
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 
-// Asserts no loop-carried dependence to GCC, so loops whose output may alias an input exactly
-// (in-place ops) still vectorize without a runtime overlap check. Other compilers keep theirs.
-#if defined(__GNUC__) && !defined(__clang__)
-#define RF_IVDEP _Pragma("GCC ivdep")
-#else
-#define RF_IVDEP
-#endif
 
 namespace rf::kernels::cpu {
 
@@ -30,21 +24,6 @@ constexpr int kMaxRank = Shape::kMaxRank;
 // costs microseconds, more than an entire op at the batch sizes we train with.
 constexpr i64 kGrain = 1 << 15;
 
-// Calls body(begin, end) over [0, n) work items of about `cost` elements each: inline when the
-// total is small, else one contiguous slice per thread. Work is split over outputs only, so no
-// result depends on the thread count.
-template <class F>
-void parallel_range(i64 n, i64 cost, F&& body) {
-  const i64 grain = std::max<i64>(1, kGrain / std::max<i64>(1, cost));
-  const int nt = (n >= 2 * grain && !omp_in_parallel()) ? omp_get_max_threads() : 1;
-  if (nt <= 1) {
-    body(i64(0), n);
-    return;
-  }
-  const i64 parts = std::min<i64>(nt, n / grain);
-#pragma omp parallel for schedule(static) num_threads(static_cast<int>(parts))
-  for (i64 p = 0; p < parts; ++p) body(n * p / parts, n * (p + 1) / parts);
-}
 
 // Not Shape::str(): inlined at -O3, its `const char* + std::string&&` trips a GCC 12 -Wrestrict
 // false positive (GCC PR 105329).
@@ -210,7 +189,7 @@ void reduce_impl(const T* x, const Shape& xs, T* y, const Shape& ys, T scale) {
   bool any_red = false;
   for (int d = 0; d < p.r; ++d) any_red |= p.red[d];
   if (!any_red) {
-    parallel_range(nx, 1, [&](i64 b, i64 e) { scale_copy(x + b, y + b, e - b, scale); });
+    parallel_range(nx, kGrain, [&](i64 b, i64 e) { scale_copy(x + b, y + b, e - b, scale); });
     return;
   }
   const int in = p.r - 1;
@@ -220,7 +199,7 @@ void reduce_impl(const T* x, const Shape& xs, T* y, const Shape& ys, T scale) {
     Walk kept, runs;
     for (int d = 0; d < in; ++d) (p.red[d] ? runs : kept).add(p.n[d], p.xst[d]);
     const i64 nruns = runs.count();
-    parallel_range(ny, nruns * L, [&](i64 o0, i64 o1) {
+    parallel_range(ny, kGrain / std::max<i64>(1, nruns * L), [&](i64 o0, i64 o1) {
       Cursor ko(kept, o0);
       for (i64 o = o0; o < o1; ++o, ko.next()) {
         T acc = 0;
@@ -238,7 +217,7 @@ void reduce_impl(const T* x, const Shape& xs, T* y, const Shape& ys, T scale) {
     constexpr i64 kTile = 256;
     const i64 ktiles = (K + kTile - 1) / kTile;
     // Work items are (output row, column tile) pairs so a single output row still threads.
-    parallel_range(nout * ktiles, nrows * std::min(K, kTile), [&](i64 w0, i64 w1) {
+    parallel_range(nout * ktiles, kGrain / std::max<i64>(1, nrows * std::min(K, kTile)), [&](i64 w0, i64 w1) {
       for (i64 w = w0; w < w1; ++w) {
         const i64 o = w / ktiles, k0 = (w % ktiles) * kTile;
         const Cursor ko(kept, o);
@@ -355,7 +334,7 @@ void broadcast_to(const T* x, const Shape& xs, T* y, const Shape& ys, double sca
     }
   }
   if (r == 0 || (r == 1 && !rep[0])) {
-    parallel_range(ny, 1, [&](i64 b, i64 e) { scale_copy(x + b, y + b, e - b, s); });
+    parallel_range(ny, kGrain, [&](i64 b, i64 e) { scale_copy(x + b, y + b, e - b, s); });
     return;
   }
   Walk outer;
@@ -368,7 +347,7 @@ void broadcast_to(const T* x, const Shape& xs, T* y, const Shape& ys, double sca
   for (int d = 0; d < r - 1; ++d) outer.add(n[d], xst[d]);
   inner_st = xst[r - 1];
   const i64 inner = n[r - 1];
-  parallel_range(ny / inner, inner, [&](i64 r0, i64 r1) {
+  parallel_range(ny / inner, kGrain / std::max<i64>(1, inner), [&](i64 r0, i64 r1) {
     Cursor c(outer, r0);
     for (i64 row = r0; row < r1; ++row, c.next()) {
       T* yr = y + row * inner;
@@ -425,7 +404,7 @@ void transpose(const T* x, const Shape& xs, const int* perm, T* y) {
     const i64 run = n[r - 1];
     Walk xo;
     for (int d = 0; d < r - 1; ++d) xo.add(n[d], st[d]);
-    parallel_range(total / run, run, [&](i64 o0, i64 o1) {
+    parallel_range(total / run, kGrain / std::max<i64>(1, run), [&](i64 o0, i64 o1) {
       Cursor cx(xo, o0);
       for (i64 o = o0; o < o1; ++o, cx.next()) std::memcpy(y + o * run, x + cx.off, run * sizeof(T));
     });
@@ -442,7 +421,7 @@ void transpose(const T* x, const Shape& xs, const int* perm, T* y) {
       yo.add(n[d], yst[d]);
     }
   const i64 rows = n[c], cols = n[r - 1];
-  parallel_range(xo.count(), rows * cols, [&](i64 o0, i64 o1) {
+  parallel_range(xo.count(), kGrain / std::max<i64>(1, rows * cols), [&](i64 o0, i64 o1) {
     Cursor cx(xo, o0), cy(yo, o0);
     for (i64 o = o0; o < o1; ++o, cx.next(), cy.next())
       transpose_2d_tile(x + cx.off, st[r - 1], y + cy.off, yst[c], rows, cols);
@@ -452,7 +431,7 @@ void transpose(const T* x, const Shape& xs, const int* perm, T* y) {
 template <class T>
 void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner) {
   if (inner == 1) {
-    parallel_range(outer, C, [&](i64 o0, i64 o1) {
+    parallel_range(outer, kGrain / std::max<i64>(1, C), [&](i64 o0, i64 o1) {
       for (i64 o = o0; o < o1; ++o) {
         const T* xr = x + o * C;
         T* yr = y + o * C;
@@ -462,7 +441,7 @@ void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner) {
     });
     return;
   }
-  parallel_range(outer * C, inner, [&](i64 p0, i64 p1) {
+  parallel_range(outer * C, kGrain / std::max<i64>(1, inner), [&](i64 p0, i64 p1) {
     for (i64 p = p0; p < p1; ++p) {
       const T bv = b[p % C];
       const T* xr = x + p * inner;
@@ -477,7 +456,7 @@ template <class T>
 void bias_add_relu(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner) {
   // Same comparison as ReluF (x > 0 ? x : 0) so NaN maps the same way in the fused and unfused paths.
   if (inner == 1) {
-    parallel_range(outer, C, [&](i64 o0, i64 o1) {
+    parallel_range(outer, kGrain / std::max<i64>(1, C), [&](i64 o0, i64 o1) {
       for (i64 o = o0; o < o1; ++o) {
         const T* xr = x + o * C;
         T* yr = y + o * C;
@@ -490,7 +469,7 @@ void bias_add_relu(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner) {
     });
     return;
   }
-  parallel_range(outer * C, inner, [&](i64 p0, i64 p1) {
+  parallel_range(outer * C, kGrain / std::max<i64>(1, inner), [&](i64 p0, i64 p1) {
     for (i64 p = p0; p < p1; ++p) {
       const T bv = b[p % C];
       const T* xr = x + p * inner;

@@ -7,14 +7,8 @@
 #include <string>
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 
-// Asserts no loop-carried dependence to GCC, so loops whose output may alias an input exactly
-// (in-place ops) still vectorize without a runtime overlap check. Other compilers keep theirs.
-#if defined(__GNUC__) && !defined(__clang__)
-#define RF_IVDEP _Pragma("GCC ivdep")
-#else
-#define RF_IVDEP
-#endif
 
 namespace rf::kernels::cpu {
 
@@ -25,19 +19,6 @@ namespace {
 // pure-arithmetic files because every element here costs an exp.
 constexpr i64 kGrain = 1 << 12;
 
-// Calls body(begin, end) over [0, rows): inline when small, else one slice of rows per thread.
-template <class F>
-void parallel_rows(i64 rows, i64 cols, F&& body) {
-  const i64 grain = std::max<i64>(1, kGrain / std::max<i64>(1, cols));
-  const int nt = (rows >= 2 * grain && !omp_in_parallel()) ? omp_get_max_threads() : 1;
-  if (nt <= 1) {
-    body(i64(0), rows);
-    return;
-  }
-  const i64 parts = std::min<i64>(nt, rows / grain);
-#pragma omp parallel for schedule(static) num_threads(static_cast<int>(parts))
-  for (i64 p = 0; p < parts; ++p) body(rows * p / parts, rows * (p + 1) / parts);
-}
 
 // Row max and dot products with 8 independent lanes, which GCC vectorizes without -ffast-math.
 template <class T>
@@ -104,7 +85,7 @@ double sum_exp_shifted(const T* x, T m, i64 n) {
 template <class T>
 void softmax(const T* x, T* y, i64 rows, i64 cols) {
   if (cols <= 0) return;
-  parallel_rows(rows, cols, [&](i64 r0, i64 r1) {
+  parallel_range(rows, kGrain / std::max<i64>(1, cols), [&](i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
@@ -118,7 +99,7 @@ void softmax(const T* x, T* y, i64 rows, i64 cols) {
 template <class T>
 void log_softmax(const T* x, T* y, i64 rows, i64 cols) {
   if (cols <= 0) return;
-  parallel_rows(rows, cols, [&](i64 r0, i64 r1) {
+  parallel_range(rows, kGrain / std::max<i64>(1, cols), [&](i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
@@ -134,7 +115,7 @@ void log_softmax(const T* x, T* y, i64 rows, i64 cols) {
 
 template <class T>
 void softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols) {
-  parallel_rows(rows, cols / 8 + 1, [&](i64 r0, i64 r1) {
+  parallel_range(rows, kGrain / std::max<i64>(1, cols / 8 + 1), [&](i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; ++r) {
       const T* dyr = dy + r * cols;
       const T* yr = y + r * cols;
@@ -148,7 +129,7 @@ void softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols) {
 
 template <class T>
 void log_softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols) {
-  parallel_rows(rows, cols, [&](i64 r0, i64 r1) {
+  parallel_range(rows, kGrain / std::max<i64>(1, cols), [&](i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; ++r) {
       const T* dyr = dy + r * cols;
       const T* yr = y + r * cols;
@@ -167,7 +148,7 @@ void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 row
     if (labels[r] < 0 || static_cast<i64>(labels[r]) >= cols)
       throw std::invalid_argument("sparse_xent: label " + std::to_string(static_cast<long long>(labels[r])) +
                                   " at row " + std::to_string(r) + " is outside [0, " + std::to_string(cols) + ")");
-  parallel_rows(rows, cols, [&](i64 r0, i64 r1) {
+  parallel_range(rows, kGrain / std::max<i64>(1, cols), [&](i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; ++r) {
       const T* xr = logits + r * cols;
       T* br = backprop + r * cols;
@@ -184,7 +165,7 @@ void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 row
 
 template <class T>
 void sparse_xent_grad(const T* dloss, const T* backprop, T* dlogits, i64 rows, i64 cols) {
-  parallel_rows(rows, cols / 8 + 1, [&](i64 r0, i64 r1) {
+  parallel_range(rows, kGrain / std::max<i64>(1, cols / 8 + 1), [&](i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; ++r) {
       const T d = dloss[r];
       const T* br = backprop + r * cols;

@@ -40,7 +40,7 @@ for name, n in (("good", 100), ("badmagic", 100), ("short", 100)):
         write(f"{d}/{name}/{split}-labels-idx1-ubyte.gz", 0x00000801, (n,), bytes(i % 10 for i in range(n)))
 PY
 
-common=(train --device cpu --quiet --epochs 1 --max-steps 2 --model mlp)
+common=(train --quiet --epochs 1 --max-steps 2 --model mlp)
 expect_error "unknown flag" "--frobnicate" "${common[@]}" --frobnicate 3
 expect_error "unknown model" "resnet" train --model resnet
 expect_error "unknown optimizer" "rmsprop" train --optimizer rmsprop
@@ -60,7 +60,7 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
 fi
 
 # The good data set trains, and a save leaves exactly the checkpoint behind.
-if timeout 120 "$bin" "${common[@]}" --data-dir "$tmp/good" --batch 10 --save "$tmp/ck.safetensors" >"$tmp/out" 2>"$tmp/err" \
+if timeout 120 "$bin" "${common[@]}" --device cpu --data-dir "$tmp/good" --batch 10 --save "$tmp/ck.safetensors" >"$tmp/out" 2>"$tmp/err" \
    && grep -q '"test_accuracy"' "$tmp/out" && [[ -s "$tmp/ck.safetensors" ]] && ! ls "$tmp" | grep -q '\.tmp'; then
   echo "ok   good data set trains and saves"; passes=$((passes + 1))
 else

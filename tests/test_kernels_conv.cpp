@@ -155,6 +155,8 @@ std::vector<ConvGeom> geometries() {
       conv_geom(1, 16, 6, 5, 24, 3, 5, 1, 1, 0, 2),
       conv_geom(3, 10, 11, 10, 16, 5, 5, 2, 2, 2, 2),
       conv_geom(1, 8, 4, 4, 8, 1, 1, 1, 1, 1, 1),  // pad >= filter: the padded-border-only outputs
+      conv_geom(3, 6, 5, 7, 4, 1, 1, 1, 1, 0, 0),  // 1x1: the image is its own column matrix
+      conv_geom(2, 3, 7, 6, 5, 1, 1, 2, 2, 0, 0),
       conv_geom(3, 1, 28, 28, 32, 5, 5, 1, 1, 2, 2),   // the CNN's first layer
       conv_geom(1, 32, 14, 14, 64, 5, 5, 1, 1, 2, 2),  // the CNN's second layer
   };
