@@ -191,9 +191,6 @@ inline void micro(const float* a, i64 lda, const float* const* b, const int32_t*
     for (int v = 0; v < NV; ++v) acc[j][v] = accumulate ? _mm256_loadu_ps(out + j * ldo + 8 * v) : _mm256_setzero_ps();
   const float* bp[NP];
   for (int j = 0; j < NP; ++j) bp[j] = b[j];
-#ifdef UNR
-#pragma GCC unroll 4
-#endif
   for (i64 t = 0; t < T; ++t, a += lda) {
     const i64 o = toff[t];
     __m256 av[NV];
@@ -233,12 +230,6 @@ void gather_gemm_block(const float* a, i64 ka, const float* b0, const int32_t* j
 void gather_gemm(const float* a, i64 ka, const float* b0, const int32_t* joff, i64 J, const int32_t* toff, i64 T,
                  float* out, bool accumulate) {
   i64 k0 = 0;
-#ifdef W32
-  for (; k0 + 32 <= ka; k0 += 32) gather_gemm_block<3, 4>(a, ka, b0, joff, J, toff, T, out, k0, accumulate);
-#endif
-#ifdef W24
-  for (; k0 + 24 <= ka; k0 += 24) gather_gemm_block<4, 3>(a, ka, b0, joff, J, toff, T, out, k0, accumulate);
-#endif
   for (; k0 + 16 <= ka; k0 += 16) gather_gemm_block<6, 2>(a, ka, b0, joff, J, toff, T, out, k0, accumulate);
   if (k0 < ka) gather_gemm_block<12, 1>(a, ka, b0, joff, J, toff, T, out, k0, accumulate);
 }

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -84,6 +85,16 @@ void save_checkpoint(Session& s, const Graph& g, const std::string& path) {
   save_safetensors(path, named);
 }
 
+// Rows of logits [B, C] whose largest entry is at the label.
+int64_t count_correct(const Tensor& logits, const Tensor& labels) {
+  const i64 b = logits.shape()[0], k = logits.shape()[1];
+  const float* l = logits.data<float>();
+  const int32_t* y = labels.data<int32_t>();
+  int64_t correct = 0;
+  for (i64 i = 0; i < b; ++i) correct += std::max_element(l + i * k, l + (i + 1) * k) - (l + i * k) == y[i];
+  return correct;
+}
+
 // Test accuracy and mean loss over a data set, in batches of eval_batch (last one smaller).
 std::pair<double, double> evaluate(Session& s, const Model& m, const Dataset& d, int64_t eval_batch) {
   int64_t correct = 0;
@@ -96,15 +107,8 @@ std::pair<double, double> evaluate(Session& s, const Model& m, const Dataset& d,
     std::memcpy(x.raw(), d.images.data() + start * per, size_t(b * per) * sizeof(float));
     std::memcpy(y.raw(), d.labels.data() + start, size_t(b) * sizeof(int32_t));
     const auto& out = s.run({m.logits, m.loss}, {{m.images, x}, {m.labels, y}});
-    const std::vector<float> logits = out[0].to_vector<float>();
+    correct += count_correct(out[0].to(Device::cpu()), y);
     loss_sum += out[1].item() * double(b);
-    for (int64_t i = 0; i < b; ++i) {
-      const float* row = logits.data() + i * d.classes;
-      int64_t best = 0;
-      for (int64_t c = 1; c < d.classes; ++c)
-        if (row[c] > row[best]) best = c;
-      correct += best == d.labels[size_t(start + i)];
-    }
   }
   return {double(correct) / double(d.n), loss_sum / double(d.n)};
 }
@@ -186,11 +190,12 @@ nlohmann::json train(const TrainConfig& c) {
   Tensor labels(Shape{c.batch}, DType::I32);
   Tensor hyper(Shape{2}, DType::F64);
   const std::vector<Session::Feed> feeds{{m.images, images}, {m.labels, labels}, {t.hyper, hyper}};
-  const std::vector<Value> fetches{m.loss};
+  const std::vector<Value> fetches{m.loss, m.logits};
+  Tensor logits_host(Shape{c.batch, data.train.classes}, DType::F32);
 
   Progress progress(c.progress);
-  double train_seconds = 0, final_loss = 0, window_loss = 0, window_correct_loss = 0;
-  int64_t step = 0, window_steps = 0;
+  double train_seconds = 0, final_loss = 0, window_loss = 0;
+  int64_t step = 0, window_steps = 0, window_correct = 0;
   nlohmann::json eval_json;
   for (int64_t epoch = 0; epoch < c.epochs && step < total_steps; ++epoch) {
     it.start_epoch(epoch);
@@ -201,8 +206,11 @@ nlohmann::json train(const TrainConfig& c) {
       hyper.data<double>()[0] = lr;
       hyper.data<double>()[1] = double(step + 1);
       const auto t0 = Clock::now();
-      const double loss = sess.run(fetches, feeds, t.updates)[0].item();
+      const auto& out = sess.run(fetches, feeds, t.updates);
+      const double loss = out[0].item();
       train_seconds += seconds_since(t0);
+      logits_host.copy_from(out[1]);
+      window_correct += count_correct(logits_host, labels);
       RF_CHECK(std::isfinite(loss), "loss became ", loss, " at step ", step + 1, " (epoch ", epoch + 1,
                "): lower --lr or check the data");
       final_loss = loss;
@@ -214,13 +222,14 @@ nlohmann::json train(const TrainConfig& c) {
       progress.update(epoch + 1, c.epochs, step, total_steps, loss, sps,
                       double((total_steps - step) * c.batch) / std::max(sps, 1e-9));
       if (step % c.metrics_every == 0) {
-        emit({{"step", step}, {"epoch", epoch + 1}, {"loss", window_loss / double(window_steps)}, {"lr", lr},
+        emit({{"step", step}, {"epoch", epoch + 1}, {"loss", window_loss / double(window_steps)},
+              {"accuracy", double(window_correct) / double(window_steps * c.batch)}, {"lr", lr},
               {"samples_per_second", sps}});
         window_loss = 0;
         window_steps = 0;
+        window_correct = 0;
       }
     }
-    (void)window_correct_loss;
     const auto [acc, test_loss] = evaluate(sess, m, data.test, c.eval_batch);
     eval_json = {{"test_accuracy", acc}, {"test_loss", test_loss}};
     emit({{"step", step}, {"epoch", epoch + 1}, {"loss", final_loss}, {"accuracy", acc}, {"test_loss", test_loss},

@@ -102,6 +102,49 @@ Stream compute_stream(Device d) {
   return {d, nullptr};
 }
 
+Event::Event(Device d) : device_(d) {
+#if RINGFLOW_CUDA
+  if (d.is_cuda()) handle_ = cuda::event_create(d.index);
+#endif
+}
+Event::~Event() {
+#if RINGFLOW_CUDA
+  if (handle_) cuda::event_destroy(handle_);
+#endif
+}
+Event& Event::operator=(Event&& o) noexcept {
+  if (this != &o) {
+#if RINGFLOW_CUDA
+    if (handle_) cuda::event_destroy(handle_);
+#endif
+    device_ = o.device_;
+    handle_ = o.handle_;
+    o.handle_ = nullptr;
+  }
+  return *this;
+}
+void Event::record(const Stream& s) {
+#if RINGFLOW_CUDA
+  if (handle_) cuda::event_record(handle_, s.handle);
+#endif
+}
+void Event::wait(const Stream& s) const {
+#if RINGFLOW_CUDA
+  if (handle_ && s.device.is_cuda()) cuda::stream_wait_event(s.handle, handle_);
+#endif
+}
+void Event::synchronize() const {
+#if RINGFLOW_CUDA
+  if (handle_) cuda::event_synchronize(handle_);
+#endif
+}
+bool Event::done() const {
+#if RINGFLOW_CUDA
+  if (handle_) return cuda::event_query(handle_);
+#endif
+  return true;
+}
+
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
   if (bytes == 0) return;
   if (dst_dev.is_cpu() && src_dev.is_cpu()) {

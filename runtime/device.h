@@ -53,6 +53,28 @@ struct Stream {
 // The default compute stream of a device (one per device, created on first use).
 Stream compute_stream(Device d);
 
+// A marker in a stream: record() after some work, then wait() makes another stream (or
+// synchronize() the host) wait for that work only. On the CPU work is already done when it is
+// enqueued, so every operation is a no-op. Move-only; releases the CUDA event when destroyed.
+class Event {
+ public:
+  Event() = default;
+  explicit Event(Device d);
+  ~Event();
+  Event(Event&& o) noexcept : device_(o.device_), handle_(o.handle_) { o.handle_ = nullptr; }
+  Event& operator=(Event&& o) noexcept;
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  void record(const Stream& s);
+  void wait(const Stream& s) const;  // s waits for the recorded work, the host does not
+  void synchronize() const;          // the host waits
+  bool done() const;                 // non-blocking query
+
+ private:
+  Device device_;
+  void* handle_ = nullptr;  // cudaEvent_t
+};
+
 // Copies bytes between any two devices (synchronously with respect to the host).
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
 

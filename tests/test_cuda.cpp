@@ -452,6 +452,22 @@ TEST(CudaRuntime, CopiesAndZeroes) {
   EXPECT_EQ(a.to_vector<float>(), v);
 }
 
+TEST(CudaRuntime, EventsOrderStreamsAndHost) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  const auto v = random_vec(1 << 20, -1.f, 1.f, 41);
+  Tensor a = to_gpu(v, {1 << 20});
+  rf::Event e(Device::cuda(0));
+  const rf::Stream s = rf::compute_stream(Device::cuda(0));
+  a.zero();  // queued on the compute stream
+  e.record(s);
+  e.wait(s);
+  e.synchronize();
+  EXPECT_TRUE(e.done());
+  rf::Event moved = std::move(e);
+  EXPECT_TRUE(moved.done());
+  EXPECT_EQ(a.to_vector<float>(), std::vector<float>(1 << 20, 0.f));
+}
+
 TEST(CudaRuntime, NoDeviceMeansParseFails) {
   if (rf::cuda_device_count() != 0) GTEST_SKIP() << "a CUDA device is present";
   EXPECT_FALSE(rf::cuda_unavailable_reason().empty());
@@ -478,3 +494,14 @@ TEST(CudaBackend, AbsentWithoutCuda) {
 }
 
 #endif
+
+// Events on the CPU: work is done when enqueued, so every operation is an immediate no-op.
+TEST(CpuRuntime, EventsAreTrivial) {
+  rf::Event e(rf::Device::cpu());
+  const rf::Stream s = rf::compute_stream(rf::Device::cpu());
+  e.record(s);
+  e.wait(s);
+  e.synchronize();
+  EXPECT_TRUE(e.done());
+  EXPECT_EQ(s.handle, nullptr);
+}

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "models/dataset.h"
 #include "models/safetensors.h"
@@ -132,4 +133,28 @@ TEST(Training, BadConfigurationsAreOneLineErrors) {
   c = quick("mlp");
   c.device = "cuda:7";
   EXPECT_NE(msg(c).find("cuda:7"), std::string::npos);
+}
+
+TEST(Training, MetricsFileHasStepAndEpochLines) {
+  const std::string path = temp_path("rf_metrics.jsonl");
+  TrainConfig c = quick("mlp");
+  c.epochs = 2;
+  c.max_steps = 64;  // 32 steps per epoch
+  c.metrics_every = 10;
+  c.metrics_path = path;
+  train(c);
+  std::ifstream in(path);
+  std::string line;
+  int step_lines = 0, epoch_lines = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    for (const char* k : {"step", "epoch", "loss", "accuracy", "lr", "samples_per_second"})
+      EXPECT_TRUE(j.contains(k)) << k << " missing in " << line;
+    EXPECT_GE(j["accuracy"].get<double>(), 0.0);
+    EXPECT_LE(j["accuracy"].get<double>(), 1.0);
+    (j.contains("test_loss") ? epoch_lines : step_lines)++;
+  }
+  EXPECT_EQ(step_lines, 6);   // steps 10, 20, ..., 60
+  EXPECT_EQ(epoch_lines, 2);
+  std::remove(path.c_str());
 }
