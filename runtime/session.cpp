@@ -43,6 +43,16 @@ Session::Session(const Graph& graph, Device device)
     : graph_(graph), device_(device), stream_(compute_stream(device)) {}
 Session::~Session() = default;
 
+void Session::bind_output(Value v, const Tensor& buffer) {
+  RF_CHECK(v.valid() && v.graph == &graph_, "bind_output: not a value of this graph");
+  const Node& n = graph_.node(v);
+  RF_CHECK(n.op != Op::Placeholder && n.op != Op::Const && n.op != Op::Variable && n.op != Op::Reshape &&
+               n.op != Op::ReshapeLike && v.index < int(n.outputs.size()),
+           "bind_output: '", n.name, "' (", op_name(n.op), ") does not compute an output of its own");
+  bound_outputs_[int64_t(v.node) * 8 + v.index] = buffer;
+  plans_.clear();
+}
+
 Tensor& Session::variable(int node) {
   RF_CHECK(node >= 0 && node < graph_.size() && graph_.node(node).op == Op::Variable, "node ", node,
            " is not a Variable");
@@ -214,7 +224,16 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
         st.kind = PlanStep::Kind::Kernel;
         for (int j = 0; j < st.nout; ++j) {
           const OutSpec& s = specs[size_t(id)][size_t(j)];
-          *st.out[j] = Tensor(s.shape, s.dtype, device_);
+          auto bound = bound_outputs_.find(int64_t(id) * 8 + j);
+          if (bound == bound_outputs_.end()) {
+            *st.out[j] = Tensor(s.shape, s.dtype, device_);
+            continue;
+          }
+          const Tensor& b = bound->second;
+          RF_CHECK(b.dtype() == s.dtype && b.numel() == s.shape.numel() && b.device() == device_,
+                   "output ", j, " of '", n.name, "' is ", dtype_name(s.dtype), s.shape.str(), " on ", device_.str(),
+                   " but the bound buffer is ", dtype_name(b.dtype()), b.shape().str(), " on ", b.device().str());
+          *st.out[j] = b.view(s.shape);
         }
     }
     // Apply* ops read their hyper-parameters {lr, step} on the host.

@@ -47,6 +47,11 @@ class Session {
   // broadcast from rank 0).
   void set_initialized(int node);
 
+  // Makes every plan write output v into `buffer` (same dtype and element count as v's shape
+  // in the plan) instead of a buffer of its own, e.g. a gradient straight into its slot of a
+  // fusion buffer (PyTorch DDP's gradient_as_bucket_view). Compiled plans are dropped.
+  void bind_output(Value v, const Tensor& buffer);
+
   Device device() const { return device_; }
   const Graph& graph() const { return graph_; }
   size_t plans_compiled() const { return plans_compiled_; }
@@ -70,6 +75,7 @@ class Session {
   Device device_;
   Stream stream_;
   std::vector<VarSlot> vars_;  // by node id
+  std::unordered_map<int64_t, Tensor> bound_outputs_;  // key: node * 8 + output index
   std::unordered_map<std::vector<int64_t>, std::unique_ptr<Plan>, KeyHash> plans_;
   std::vector<int64_t> key_scratch_;
   size_t plans_compiled_ = 0;

@@ -35,6 +35,15 @@ Tensor Tensor::view(const Shape& shape) const {
   return t;
 }
 
+Tensor Tensor::slice(i64 offset, const Shape& shape) const {
+  RF_CHECK(offset >= 0 && shape.defined() && offset + shape.numel() <= numel(), "slice of ", shape.numel(),
+           " elements at ", offset, " is out of range for ", shape_.str());
+  Tensor t = *this;
+  t.offset_ += size_t(offset) * dtype_size(dtype_);
+  t.shape_ = shape;
+  return t;
+}
+
 Tensor Tensor::to(Device d) const {
   Tensor t(shape_, dtype_, d);
   t.copy_from(*this);

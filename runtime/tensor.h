@@ -46,6 +46,9 @@ class Tensor {
 
   // Same storage, another shape with the same number of elements.
   Tensor view(const Shape& shape) const;
+  // Same storage: shape.numel() elements starting `offset` elements into this tensor (a
+  // gradient's slot in a fusion buffer, say).
+  Tensor slice(i64 offset, const Shape& shape) const;
   Tensor to(Device d) const;
   Tensor clone() const { return to(device()); }
   // Copies src's elements into this tensor (same dtype and element count; any devices).

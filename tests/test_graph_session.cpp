@@ -149,3 +149,29 @@ TEST(Session, TargetsRunUpdatesAfterEveryRead) {
   // w <- w - 0.25 * 2w = 0.5
   EXPECT_EQ(s.variable("w").to_vector<double>(), std::vector<double>(3, 0.5));
 }
+
+TEST(Session, BoundOutputsAreWrittenInPlace) {
+  // Two gradients written straight into slots of one flat buffer, as the Reducer's buckets do.
+  Graph g;
+  Value x = g.placeholder("x", DType::F64, Shape{-1, 3});
+  Value w = g.variable("w", Shape{3, 2}, DType::F64, Initializer::constant(0.5));
+  Value b = g.variable("b", Shape{2}, DType::F64, Initializer::constant(0.25));
+  Value loss = ops::sum(ops::square(ops::bias_add(ops::matmul(x, w), b)));
+  const auto grads = gradients(loss, {w, b});
+  Session plain(g), bound(g);
+  for (Session* s : {&plain, &bound}) s->run({}, {}, g.initializers());
+  Tensor flat = Tensor::zeros(Shape{8}, DType::F64);
+  bound.bind_output(grads[0], flat.slice(0, Shape{6}));
+  bound.bind_output(grads[1], flat.slice(6, Shape{2}));
+  Tensor in = Tensor::from_vector<double>({1, 2, 3, -1, 0.5, 2}, Shape{2, 3});
+  const auto want_w = plain.run({grads[0]}, {{x, in}})[0].to_vector<double>();
+  const auto want_b = plain.run({grads[1]}, {{x, in}})[0].to_vector<double>();
+  const auto& got = bound.run({grads[0], grads[1]}, {{x, in}});
+  EXPECT_TRUE(got[0].same_storage(flat));
+  std::vector<double> expect = want_w;
+  expect.insert(expect.end(), want_b.begin(), want_b.end());
+  EXPECT_EQ(flat.to_vector<double>(), expect);
+  bound.bind_output(grads[0], Tensor::zeros(Shape{5}, DType::F64));
+  EXPECT_THROW(bound.run({grads[0]}, {{x, in}}), Error);  // the size is checked when the plan compiles
+  EXPECT_THROW(bound.bind_output(x, flat), Error);         // a placeholder computes nothing
+}
