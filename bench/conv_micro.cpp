@@ -5,9 +5,11 @@
 #include <time.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "kernels/cpu.h"
@@ -58,6 +60,9 @@ int main(int argc, char** argv) {
   const int threads = argc > 2 ? std::max(1, std::atoi(argv[2])) : 1;
   openblas_set_num_threads(threads);
   omp_set_num_threads(threads);
+  // OpenBLAS's worker threads busy-wait for a while after library start-up; that would be
+  // counted in this process's CPU time, so let them go to sleep first.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   struct Layer {
     const char* name;
     ConvGeom g;

@@ -1,7 +1,6 @@
 // 2-D convolution for the CPU backend (NCHW input, OIHW filters, stride, zero padding). Float on
-// AVX2 runs direct register-blocked kernels; double (and other ISAs) runs im2col + OpenBLAS gemm.
-#include <omp.h>
-
+// AVX2 runs direct register-blocked kernels (no im2col matrix); double, other ISAs and the
+// shapes those kernels do not cover run im2col + OpenBLAS gemm.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -11,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -174,10 +174,15 @@ void conv2d_grad_filter_im2col(const T* x, const T* dy, T* dw, const ConvGeom& g
 // ---------------------------------------------------------------------------------------------
 // AVX2 direct path (float). All three convolutions are one "gather-gemm":
 //   out[j][k] (+)= sum_t a[t][k] * b0[joff[j] + toff[t]]
-// with k vectorized (a row-major with 8-aligned width ka) and b read by broadcasts from a
-// zero-padded image, so no im2col matrix is ever written. Forward: j = output pixel, t = (c,r,s),
-// a = packed filters. grad_filter: j = (c,r,s), t = output pixel, a = transposed dY. grad_input
-// (stride 1): the forward of dY with flipped, transposed filters.
+// with k vectorized and b read by broadcasts from a zero-padded image, so no im2col matrix is
+// ever written. Forward: j = output pixel, t = (c,r,s), a = the filters. grad_filter: j = (c,r,s),
+// t = output pixel, a = dY. grad_input (stride 1): the forward of dY with flipped filters whose
+// in/out channels are swapped.
+//
+// a is packed in column blocks: lanes [k0, k0 + w) form a [T][w] row-major array at a + k0 T,
+// with w = 16, except 8 for a last block when the lane count ka (K rounded up to 8) is an odd
+// multiple of 8. The kernel then streams a contiguously (measured 4-12% faster on the CNN's
+// second layer than reading 16-lane slices of [T][ka] rows).
 
 i64 round8(i64 v) { return (v + 7) / 8 * 8; }
 
@@ -204,34 +209,41 @@ inline void micro(const float* a, i64 lda, const float* const* b, const int32_t*
     for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + j * ldo + 8 * v, acc[j][v]);
 }
 
-// The column block [k0, k0 + 8 NV) of the gather-gemm over all J rows, NP rows at a time. A
-// short last block runs on a stack tile with its missing rows aliased to a real one.
+// One column block of the gather-gemm (a: its packed [T][8 NV] array; out: its first lane, rows
+// ldo apart) over all J rows, NP rows at a time. A short last group runs on a stack tile with
+// its missing rows aliased to a real one.
 template <int NP, int NV>
-void gather_gemm_block(const float* a, i64 ka, const float* b0, const int32_t* joff, i64 J, const int32_t* toff,
-                       i64 T, float* out, i64 k0, bool accumulate) {
+void gather_gemm_block(const float* a, const float* b0, const int32_t* joff, i64 J, const int32_t* toff, i64 T,
+                       float* out, i64 ldo, bool accumulate) {
   const float* bp[NP];
   for (i64 j0 = 0; j0 < J; j0 += NP) {
     const i64 nj = std::min<i64>(NP, J - j0);
     for (int i = 0; i < NP; ++i) bp[i] = b0 + joff[j0 + std::min<i64>(i, nj - 1)];
-    float* o = out + j0 * ka + k0;
+    float* o = out + j0 * ldo;
     if (nj == NP) {
-      micro<NP, NV>(a + k0, ka, bp, toff, T, o, ka, accumulate);
+      micro<NP, NV>(a, 8 * NV, bp, toff, T, o, ldo, accumulate);
     } else {
       alignas(32) float tile[NP * 8 * NV];
       if (accumulate)
-        for (i64 i = 0; i < nj; ++i) std::memcpy(tile + i * 8 * NV, o + i * ka, sizeof(float) * 8 * NV);
-      micro<NP, NV>(a + k0, ka, bp, toff, T, tile, 8 * NV, accumulate);
-      for (i64 i = 0; i < nj; ++i) std::memcpy(o + i * ka, tile + i * 8 * NV, sizeof(float) * 8 * NV);
+        for (i64 i = 0; i < nj; ++i) std::memcpy(tile + i * 8 * NV, o + i * ldo, sizeof(float) * 8 * NV);
+      micro<NP, NV>(a, 8 * NV, bp, toff, T, tile, 8 * NV, accumulate);
+      for (i64 i = 0; i < nj; ++i) std::memcpy(o + i * ldo, tile + i * 8 * NV, sizeof(float) * 8 * NV);
     }
   }
 }
 
-// out[J][ka] (+)= gather-gemm; ka is a multiple of 8 and a, out are 32-byte aligned.
+// Lane width of the packed block that starts at lane k0 (see the layout above).
+inline i64 block_width(i64 ka, i64 k0) { return ka - k0 >= 16 ? 16 : 8; }
+
+// out[J][ka] (+)= gather-gemm with a packed; ka is a multiple of 8, a and out 32-byte aligned.
 void gather_gemm(const float* a, i64 ka, const float* b0, const int32_t* joff, i64 J, const int32_t* toff, i64 T,
                  float* out, bool accumulate) {
-  i64 k0 = 0;
-  for (; k0 + 16 <= ka; k0 += 16) gather_gemm_block<6, 2>(a, ka, b0, joff, J, toff, T, out, k0, accumulate);
-  if (k0 < ka) gather_gemm_block<12, 1>(a, ka, b0, joff, J, toff, T, out, k0, accumulate);
+  for (i64 k0 = 0; k0 < ka; k0 += block_width(ka, k0)) {
+    if (block_width(ka, k0) == 16)
+      gather_gemm_block<6, 2>(a + k0 * T, b0, joff, J, toff, T, out + k0, ka, accumulate);
+    else
+      gather_gemm_block<12, 1>(a + k0 * T, b0, joff, J, toff, T, out + k0, ka, accumulate);
+  }
 }
 
 inline void transpose8x8(const float* s, i64 lds, float* d, i64 ldd) {
@@ -266,6 +278,19 @@ void transpose(const float* s, i64 rows, i64 cols, i64 lds, float* d, i64 ldd) {
   }
   for (; r < rows; ++r)
     for (i64 c = 0; c < cols; ++c) d[c * ldd + r] = s[r * lds + c];
+}
+
+// a (packed as above, ka = round8(K) lanes) from src[k][t] (rows lds apart): a[t][k] = src[k][t],
+// zero in the lanes k >= K.
+void pack_transposed(const float* src, i64 K, i64 T, i64 lds, float* a) {
+  const i64 ka = round8(K);
+  for (i64 k0 = 0; k0 < ka; k0 += block_width(ka, k0)) {
+    const i64 bw = block_width(ka, k0), rows = std::min(bw, K - k0);
+    float* blk = a + k0 * T;
+    transpose(src + k0 * lds, rows, T, lds, blk, bw);
+    if (rows < bw)
+      for (i64 t = 0; t < T; ++t) std::fill(blk + t * bw + rows, blk + (t + 1) * bw, 0.f);
+  }
 }
 
 // xp[c][Hp][Wp] = x[c][H][W] placed at (ph, pw) in zeros.
@@ -305,22 +330,22 @@ bool direct_ok(const ConvGeom& g) {
 void conv2d_direct(const float* x, const float* w, float* y, const ConvGeom& g) {
   const i64 CRS = g.C * g.R * g.S, PQ = g.P * g.Q, CHW = g.C * g.H * g.W, Kp = round8(g.K);
   const i64 Hp = g.H + 2 * g.pad_h, Wp = g.W + 2 * g.pad_w;
-  // Filters as a[crs][k], zero in the lanes past K.
-  float* wt = scratch<float, 1>(CRS * Kp);
-  transpose(w, g.K, CRS, CRS, wt, Kp);
-  for (i64 t = 0; t < CRS; ++t) std::fill(wt + t * Kp + g.K, wt + (t + 1) * Kp, 0.f);
+  float* wt = scratch<float, 1>(CRS * Kp);  // a[crs][k] = w[k][crs]
+  pack_transposed(w, g.K, CRS, CRS, wt);
   int32_t* toff = scratch<int32_t, 2>(CRS);
   int32_t* joff = scratch<int32_t, 3>(PQ);
   tap_offsets(g.C, g.R, g.S, Hp, Wp, toff);
   pixel_offsets(g.P, g.Q, g.stride_h, g.stride_w, Wp, joff);
-#pragma omp parallel for schedule(static)
-  for (i64 n = 0; n < g.N; ++n) {
+  // Images are independent outputs; each is far above the cost of starting a thread team.
+  parallel_range(g.N, 1, [&](i64 n0, i64 n1) {
     float* xp = scratch<float, 4>(g.C * Hp * Wp);
     float* yt = scratch<float, 5>(PQ * Kp);
-    pad_image(x + n * CHW, g.C, g.H, g.W, g.pad_h, g.pad_w, xp, Hp, Wp);
-    gather_gemm(wt, Kp, xp, joff, PQ, toff, CRS, yt, false);
-    transpose(yt, PQ, g.K, Kp, y + n * g.K * PQ, PQ);
-  }
+    for (i64 n = n0; n < n1; ++n) {
+      pad_image(x + n * CHW, g.C, g.H, g.W, g.pad_h, g.pad_w, xp, Hp, Wp);
+      gather_gemm(wt, Kp, xp, joff, PQ, toff, CRS, yt, false);
+      transpose(yt, PQ, g.K, Kp, y + n * g.K * PQ, PQ);
+    }
+  });
 }
 
 // Stride 1 and pad < filter size only: dx is then the stride-1 forward of dY padded by
@@ -328,52 +353,63 @@ void conv2d_direct(const float* x, const float* w, float* y, const ConvGeom& g) 
 void conv2d_grad_input_direct(const float* dy, const float* w, float* dx, const ConvGeom& g) {
   const i64 KRS = g.K * g.R * g.S, RS = g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W, Cp = round8(g.C);
   const i64 ph = g.R - 1 - g.pad_h, pw = g.S - 1 - g.pad_w, Pp = g.P + 2 * ph, Qp = g.Q + 2 * pw;
-  // a[(k, r', s')][c] = w[k][c][R-1-r'][S-1-s'].
+  // a[(k, r', s')][c] = w[k][c][R-1-r'][S-1-s'], packed.
   float* wt = scratch<float, 1>(KRS * Cp);
-  for (i64 k = 0; k < g.K; ++k)
-    for (i64 rs = 0; rs < RS; ++rs) {
-      float* d = wt + (k * RS + rs) * Cp;
-      for (i64 c = 0; c < g.C; ++c) d[c] = w[(k * g.C + c) * RS + (RS - 1 - rs)];
-      std::fill(d + g.C, d + Cp, 0.f);
-    }
+  for (i64 c0 = 0; c0 < Cp; c0 += block_width(Cp, c0)) {
+    const i64 bw = block_width(Cp, c0);
+    float* blk = wt + c0 * KRS;
+    for (i64 k = 0; k < g.K; ++k)
+      for (i64 rs = 0; rs < RS; ++rs) {
+        float* d = blk + (k * RS + rs) * bw;
+        for (i64 l = 0; l < bw; ++l)
+          d[l] = c0 + l < g.C ? w[(k * g.C + c0 + l) * RS + (RS - 1 - rs)] : 0.f;
+      }
+  }
   int32_t* toff = scratch<int32_t, 2>(KRS);
   int32_t* joff = scratch<int32_t, 3>(HW);
   tap_offsets(g.K, g.R, g.S, Pp, Qp, toff);
   pixel_offsets(g.H, g.W, 1, 1, Qp, joff);
-#pragma omp parallel for schedule(static)
-  for (i64 n = 0; n < g.N; ++n) {
+  parallel_range(g.N, 1, [&](i64 n0, i64 n1) {
     float* dyp = scratch<float, 4>(g.K * Pp * Qp);
     float* dxt = scratch<float, 5>(HW * Cp);
-    pad_image(dy + n * g.K * PQ, g.K, g.P, g.Q, ph, pw, dyp, Pp, Qp);
-    gather_gemm(wt, Cp, dyp, joff, HW, toff, KRS, dxt, false);
-    transpose(dxt, HW, g.C, Cp, dx + n * g.C * HW, HW);
-  }
+    for (i64 n = n0; n < n1; ++n) {
+      pad_image(dy + n * g.K * PQ, g.K, g.P, g.Q, ph, pw, dyp, Pp, Qp);
+      gather_gemm(wt, Cp, dyp, joff, HW, toff, KRS, dxt, false);
+      transpose(dxt, HW, g.C, Cp, dx + n * g.C * HW, HW);
+    }
+  });
 }
 
 void conv2d_grad_filter_direct(const float* x, const float* dy, float* dw, const ConvGeom& g) {
   const i64 CRS = g.C * g.R * g.S, PQ = g.P * g.Q, CHW = g.C * g.H * g.W, Kp = round8(g.K);
-  const i64 Hp = g.H + 2 * g.pad_h, Wp = g.W + 2 * g.pad_w;
+  const i64 Hp = g.H + 2 * g.pad_h, Wp = g.W + 2 * g.pad_w, XP = g.C * Hp * Wp, DYT = PQ * Kp;
   int32_t* joff = scratch<int32_t, 2>(CRS);
   int32_t* toff = scratch<int32_t, 3>(PQ);
   tap_offsets(g.C, g.R, g.S, Hp, Wp, joff);
   pixel_offsets(g.P, g.Q, g.stride_h, g.stride_w, Wp, toff);
-  // One dW^T[crs][k] partial per thread, summed at the end: the images are the parallel axis.
-  const int nth = static_cast<int>(std::max<i64>(1, std::min<i64>(omp_get_max_threads(), g.N)));
-  float* parts = scratch<float, 1>(nth * CRS * Kp);
-  std::fill(parts, parts + nth * CRS * Kp, 0.f);
-#pragma omp parallel for schedule(static) num_threads(nth)
-  for (i64 n = 0; n < g.N; ++n) {
-    float* part = parts + omp_get_thread_num() * CRS * Kp;
-    float* xp = scratch<float, 4>(g.C * Hp * Wp);
-    float* dyt = scratch<float, 5>(PQ * Kp);
-    pad_image(x + n * CHW, g.C, g.H, g.W, g.pad_h, g.pad_w, xp, Hp, Wp);
-    transpose(dy + n * g.K * PQ, g.K, PQ, PQ, dyt, Kp);
-    for (i64 t = 0; t < PQ && Kp > g.K; ++t) std::fill(dyt + t * Kp + g.K, dyt + (t + 1) * Kp, 0.f);
-    gather_gemm(dyt, Kp, xp, joff, CRS, toff, PQ, part, true);
+  float* acc = scratch<float, 1>(CRS * Kp);  // dW^T[crs][k]
+  std::fill(acc, acc + CRS * Kp, 0.f);
+  // Threads split the taps (the outputs), never the images: every dW element then sums the
+  // images in the same order whatever the thread count. The images are prepared a chunk at a
+  // time so that the threads share one padded copy of each.
+  const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const i64 chunk = nt > 1 ? std::min<i64>(g.N, 2 * nt) : 1;
+  float* xps = scratch<float, 4>(chunk * XP);
+  float* dyts = scratch<float, 5>(chunk * DYT);
+  for (i64 c0 = 0; c0 < g.N; c0 += chunk) {
+    const i64 nb = std::min(chunk, g.N - c0);
+    parallel_range(nb, 1, [&](i64 b0, i64 b1) {
+      for (i64 b = b0; b < b1; ++b) {
+        pad_image(x + (c0 + b) * CHW, g.C, g.H, g.W, g.pad_h, g.pad_w, xps + b * XP, Hp, Wp);
+        pack_transposed(dy + (c0 + b) * g.K * PQ, g.K, PQ, PQ, dyts + b * DYT);  // a[pixel][k]
+      }
+    });
+    parallel_range(CRS, 24, [&](i64 j0, i64 j1) {
+      for (i64 b = 0; b < nb; ++b)
+        gather_gemm(dyts + b * DYT, Kp, xps + b * XP, joff + j0, j1 - j0, toff, PQ, acc + j0 * Kp, true);
+    });
   }
-  for (int i = 1; i < nth; ++i)
-    for (i64 e = 0; e < CRS * Kp; ++e) parts[e] += parts[i * CRS * Kp + e];
-  transpose(parts, CRS, g.K, Kp, dw, CRS);
+  transpose(acc, CRS, g.K, Kp, dw, CRS);
 }
 #endif  // RF_CONV_AVX2
 

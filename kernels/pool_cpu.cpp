@@ -1,6 +1,7 @@
 // 2-D max and average pooling for the CPU backend (NCHW), with PyTorch's semantics: max pooling
 // records a per-plane argmax and ignores padding; average pooling counts padding (count_include_pad).
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cmath>
 #include <limits>
@@ -9,6 +10,7 @@
 #include <type_traits>
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -33,6 +35,16 @@ void check_geom(const PoolGeom& g, const char* op) {
     throw std::invalid_argument(std::string(op) + ": a pooling window lies entirely in the padding");
   if (g.H * g.W > std::numeric_limits<int32_t>::max())
     throw std::invalid_argument(std::string(op) + ": plane too large for int32 argmax");
+}
+
+// f(plane) for every (n, c) plane, threaded over planes (each writes only its own outputs).
+// A plane of a small CNN is a few hundred elements, far below what pays for starting threads,
+// hence the grain.
+template <class F>
+void for_planes(const PoolGeom& g, F&& f) {
+  parallel_range(g.N * g.C, std::max<i64>(1, 32768 / (g.H * g.W)), [&](i64 pl0, i64 pl1) {
+    for (i64 plane = pl0; plane < pl1; ++plane) f(plane);
+  });
 }
 
 // The clipped window [lo, hi) of output index o along one axis.
@@ -106,14 +118,13 @@ void max_pool2d(const T* x, T* y, int32_t* argmax, const PoolGeom& g) {
   const i64 HW = g.H * g.W, PQ = g.P * g.Q;
   const bool k2s2 = g.R == 2 && g.S == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0 &&
                     2 * g.P <= g.H && 2 * g.Q <= g.W;
-#pragma omp parallel for schedule(static)
-  for (i64 plane = 0; plane < g.N * g.C; ++plane) {
+  for_planes(g, [&](i64 plane) {
     const T* xp = x + plane * HW;
     T* yp = y + plane * PQ;
     int32_t* ap = argmax + plane * PQ;
     if (k2s2) {
       max_plane_2x2(xp, yp, ap, g.H, g.W, g.P, g.Q);
-      continue;
+      return;
     }
     for (i64 p = 0; p < g.P; ++p) {
       const Span hs = span(p, g.stride_h, g.pad_h, g.R, g.H);
@@ -130,16 +141,15 @@ void max_pool2d(const T* x, T* y, int32_t* argmax, const PoolGeom& g) {
         ap[p * g.Q + q] = static_cast<int32_t>(idx);
       }
     }
-  }
+  });
 }
 
 template <class T>
 void max_pool2d_grad(const T* dy, const int32_t* argmax, T* dx, const PoolGeom& g) {
   check_geom(g, "max_pool2d_grad");
   const i64 HW = g.H * g.W, PQ = g.P * g.Q;
-  bool bad = false;
-#pragma omp parallel for schedule(static) reduction(|| : bad)
-  for (i64 plane = 0; plane < g.N * g.C; ++plane) {
+  std::atomic<bool> bad{false};
+  for_planes(g, [&](i64 plane) {
     T* dxp = dx + plane * HW;
     std::fill(dxp, dxp + HW, T(0));
     const T* dyp = dy + plane * PQ;
@@ -147,12 +157,12 @@ void max_pool2d_grad(const T* dy, const int32_t* argmax, T* dx, const PoolGeom& 
     for (i64 o = 0; o < PQ; ++o) {
       const int32_t i = ap[o];
       if (i < 0 || i >= HW) {
-        bad = true;
+        bad.store(true, std::memory_order_relaxed);
         continue;
       }
       dxp[i] += dyp[o];
     }
-  }
+  });
   if (bad) throw std::invalid_argument("max_pool2d_grad: argmax index outside the input plane");
 }
 
@@ -160,8 +170,7 @@ template <class T>
 void avg_pool2d(const T* x, T* y, const PoolGeom& g) {
   check_geom(g, "avg_pool2d");
   const i64 HW = g.H * g.W, PQ = g.P * g.Q;
-#pragma omp parallel for schedule(static)
-  for (i64 plane = 0; plane < g.N * g.C; ++plane) {
+  for_planes(g, [&](i64 plane) {
     const T* xp = x + plane * HW;
     T* yp = y + plane * PQ;
     for (i64 p = 0; p < g.P; ++p) {
@@ -179,15 +188,14 @@ void avg_pool2d(const T* x, T* y, const PoolGeom& g) {
         yp[p * g.Q + q] = sum / static_cast<T>(dh * dw);
       }
     }
-  }
+  });
 }
 
 template <class T>
 void avg_pool2d_grad(const T* dy, T* dx, const PoolGeom& g) {
   check_geom(g, "avg_pool2d_grad");
   const i64 HW = g.H * g.W, PQ = g.P * g.Q;
-#pragma omp parallel for schedule(static)
-  for (i64 plane = 0; plane < g.N * g.C; ++plane) {
+  for_planes(g, [&](i64 plane) {
     T* dxp = dx + plane * HW;
     std::fill(dxp, dxp + HW, T(0));
     const T* dyp = dy + plane * PQ;
@@ -204,7 +212,7 @@ void avg_pool2d_grad(const T* dy, T* dx, const PoolGeom& g) {
           for (i64 w = ws.lo; w < ws.hi; ++w) dxp[h * g.W + w] += v;
       }
     }
-  }
+  });
 }
 
 template void max_pool2d<float>(const float*, float*, int32_t*, const PoolGeom&);
