@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "collective/mpi_env.h"
 #include "models/trainer.h"
 #include "runtime/error.h"
 
@@ -43,6 +44,13 @@ int main(int argc, char** argv) {
   tr->add_option("--synthetic-train", c.synthetic_train, "samples in the synthetic training set")
       ->capture_default_str();
   tr->add_flag("--quiet", quiet, "no progress line on stderr");
+  tr->add_option("--collective", c.collective, "auto | ring | mpi (data parallel under mpirun)")
+      ->check(CLI::IsMember({"auto", "ring", "mpi"}))
+      ->capture_default_str();
+  tr->add_option("--bucket-mb", c.bucket_mb, "gradient bucket cap in MiB")->capture_default_str();
+  tr->add_option("--check-every", c.check_every, "compare Variables across ranks every K steps (0: off)")
+      ->capture_default_str();
+  tr->add_option("--timeline", c.timeline_path, "write a Chrome trace of ops and allreduces (all ranks)");
 
   try {
     app.parse(argc, argv);
@@ -58,10 +66,11 @@ int main(int argc, char** argv) {
   c.progress = !quiet;
   try {
     const nlohmann::json summary = rf::train(c);
-    std::cout << summary.dump() << std::endl;
+    if (summary["rank"].get<int>() == 0) std::cout << summary.dump() << std::endl;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ringflow: error: %s\n", e.what());
-    return 1;
+    // Peers may be waiting in a collective for this rank: end the whole job now.
+    rf::collective::abort_job(1);
   }
   return 0;
 }

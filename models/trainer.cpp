@@ -13,6 +13,8 @@
 #include <map>
 
 #include "autodiff/optimizer.h"
+#include "collective/communicator.h"
+#include "collective/reducer.h"
 #include "models/dataset.h"
 #include "models/models.h"
 #include "models/safetensors.h"
@@ -37,8 +39,74 @@ void validate(const TrainConfig& c) {
   RF_CHECK(c.eval_batch > 0, "--eval-batch must be positive, got ", c.eval_batch);
   RF_CHECK(c.metrics_every > 0, "--metrics-every must be positive, got ", c.metrics_every);
   RF_CHECK(c.weight_decay >= 0, "--weight-decay must be >= 0, got ", c.weight_decay);
+  RF_CHECK(c.bucket_mb > 0, "--bucket-mb must be positive, got ", c.bucket_mb);
+  RF_CHECK(c.check_every >= 0, "--check-every must be >= 0, got ", c.check_every);
+  RF_CHECK(c.collective == "auto" || c.collective == "ring" || c.collective == "mpi",
+           "unknown collective '", c.collective, "': expected auto, ring or mpi");
   parse_optimizer(c.optimizer);
   parse_schedule(c.schedule);
+}
+
+// Per-Variable checksums (sum and sum of squares in double) compared across ranks; a replica
+// that drifted stops the run naming the step and the first Variable that differs.
+void check_consistency(Session& s, const Graph& g, collective::Communicator& comm, int64_t step) {
+  const std::vector<int> vars = g.variables();
+  std::vector<double> sums;
+  for (int id : vars) {
+    double a = 0, q = 0;
+    const Tensor& t = s.variable(id);
+    if (t.dtype() == DType::F32)
+      for (float v : t.to_vector<float>()) a += v, q += double(v) * v;
+    else if (t.dtype() == DType::F64)
+      for (double v : t.to_vector<double>()) a += v, q += v * v;
+    sums.push_back(a);
+    sums.push_back(q);
+  }
+  std::vector<double> lo = sums, hi = sums;
+  comm.allreduce(lo.data(), lo.size(), DType::F64, collective::ReduceOp::Min);
+  comm.allreduce(hi.data(), hi.size(), DType::F64, collective::ReduceOp::Max);
+  for (size_t i = 0; i < sums.size(); ++i)
+    RF_CHECK(lo[i] == hi[i], "replicas diverged at step ", step, ": Variable '", g.node(vars[i / 2]).name,
+             "' differs across ranks (checksum ", lo[i], " vs ", hi[i], ")");
+}
+
+// Rank 0's Variables (weights and optimizer slots) to every rank, so replicas start identical.
+void broadcast_variables(Session& s, const Graph& g, collective::Communicator& comm) {
+  for (int id : g.variables()) {
+    Tensor& t = s.variable(id);
+    comm.broadcast(t.raw(), size_t(t.numel()), t.dtype(), 0);
+  }
+}
+
+// Gathers every rank's trace to rank 0, which writes one file with the ranks as pids.
+void write_timeline(const Timeline& tl, const std::string& path, collective::Communicator& comm) {
+  const std::string tmp = path + ".rank" + std::to_string(comm.rank()) + ".tmp";
+  tl.write(tmp);
+  std::ifstream in(tmp);
+  std::string mine((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::remove(tmp.c_str());
+  std::vector<size_t> counts(size_t(comm.size()));
+  size_t n = mine.size();
+  comm.allgather(&n, counts.data(), 1, DType::I64);
+  size_t total = 0;
+  for (size_t k : counts) total += k;
+  std::string all(total, '\0');
+  comm.allgatherv(mine.data(), all.data(), counts, DType::U8);
+  if (comm.rank() != 0) return;
+  nlohmann::json merged = {{"traceEvents", nlohmann::json::array()}, {"displayTimeUnit", "ms"}};
+  size_t off = 0;
+  for (size_t k : counts) {
+    const nlohmann::json part_json = nlohmann::json::parse(all.substr(off, k));
+    for (const auto& e : part_json["traceEvents"]) merged["traceEvents"].push_back(e);
+    off += k;
+  }
+  const std::string part = path + ".tmp";
+  {
+    std::ofstream out(part);
+    out << merged.dump() << '\n';
+    RF_CHECK(out.good(), "cannot write timeline ", part);
+  }
+  RF_CHECK(std::rename(part.c_str(), path.c_str()) == 0, "cannot rename ", part, " to ", path);
 }
 
 // Sum of squares of every trainable Variable, accumulated in double.
@@ -96,12 +164,15 @@ int64_t count_correct(const Tensor& logits, const Tensor& labels) {
 }
 
 // Test accuracy and mean loss over a data set, in batches of eval_batch (last one smaller).
-std::pair<double, double> evaluate(Session& s, const Model& m, const Dataset& d, int64_t eval_batch) {
+// Each rank evaluates a contiguous 1/world of the set; the sums are allreduced.
+std::pair<double, double> evaluate(Session& s, const Model& m, const Dataset& d, int64_t eval_batch,
+                                   collective::Communicator& comm) {
   int64_t correct = 0;
   double loss_sum = 0;
   const int64_t per = d.sample_size();
-  for (int64_t start = 0; start < d.n; start += eval_batch) {
-    const int64_t b = std::min(eval_batch, d.n - start);
+  const int64_t lo = d.n * comm.rank() / comm.size(), hi = d.n * (comm.rank() + 1) / comm.size();
+  for (int64_t start = lo; start < hi; start += eval_batch) {
+    const int64_t b = std::min(eval_batch, hi - start);
     Tensor x(Shape{b, 1, d.height, d.width}, DType::F32);
     Tensor y(Shape{b}, DType::I32);
     std::memcpy(x.raw(), d.images.data() + start * per, size_t(b * per) * sizeof(float));
@@ -110,7 +181,9 @@ std::pair<double, double> evaluate(Session& s, const Model& m, const Dataset& d,
     correct += count_correct(out[0].to(Device::cpu()), y);
     loss_sum += out[1].item() * double(b);
   }
-  return {double(correct) / double(d.n), loss_sum / double(d.n)};
+  double sums[2] = {double(correct), loss_sum};
+  comm.allreduce(sums, 2, DType::F64, collective::ReduceOp::Sum);
+  return {sums[0] / double(d.n), sums[1] / double(d.n)};
 }
 
 class Progress {
@@ -141,7 +214,13 @@ class Progress {
 nlohmann::json train(const TrainConfig& c) {
   validate(c);
   set_num_threads(c.threads);
-  const Device device = Device::parse(c.device);
+  auto comm = collective::make_communicator(c.collective == "auto" ? "ring" : c.collective,
+                                            collective::options_from_env());
+  const int rank = comm->rank(), world = comm->size();
+  RF_CHECK(c.batch % world == 0, "--batch ", c.batch, " does not split evenly over ", world, " ranks");
+  const int64_t local_batch = c.batch / world;
+  Device device = Device::parse(c.device);
+  if (device.is_cuda() && world > 1) device = Device::cuda(comm->local_rank() % cuda_device_count());
 
   FashionMnist data;
   if (c.data == "fashion-mnist") {
@@ -165,8 +244,26 @@ nlohmann::json train(const TrainConfig& c) {
   Session sess(g, device);
   sess.run({}, {}, g.initializers());
   if (!c.init_from.empty()) load_checkpoint(sess, g, c.init_from);
+  if (world > 1) broadcast_variables(sess, g, *comm);
 
-  BatchIterator it(data.train, c.batch, c.seed, c.shuffle);
+  std::unique_ptr<Timeline> timeline;
+  if (!c.timeline_path.empty()) timeline = std::make_unique<Timeline>(rank);
+  std::unique_ptr<collective::Reducer> reducer;
+  RunOptions traced;  // single replica: only the timeline hook
+  RunOptions* step_options = nullptr;
+  if (world > 1) {
+    collective::ReducerOptions ro;
+    ro.bucket_mb = c.bucket_mb;
+    ro.first_bucket_mb = std::min(1.0, c.bucket_mb);
+    ro.timeline = timeline.get();
+    reducer = std::make_unique<collective::Reducer>(*comm, sess, t.vars, t.grads, ro);
+    step_options = &reducer->run_options();
+  } else if (timeline) {
+    traced.timeline = timeline.get();
+    step_options = &traced;
+  }
+
+  BatchIterator it(data.train, local_batch, c.seed, c.shuffle, rank, world);
   const int64_t steps_per_epoch = it.steps_per_epoch();
   const int64_t total_steps =
       c.max_steps > 0 ? std::min(c.max_steps, c.epochs * steps_per_epoch) : c.epochs * steps_per_epoch;
@@ -177,23 +274,30 @@ nlohmann::json train(const TrainConfig& c) {
   sched.total_steps = total_steps;
   sched.step_size = std::max<int64_t>(1, total_steps / 3);
 
+  const bool lead = rank == 0;
   std::ofstream metrics;
-  if (!c.metrics_path.empty()) {
+  if (lead && !c.metrics_path.empty()) {
     metrics.open(c.metrics_path);
     RF_CHECK(metrics.good(), "cannot open metrics file ", c.metrics_path, " for writing");
   }
   auto emit = [&](nlohmann::json j) {
     if (metrics.is_open()) metrics << j.dump() << '\n' << std::flush;
   };
+  // Loss and accuracy sums of every rank (one tiny allreduce, only when reporting).
+  auto global_mean = [&](double loss_sum, double correct, double steps) {
+    double v[3] = {loss_sum, correct, steps};
+    if (world > 1) comm->allreduce(v, 3, DType::F64, collective::ReduceOp::Sum);
+    return std::pair<double, double>{v[0] / v[2], v[1] / (v[2] * double(local_batch))};
+  };
 
-  Tensor images(Shape{c.batch, 1, data.train.height, data.train.width}, DType::F32);
-  Tensor labels(Shape{c.batch}, DType::I32);
+  Tensor images(Shape{local_batch, 1, data.train.height, data.train.width}, DType::F32);
+  Tensor labels(Shape{local_batch}, DType::I32);
   Tensor hyper(Shape{2}, DType::F64);
   const std::vector<Session::Feed> feeds{{m.images, images}, {m.labels, labels}, {t.hyper, hyper}};
   const std::vector<Value> fetches{m.loss, m.logits};
-  Tensor logits_host(Shape{c.batch, data.train.classes}, DType::F32);
+  Tensor logits_host(Shape{local_batch, data.train.classes}, DType::F32);
 
-  Progress progress(c.progress);
+  Progress progress(c.progress && lead);
   double train_seconds = 0, final_loss = 0, window_loss = 0;
   int64_t step = 0, window_steps = 0, window_correct = 0;
   nlohmann::json eval_json;
@@ -206,44 +310,49 @@ nlohmann::json train(const TrainConfig& c) {
       hyper.data<double>()[0] = lr;
       hyper.data<double>()[1] = double(step + 1);
       const auto t0 = Clock::now();
-      const auto& out = sess.run(fetches, feeds, t.updates);
+      const auto& out = sess.run(fetches, feeds, t.updates, step_options);
       const double loss = out[0].item();
       train_seconds += seconds_since(t0);
       logits_host.copy_from(out[1]);
       window_correct += count_correct(logits_host, labels);
       RF_CHECK(std::isfinite(loss), "loss became ", loss, " at step ", step + 1, " (epoch ", epoch + 1,
-               "): lower --lr or check the data");
+               ", rank ", rank, "): lower --lr or check the data");
       final_loss = loss;
       window_loss += loss;
       ++window_steps;
       ++step;
       ++epoch_steps;
+      if (c.check_every > 0 && step % c.check_every == 0 && world > 1) check_consistency(sess, g, *comm, step);
       const double sps = double(step * c.batch) / std::max(train_seconds, 1e-9);
       progress.update(epoch + 1, c.epochs, step, total_steps, loss, sps,
                       double((total_steps - step) * c.batch) / std::max(sps, 1e-9));
       if (step % c.metrics_every == 0) {
-        emit({{"step", step}, {"epoch", epoch + 1}, {"loss", window_loss / double(window_steps)},
-              {"accuracy", double(window_correct) / double(window_steps * c.batch)}, {"lr", lr},
+        const auto [mloss, macc] = global_mean(window_loss, double(window_correct), double(window_steps));
+        emit({{"step", step}, {"epoch", epoch + 1}, {"loss", mloss}, {"accuracy", macc}, {"lr", lr},
               {"samples_per_second", sps}});
         window_loss = 0;
         window_steps = 0;
         window_correct = 0;
       }
     }
-    const auto [acc, test_loss] = evaluate(sess, m, data.test, c.eval_batch);
+    const auto [acc, test_loss] = evaluate(sess, m, data.test, c.eval_batch, *comm);
     eval_json = {{"test_accuracy", acc}, {"test_loss", test_loss}};
-    emit({{"step", step}, {"epoch", epoch + 1}, {"loss", final_loss}, {"accuracy", acc}, {"test_loss", test_loss},
-          {"lr", sched.at(std::max<int64_t>(step - 1, 0))},
+    emit({{"step", step}, {"epoch", epoch + 1}, {"loss", global_mean(final_loss, 0, 1).first}, {"accuracy", acc},
+          {"test_loss", test_loss}, {"lr", sched.at(std::max<int64_t>(step - 1, 0))},
           {"samples_per_second", double(epoch_steps * c.batch) / std::max(seconds_since(epoch_start), 1e-9)}});
   }
   progress.done();
-  if (!c.save_path.empty()) save_checkpoint(sess, g, c.save_path);
+  final_loss = global_mean(final_loss, 0, 1).first;
+  if (world > 1) check_consistency(sess, g, *comm, step);
+  if (lead && !c.save_path.empty()) save_checkpoint(sess, g, c.save_path);
+  if (timeline) write_timeline(*timeline, c.timeline_path, *comm);
 
   nlohmann::json s;
   s["model"] = c.model;
   s["data"] = c.data;
   s["device"] = device.str();
-  s["world_size"] = 1;
+  s["world_size"] = world;
+  s["collective"] = world > 1 ? comm->name() : "none";
   s["threads"] = c.threads;
   s["optimizer"] = c.optimizer;
   s["batch"] = c.batch;
@@ -256,6 +365,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["test_loss"] = eval_json.value("test_loss", 0.0);
   s["final_loss"] = final_loss;
   s["param_norm"] = param_norm(sess, g);
+  s["rank"] = rank;
   return s;
 }
 

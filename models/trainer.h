@@ -32,6 +32,11 @@ struct TrainConfig {
   std::string save_path;
   int64_t eval_batch = 1000;
   bool progress = true;
+  // Data parallel (under mpirun): one replica per rank, --batch split evenly.
+  std::string collective = "auto";  // auto | ring | mpi
+  double bucket_mb = 25;
+  int64_t check_every = 0;          // cross-rank checksum of the Variables every K steps (0: off)
+  std::string timeline_path;        // Chrome trace of ops and bucket allreduces
 };
 
 // Validates the configuration (throws rf::Error with a one-line message on bad input), trains

@@ -333,13 +333,17 @@ const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const
         }
         break;
       }
-      case PlanStep::Kind::Kernel:
+      case PlanStep::Kind::Kernel: {
+        const int64_t t0 = options && options->timeline ? options->timeline->now_us() : 0;
 #if RINGFLOW_CUDA
         if (device_.is_cuda()) exec_cuda(*st.node, st.in, st.out, ctx);
         else
 #endif
           exec_cpu(*st.node, st.in, st.out, ctx);
+        if (options && options->timeline)
+          options->timeline->span(st.node->name, op_name(st.node->op), 0, t0, options->timeline->now_us());
         break;
+      }
     }
     if (options && options->on_node_done) options->on_node_done(st.node->id);
   }

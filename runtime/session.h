@@ -10,6 +10,7 @@
 
 #include "runtime/exec.h"
 #include "runtime/graph.h"
+#include "runtime/timeline.h"
 
 namespace rf {
 
@@ -19,6 +20,8 @@ struct RunOptions {
   std::function<void(int node)> on_node_done;
   // Called once after every other node ran and before the first update (Apply*) node.
   std::function<void()> before_updates;
+  // Records each kernel node's span (lane 0) when set.
+  Timeline* timeline = nullptr;
 };
 
 struct Plan;

@@ -1,0 +1,188 @@
+// Allreduce bandwidth, nccl-tests style: for each size, each backend validates the result
+// (#wrong elements over all ranks), then times --iters allreduces after --warmup, each started
+// together (barrier) and taken as the slowest rank's time; the row reports the median.
+// algbw = bytes / time, busbw = algbw * 2(n-1)/n. A memcpy line gives this machine's copy
+// bandwidth for reference.
+//   mpirun -np 2 build/bench/allreduce_bench -b 4K -e 256M -f 4 --backend all [--iters 20]
+//     [--warmup 3] [--out-of-place] [--json]
+// Backends: ring (transport from RINGFLOW_RING_TRANSPORT, default auto), ring:p2p, ring:shm,
+// mpi, nccl, all (= ring, mpi, and nccl when built).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "collective/communicator.h"
+#include "runtime/error.h"
+
+using namespace rf::collective;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Args {
+  size_t min_bytes = 4 << 10, max_bytes = 64 << 20;
+  double factor = 4;
+  std::vector<std::string> backends = {"all"};
+  int iters = 20, warmup = 3;
+  bool json = false, in_place = true;
+};
+
+size_t parse_bytes(const std::string& s) {
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  double mul = 1;
+  if (*end == 'K' || *end == 'k') mul = 1 << 10, ++end;
+  else if (*end == 'M' || *end == 'm') mul = 1 << 20, ++end;
+  else if (*end == 'G' || *end == 'g') mul = double(1 << 30), ++end;
+  RF_CHECK(end != s.c_str() && *end == '\0' && v > 0, "'", s, "' is not a size (e.g. 4K, 256M)");
+  return static_cast<size_t>(v * mul);
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string f = argv[i];
+    auto next = [&]() -> std::string {
+      RF_CHECK(i + 1 < argc, f, " needs a value");
+      return argv[++i];
+    };
+    if (f == "-b" || f == "--minbytes") a.min_bytes = parse_bytes(next());
+    else if (f == "-e" || f == "--maxbytes") a.max_bytes = parse_bytes(next());
+    else if (f == "-f" || f == "--stepfactor") a.factor = std::atof(next().c_str());
+    else if (f == "--backend") {
+      a.backends.clear();
+      std::string v = next();
+      for (size_t p = 0; p <= v.size();) {
+        const size_t q = std::min(v.find(',', p), v.size());
+        a.backends.push_back(v.substr(p, q - p));
+        p = q + 1;
+      }
+    } else if (f == "--iters" || f == "-n") a.iters = std::atoi(next().c_str());
+    else if (f == "--warmup" || f == "-w") a.warmup = std::atoi(next().c_str());
+    else if (f == "--json") a.json = true;
+    else if (f == "--out-of-place") a.in_place = false;
+    else rf::fail("unknown flag ", f, " (see the comment at the top of bench/allreduce_bench.cpp)");
+  }
+  RF_CHECK(a.factor > 1, "-f must be > 1");
+  RF_CHECK(a.iters > 0 && a.warmup >= 0, "--iters must be > 0 and --warmup >= 0");
+  RF_CHECK(a.min_bytes <= a.max_bytes, "-b must not exceed -e");
+  return a;
+}
+
+struct Row {
+  std::string backend;
+  size_t bytes;
+  double time_us, algbw, busbw;
+  long long wrong;
+};
+
+void print(const Row& r, const Args& a) {
+  if (a.json)
+    std::printf("{\"backend\":\"%s\",\"bytes\":%zu,\"time_us\":%.2f,\"algbw\":%.3f,\"busbw\":%.3f,\"wrong\":%lld}\n",
+                r.backend.c_str(), r.bytes, r.time_us, r.algbw, r.busbw, r.wrong);
+  else
+    std::printf("%12s %12zu %12.1f %10.2f %10.2f %8lld\n", r.backend.c_str(), r.bytes, r.time_us, r.algbw, r.busbw,
+                r.wrong);
+  std::fflush(stdout);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args a = parse(argc, argv);
+    // Barriers and the cross-rank max of the timings go through plain MPI, the same for all.
+    auto sync = make_communicator("mpi");
+    const int n = sync->size(), rank = sync->rank();
+    std::vector<std::pair<std::string, std::unique_ptr<Communicator>>> comms;
+    for (const std::string& b : a.backends) {
+      std::vector<std::string> names = {b};
+      if (b == "all") names = {"ring", "mpi", "nccl"};
+      for (const std::string& name : names) {
+        CommOptions o = options_from_env();
+        std::string kind = name;
+        if (name == "ring:p2p" || name == "ring:shm") {
+          o.transport = name == "ring:p2p" ? Transport::P2P : Transport::Shm;
+          kind = "ring";
+        }
+        try {
+          auto c = make_communicator(kind, o);
+          comms.emplace_back(c->name(), std::move(c));
+        } catch (const rf::Error& e) {
+          if (b != "all") throw;
+          if (rank == 0) std::printf("# %s skipped: %s\n", name.c_str(), e.what());
+        }
+      }
+    }
+    const size_t max_count = std::max<size_t>(1, a.max_bytes / sizeof(float));
+    std::vector<float> in(max_count), out(max_count);
+    std::fill(out.begin(), out.end(), 0.0f);
+
+    if (rank == 0) {
+      std::printf("# allreduce_bench: %d ranks, f32 sum, %s, median of %d iterations after %d warm-up\n", n,
+                  a.in_place ? "in place" : "out of place", a.iters, a.warmup);
+      // Reference: one core copying a buffer of the largest size (at least 64 MiB), median of 5.
+      const size_t mb = std::max<size_t>(a.max_bytes, 64 << 20);
+      std::vector<char> x(mb, 1), y(mb, 2);
+      std::vector<double> ts;
+      for (int i = 0; i < 6; ++i) {
+        const auto t0 = Clock::now();
+        std::memcpy(y.data(), x.data(), mb);
+        ts.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      ts.erase(ts.begin());
+      const double t = median(ts);
+      if (a.json)
+        print({"memcpy", mb, t * 1e6, mb / t / 1e9, mb / t / 1e9, 0}, a);
+      else
+        std::printf("# memcpy reference: %zu bytes in %.1f us = %.2f GB/s (one core)\n", mb, t * 1e6, mb / t / 1e9);
+      if (!a.json)
+        std::printf("%12s %12s %12s %10s %10s %8s\n", "#backend", "size(B)", "time(us)", "algbw(GB/s)", "busbw(GB/s)",
+                    "#wrong");
+    }
+    sync->barrier();
+
+    for (double sz = static_cast<double>(a.min_bytes); sz <= static_cast<double>(a.max_bytes) * 1.0001; sz *= a.factor) {
+      const size_t count = std::max<size_t>(1, static_cast<size_t>(sz) / sizeof(float));
+      const size_t bytes = count * sizeof(float);
+      for (auto& [label, c] : comms) {
+        float* dst = a.in_place ? in.data() : out.data();
+        // Validate: rank r holds (r+1)(i%8+1), so the sum is n(n+1)/2 (i%8+1), exact in f32.
+        for (size_t i = 0; i < count; ++i) in[i] = static_cast<float>((rank + 1) * (i % 8 + 1));
+        c->allreduce(in.data(), dst, count, rf::DType::F32, ReduceOp::Sum);
+        long long wrong = 0;
+        for (size_t i = 0; i < count; ++i) wrong += dst[i] != static_cast<float>(n * (n + 1) / 2 * (i % 8 + 1));
+        sync->allreduce(&wrong, 1, rf::DType::I64, ReduceOp::Sum);
+
+        std::vector<double> ts;
+        for (int it = 0; it < a.warmup + a.iters; ++it) {
+          sync->barrier();
+          const auto t0 = Clock::now();
+          c->allreduce(in.data(), dst, count, rf::DType::F32, ReduceOp::Sum);
+          const double t = std::chrono::duration<double>(Clock::now() - t0).count();
+          if (it >= a.warmup) ts.push_back(t);
+        }
+        sync->allreduce(ts.data(), ts.size(), rf::DType::F64, ReduceOp::Max);  // an iteration ends with its slowest rank
+        const double t = median(ts);
+        const double algbw = bytes / t / 1e9;
+        if (rank == 0) print({label, bytes, t * 1e6, algbw, algbw * 2.0 * (n - 1) / n, wrong}, a);
+      }
+    }
+    comms.clear();
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "allreduce_bench: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,427 @@
+// The host engine (see host_engine.h): task queue and communication thread, local copies at
+// world size 1, the mismatch check, the progress board and the collective timeout.
+#include "collective/host_engine.h"
+
+#include <sched.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cctype>
+#include <map>
+#include <tuple>
+#include <sstream>
+
+#include "collective/mpi_env.h"
+#include "runtime/error.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace rf::collective {
+
+void HostWork::finish(std::string err) {
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    error = std::move(err);
+    done.store(true, std::memory_order_release);
+  }
+  cv.notify_all();
+}
+
+void HostWork::wait() {
+  if (!done.load(std::memory_order_acquire)) {
+    std::unique_lock<std::mutex> lk(mu);
+    cv.wait(lk, [&] { return done.load(std::memory_order_acquire); });
+  }
+  if (!error.empty()) throw Error(error);
+}
+
+void Poller::relax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#endif
+}
+
+void Poller::backoff() {
+  if (idle_ < kYield) {
+    sched_yield();
+  } else {  // a long wait (a slow peer): stop competing for the core
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+namespace {
+
+// With less than MPI_THREAD_MULTIPLE, collectives of different communicators must not call MPI
+// at the same time: they take turns on this lock.
+std::mutex g_serial_mpi;
+
+std::string rank_list(const std::vector<int>& ranks) {
+  std::ostringstream os;
+  os << (ranks.size() == 1 ? "rank " : "ranks ");
+  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? "," : "") << ranks[i];
+  return os.str();
+}
+
+std::string lower(std::string s) {
+  for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return s;
+}
+
+// What the mismatch check compares: the same on every rank that called the same collective.
+struct Desc {
+  uint64_t seq, count, counts_hash;
+  uint8_t kind, dtype, op, pad;
+  int32_t root;
+  bool operator==(const Desc& o) const {
+    return count == o.count && counts_hash == o.counts_hash && kind == o.kind && dtype == o.dtype &&
+           op == o.op && root == o.root;
+  }
+  bool operator<(const Desc& o) const {
+    return std::tie(kind, count, dtype, op, root, counts_hash) <
+           std::tie(o.kind, o.count, o.dtype, o.op, o.root, o.counts_hash);
+  }
+};
+
+Desc describe(const Task& t) {
+  Desc d{};
+  d.seq = t.seq;
+  d.kind = static_cast<uint8_t>(t.kind);
+  d.dtype = static_cast<uint8_t>(t.dtype);
+  d.count = t.count;
+  d.counts_hash = 1469598103934665603ull;  // FNV-1a over the allgatherv counts
+  for (size_t c : t.counts) d.counts_hash = (d.counts_hash ^ c) * 1099511628211ull;
+  d.count = t.kind == CollKind::Allgatherv ? 0 : t.count;
+  for (size_t c : t.counts) d.count += c;
+  const bool reduces = t.kind == CollKind::Allreduce || t.kind == CollKind::ReduceScatter ||
+                       t.kind == CollKind::AllreduceShm;
+  d.op = reduces ? static_cast<uint8_t>(t.op) : 0;
+  d.root = t.kind == CollKind::Broadcast ? t.root : 0;
+  if (t.kind == CollKind::Barrier) d.count = d.dtype = 0;
+  return d;
+}
+
+std::string to_string(const Desc& d) {
+  const auto kind = static_cast<CollKind>(d.kind);
+  std::ostringstream os;
+  os << coll_kind_name(kind) << "(";
+  switch (kind) {
+    case CollKind::Barrier: break;
+    case CollKind::ShmAlloc: os << "bytes=" << d.count; break;
+    case CollKind::Allgatherv:
+      os << "total=" << d.count << ", counts#" << std::hex << (d.counts_hash & 0xffff) << std::dec << ", "
+         << lower(dtype_name(static_cast<DType>(d.dtype)));
+      break;
+    default:
+      os << "count=" << d.count << ", " << lower(dtype_name(static_cast<DType>(d.dtype)));
+      if (kind == CollKind::Broadcast) os << ", root=" << d.root;
+      if (kind == CollKind::Allreduce || kind == CollKind::ReduceScatter || kind == CollKind::AllreduceShm)
+        os << ", " << reduce_op_name(static_cast<ReduceOp>(d.op));
+  }
+  os << ")";
+  return os.str();
+}
+
+}  // namespace
+
+HostCommunicator::HostCommunicator(const CommOptions& opts) : opts_(opts) {
+  const MpiEnv& env = mpi_env();
+  (void)env;
+#if RINGFLOW_MPI
+  if (!env.active || env.world_size == 1) return;
+  MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &world_));
+  MPI_CHECK(MPI_Comm_set_errhandler(world_, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(world_, &rank_));
+  MPI_CHECK(MPI_Comm_size(world_, &size_));
+  if (opts_.ranks_per_node > 0)
+    MPI_CHECK(MPI_Comm_split(world_, rank_ / opts_.ranks_per_node, rank_, &node_));
+  else
+    MPI_CHECK(MPI_Comm_split_type(world_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_));
+  MPI_CHECK(MPI_Comm_set_errhandler(node_, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(node_, &local_rank_));
+  MPI_CHECK(MPI_Comm_size(node_, &local_size_));
+  // The progress board: each rank stores the number of the collective it last started; on a
+  // timeout, a one-sided read of everyone's entry shows who never arrived.
+  MPI_CHECK(MPI_Win_allocate(sizeof(uint64_t), sizeof(uint64_t), MPI_INFO_NULL, world_, &board_, &board_win_));
+  *board_ = 0;
+  MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, board_win_));
+#endif
+}
+
+HostCommunicator::~HostCommunicator() {
+  shutdown();
+#if RINGFLOW_MPI
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  // Destructors only log.
+  auto log = [](int rc, const char* what) {
+    if (rc != MPI_SUCCESS)
+      std::fprintf(stderr, "ringflow: warning: %s failed: %s\n", what, mpi_error_string(rc).c_str());
+  };
+  if (board_win_ != MPI_WIN_NULL) {
+    log(MPI_Win_unlock_all(board_win_), "MPI_Win_unlock_all");
+    log(MPI_Win_free(&board_win_), "MPI_Win_free");
+  }
+  if (node_ != MPI_COMM_NULL) log(MPI_Comm_free(&node_), "MPI_Comm_free");
+  if (world_ != MPI_COMM_NULL) log(MPI_Comm_free(&world_), "MPI_Comm_free");
+#endif
+}
+
+void HostCommunicator::shutdown() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard<std::mutex> lk(wd_mu_);
+    wd_stop_ = true;
+  }
+  wd_cv_.notify_all();
+  if (wd_thread_.joinable()) wd_thread_.join();
+}
+
+Work HostCommunicator::submit(Collective c, bool blocking) {
+  auto t = std::make_shared<Task>();
+  static_cast<Collective&>(*t) = std::move(c);
+  return submit_task(std::move(t), blocking);
+}
+
+Work HostCommunicator::submit_task(std::shared_ptr<Task> t, bool blocking) {
+  t->work = std::make_shared<HostWork>();
+  Work w(t->work);
+  std::unique_lock<std::mutex> lk(mu_);
+  RF_CHECK(!stop_, "collective ", coll_kind_name(t->kind), " called on a communicator being destroyed");
+  t->seq = ++seq_;
+  if (size_ == 1 || (blocking && queue_.empty() && !busy_)) {
+    // Nothing ahead of it: run here and spare the hand-off to the communication thread.
+    busy_ = true;
+    lk.unlock();
+    run(*t);
+    lk.lock();
+    busy_ = false;
+    lk.unlock();
+    cv_.notify_all();
+  } else {
+    if (!thread_.joinable()) thread_ = std::thread(&HostCommunicator::thread_main, this);
+    queue_.push_back(std::move(t));
+    lk.unlock();
+    cv_.notify_all();
+  }
+  if (blocking) w.wait();
+  return w;
+}
+
+void HostCommunicator::thread_main() {
+  for (;;) {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return !busy_ && (!queue_.empty() || stop_); });
+    if (queue_.empty()) return;  // stopping, and everything queued has run
+    std::shared_ptr<Task> t = std::move(queue_.front());
+    queue_.pop_front();
+    busy_ = true;
+    lk.unlock();
+    run(*t);
+    lk.lock();
+    busy_ = false;
+    lk.unlock();
+    cv_.notify_all();
+  }
+}
+
+void HostCommunicator::run(Task& t) {
+  std::unique_lock<std::mutex> serial;
+#if RINGFLOW_MPI
+  if (size_ > 1 && mpi_env().thread_level < MPI_THREAD_MULTIPLE) serial = std::unique_lock<std::mutex>(g_serial_mpi);
+#endif
+  t.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(opts_.timeout_seconds));
+  try {
+    if (size_ == 1) {
+      run_local(t);
+    } else {
+#if RINGFLOW_MPI
+      __atomic_store_n(board_, t.seq, __ATOMIC_RELEASE);
+      MPI_CHECK(MPI_Win_sync(board_win_));
+#endif
+      if (opts_.check_mismatch) check_mismatch(t);
+      if (t.kind == CollKind::ShmAlloc)
+        t.recv = shm_alloc(t.count);
+      else
+        execute(t);
+    }
+    t.work->finish({});
+  } catch (const std::exception& e) {
+    t.work->finish(e.what());
+  }
+}
+
+// World size 1: every collective is the identity (Avg divides by 1), so at most a copy.
+void HostCommunicator::run_local(Task& t) {
+  const size_t es = dtype_size(t.dtype);
+  auto copy = [&](void* dst, const void* src, size_t n) {
+    if (dst != src && n) std::memmove(dst, src, n * es);
+  };
+  switch (t.kind) {
+    case CollKind::Allreduce:
+    case CollKind::Allgather:
+    case CollKind::ReduceScatter: copy(t.recv, t.send, t.count); break;
+    case CollKind::Allgatherv: copy(t.recv, t.send, t.counts[0]); break;
+    case CollKind::ShmAlloc:
+      if (private_shm_.size() < t.count) private_shm_.resize(t.count);
+      t.recv = private_shm_.data();
+      break;
+    case CollKind::Broadcast:
+    case CollKind::Barrier:
+    case CollKind::AllreduceShm: break;
+  }
+}
+
+void* HostCommunicator::shm_alloc(size_t bytes) {
+  if (private_shm_.size() < bytes) private_shm_.resize(bytes);
+  return private_shm_.data();
+}
+
+void* HostCommunicator::private_shm_for(const Task& t) {
+  RF_CHECK(t.count * dtype_size(t.dtype) <= private_shm_.size(), "allreduce_shm of ", t.count * dtype_size(t.dtype),
+           " bytes, but shm_buffer holds ", private_shm_.size());
+  return private_shm_.data();
+}
+
+void* HostCommunicator::shm_buffer_impl(size_t bytes) {
+  // A task, so the (collective) allocation keeps its place in the FIFO; it returns the pointer.
+  auto t = std::make_shared<Task>();
+  t->kind = CollKind::ShmAlloc;
+  t->count = bytes;
+  submit_task(t, true);
+  return t->recv;
+}
+
+void HostCommunicator::check_mismatch(Task& t) {
+#if RINGFLOW_MPI
+  const Desc mine = describe(t);
+  std::vector<Desc> all(static_cast<size_t>(size_));
+  MPI_Request req;
+  MPI_CHECK(MPI_Iallgather(&mine, sizeof(Desc), MPI_BYTE, all.data(), sizeof(Desc), MPI_BYTE, world_, &req));
+  Poller poll(*this, t);
+  for (int done = 0;;) {
+    MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+    if (done) break;
+    poll.idle([] { return std::vector<int>{}; });
+  }
+  // Group the ranks by what they called; the biggest group (ties: the one with rank 0 or the
+  // lowest rank) is the reference the others are reported against.
+  std::map<Desc, std::vector<int>> groups;
+  for (int r = 0; r < size_; ++r) groups[all[static_cast<size_t>(r)]].push_back(r);
+  if (groups.size() == 1) return;
+  auto ref = groups.begin();
+  for (auto it = groups.begin(); it != groups.end(); ++it)
+    if (it->second.size() > ref->second.size() ||
+        (it->second.size() == ref->second.size() && it->second[0] < ref->second[0]))
+      ref = it;
+  std::ostringstream os;
+  os << "collective #" << t.seq << " mismatch: ";
+  bool first = true;
+  for (auto it = groups.begin(); it != groups.end(); ++it) {
+    if (it == ref) continue;
+    os << (first ? "" : "; ") << rank_list(it->second) << " called " << to_string(it->first);
+    first = false;
+  }
+  os << " but " << rank_list(ref->second) << " called " << to_string(ref->first);
+  throw Error(os.str());
+#else
+  (void)t;
+#endif
+}
+
+std::vector<int> HostCommunicator::ranks_not_started(uint64_t seq) {
+  std::vector<int> late;
+#if RINGFLOW_MPI
+  std::vector<uint64_t> val(static_cast<size_t>(size_), 0);
+  std::vector<MPI_Request> req(static_cast<size_t>(size_), MPI_REQUEST_NULL);
+  for (int r = 0; r < size_; ++r)
+    if (r != rank_ &&
+        MPI_Rget(&val[r], 1, MPI_UINT64_T, r, 0, 1, MPI_UINT64_T, board_win_, &req[r]) != MPI_SUCCESS)
+      req[r] = MPI_REQUEST_NULL;
+  // A peer that cannot answer within two seconds is not heard from either.
+  const auto until = Clock::now() + std::chrono::seconds(2);
+  std::vector<char> done(static_cast<size_t>(size_), 0);
+  for (bool all = false; !all && Clock::now() < until;) {
+    all = true;
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_ || done[r]) continue;
+      int flag = 0;
+      if (req[r] != MPI_REQUEST_NULL && MPI_Test(&req[r], &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag)
+        done[r] = 1;
+      else
+        all = false;
+    }
+    if (!all) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  for (int r = 0; r < size_; ++r)
+    if (r != rank_ && (!done[r] || val[r] < seq)) late.push_back(r);
+#else
+  (void)seq;
+#endif
+  return late;
+}
+
+void HostCommunicator::timeout_abort(const Task& t, const std::vector<int>& waiting_for) {
+  static std::atomic<bool> aborting{false};
+  if (aborting.exchange(true)) {  // another thread is already reporting; let it finish
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  std::vector<int> late;
+#if RINGFLOW_MPI
+  // Reading the board calls MPI; from the watchdog that needs MPI_THREAD_MULTIPLE.
+  const bool on_watchdog = std::this_thread::get_id() == wd_thread_.get_id();
+  if (!on_watchdog || mpi_env().thread_level >= MPI_THREAD_MULTIPLE) late = ranks_not_started(t.seq);
+#endif
+  if (late.empty()) late = waiting_for;
+  std::ostringstream os;
+  for (size_t i = 0; i < late.size(); ++i) os << (i ? "," : "") << late[i];
+  const std::string who = late.empty() ? "unknown" : os.str();
+  std::fprintf(stderr, "ringflow: error: %s #%" PRIu64 " timed out after %g s waiting for rank(s) %s (from rank %d)\n",
+               coll_kind_name(t.kind), t.seq, opts_.timeout_seconds, who.c_str(), rank_);
+  std::fflush(stderr);
+#if RINGFLOW_MPI
+  MPI_Abort(MPI_COMM_WORLD, 1);
+#endif
+  std::_Exit(1);
+}
+
+void HostCommunicator::arm_watchdog(const Task* t) {
+  std::lock_guard<std::mutex> lk(wd_mu_);
+  if (!wd_thread_.joinable()) wd_thread_ = std::thread(&HostCommunicator::watchdog_main, this);
+  wd_task_ = t;
+  wd_cv_.notify_all();
+}
+
+void HostCommunicator::disarm_watchdog() {
+  std::lock_guard<std::mutex> lk(wd_mu_);
+  wd_task_ = nullptr;
+  wd_cv_.notify_all();
+}
+
+void HostCommunicator::watchdog_main() {
+  std::unique_lock<std::mutex> lk(wd_mu_);
+  while (!wd_stop_) {
+    if (!wd_task_) {
+      wd_cv_.wait(lk);
+      continue;
+    }
+    const Task* t = wd_task_;
+    if (Clock::now() < t->deadline) {
+      wd_cv_.wait_until(lk, t->deadline);
+      continue;
+    }
+    lk.unlock();
+    timeout_abort(*t, {});
+  }
+}
+
+}  // namespace rf::collective

@@ -1,0 +1,82 @@
+// MPI initialisation on demand and finalisation at exit (see mpi_env.h).
+#include "collective/mpi_env.h"
+
+#include <cstdlib>
+#include <mutex>
+
+#include "collective/mpi_check.h"
+#include "runtime/error.h"
+
+namespace rf::collective {
+
+bool started_by_mpi_launcher() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+#if RINGFLOW_MPI
+std::string mpi_error_string(int code) {
+  char buf[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(code, buf, &len) != MPI_SUCCESS) return "unknown MPI error";
+  return std::string(buf, static_cast<size_t>(len));
+}
+
+namespace {
+bool g_we_initialised = false;
+
+void finalize_at_exit() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (g_we_initialised && !finalized) MPI_Finalize();
+}
+}  // namespace
+#endif
+
+const MpiEnv& mpi_env() {
+  static MpiEnv env;
+  static std::once_flag once;
+  std::call_once(once, [] {
+#if RINGFLOW_MPI
+    int initialised = 0;
+    MPI_CHECK(MPI_Initialized(&initialised));
+    if (!initialised && !started_by_mpi_launcher()) return;
+    if (!initialised) {
+      int provided = 0;
+      MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided));
+      g_we_initialised = true;
+      std::atexit(finalize_at_exit);
+    }
+    MPI_CHECK(MPI_Query_thread(&env.thread_level));
+    // Collectives run on one communication thread at a time; anything less cannot work.
+    RF_CHECK(env.thread_level >= MPI_THREAD_SERIALIZED,
+             "MPI provides thread level ", env.thread_level, " but ringflow needs MPI_THREAD_SERIALIZED or better");
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &env.world_rank));
+    MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &env.world_size));
+    env.active = true;
+#else
+    const char* n = std::getenv("OMPI_COMM_WORLD_SIZE");
+    if (!n) n = std::getenv("PMI_SIZE");
+    RF_CHECK(!n || std::atoi(n) <= 1, "started by an MPI launcher with ", n,
+             " ranks, but ringflow was built without MPI (RINGFLOW_MPI=OFF)");
+#endif
+  });
+  return env;
+}
+
+void abort_job(int code) {
+#if RINGFLOW_MPI
+  int initialised = 0, finalized = 0;
+  MPI_Initialized(&initialised);
+  MPI_Finalized(&finalized);
+  if (initialised && !finalized) {
+    int size = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  }
+#endif
+  std::exit(code);
+}
+
+}  // namespace rf::collective

@@ -1,0 +1,26 @@
+// Process-wide MPI state. MPI is initialised once, on first use, only when the process was
+// started by an MPI launcher (mpirun/mpiexec/srun put their rank variables in the environment);
+// otherwise it is never touched and the job is world size 1, so single-device runs need no MPI.
+#pragma once
+
+namespace rf::collective {
+
+struct MpiEnv {
+  bool active = false;   // MPI is initialised and usable
+  int thread_level = 0;  // MPI_THREAD_* provided (MPI_THREAD_SERIALIZED or better when active)
+  int world_rank = 0;
+  int world_size = 1;
+};
+
+// True when an MPI launcher started this process (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK).
+bool started_by_mpi_launcher();
+
+// Initialises MPI on the first call when started by a launcher (MPI_Init_thread asking for
+// MPI_THREAD_MULTIPLE, accepting SERIALIZED) and registers MPI_Finalize at exit. Thread-safe.
+const MpiEnv& mpi_env();
+
+// Ends the process with `code`. In a multi-rank job it calls MPI_Abort, because peers may be
+// blocked in a collective waiting for this rank; MPI_Finalize would hang instead.
+[[noreturn]] void abort_job(int code);
+
+}  // namespace rf::collective

@@ -1,0 +1,104 @@
+// Bucket assignment, readiness tracking and launch order of the gradient Reducer.
+#include "collective/reducer.h"
+
+namespace rf::collective {
+
+Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& vars, const std::vector<Value>& grads,
+                 const ReducerOptions& options)
+    : comm_(comm), opts_(options), timeline_(options.timeline ? options.timeline : &clock_) {
+  RF_CHECK(vars.size() == grads.size() && !vars.empty(), "Reducer: ", vars.size(), " variables but ", grads.size(),
+           " gradients");
+  RF_CHECK(opts_.bucket_mb > 0 && opts_.first_bucket_mb > 0, "--bucket-mb must be positive, got ", opts_.bucket_mb);
+  const Graph& g = session.graph();
+  dtype_ = g.spec(grads[0]).dtype;
+  RF_CHECK(dtype_ == DType::F32 || dtype_ == DType::F64, "Reducer: gradients must be F32 or F64");
+
+  // Reverse forward order: the backward pass produces the last layers' gradients first.
+  double cap = opts_.first_bucket_mb * 1024 * 1024;
+  Bucket current;
+  size_t bytes = 0;
+  for (size_t k = vars.size(); k-- > 0;) {
+    const OutSpec& s = g.spec(grads[k]);
+    RF_CHECK(s.dtype == dtype_ && s.shape.defined(), "Reducer: gradient of '", g.node(vars[k]).name,
+             "' is ", dtype_name(s.dtype), s.shape.str(), ", expected a fully defined ", dtype_name(dtype_));
+    const size_t b = size_t(s.shape.numel()) * dtype_size(dtype_);
+    if (!current.grads.empty() && double(bytes + b) > cap) {
+      buckets_.push_back(std::move(current));
+      current = Bucket{};
+      bytes = 0;
+      cap = opts_.bucket_mb * 1024 * 1024;
+    }
+    current.grads.push_back(int(k));
+    current.elements += size_t(s.shape.numel());
+    bytes += b;
+  }
+  buckets_.push_back(std::move(current));
+
+  node_buckets_.assign(size_t(g.size()), {});
+  pending_.assign(buckets_.size(), 0);
+  for (size_t bi = 0; bi < buckets_.size(); ++bi) {
+    Bucket& bk = buckets_[bi];
+    bk.buffer = Tensor::zeros(Shape{i64(bk.elements)}, dtype_, session.device());
+    i64 offset = 0;
+    for (int k : bk.grads) {
+      const Shape& shape = g.spec(grads[size_t(k)]).shape;
+      session.bind_output(grads[size_t(k)], bk.buffer.slice(offset, shape));
+      offset += shape.numel();
+      node_buckets_[size_t(grads[size_t(k)].node)].push_back(int(bi));
+    }
+  }
+  work_.resize(buckets_.size());
+  launched_at_.assign(buckets_.size(), -1);
+  for (size_t bi = 0; bi < buckets_.size(); ++bi) pending_[bi] = int(buckets_[bi].grads.size());
+
+  run_options_.on_node_done = [this](int node) { on_node_done(node); };
+  run_options_.before_updates = [this] { finish_step(); };
+  run_options_.timeline = opts_.timeline;
+}
+
+size_t Reducer::bytes_per_step() const {
+  size_t n = 0;
+  for (const Bucket& b : buckets_) n += b.elements * dtype_size(dtype_);
+  return n;
+}
+
+void Reducer::on_node_done(int node) {
+  if (size_t(node) >= node_buckets_.size()) return;
+  const std::vector<int>& bs = node_buckets_[size_t(node)];
+  if (bs.empty()) return;
+  for (int b : bs) --pending_[size_t(b)];
+  launch_ready();
+}
+
+// Buckets start in index order on every rank (the communication thread runs collectives in
+// submission order, which must be the same everywhere), so a bucket that is ready early waits
+// for the ones before it.
+void Reducer::launch_ready() {
+  while (next_launch_ < buckets_.size() && pending_[next_launch_] == 0) {
+    Bucket& b = buckets_[next_launch_];
+    const int64_t now = timeline_->now_us();
+    if (current_.first_launch < 0) current_.first_launch = now;
+    launched_at_[next_launch_] = now;
+    work_[next_launch_] = comm_.allreduce_async(b.buffer.raw(), b.buffer.raw(), b.elements, dtype_, ReduceOp::Avg);
+    ++next_launch_;
+  }
+}
+
+void Reducer::finish_step() {
+  current_.backward_done = timeline_->now_us();
+  RF_CHECK(next_launch_ == buckets_.size(), "Reducer: only ", next_launch_, " of ", buckets_.size(),
+           " gradient buckets were ready when the update began (a gradient was not computed by this step)");
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    work_[b].wait();
+    if (opts_.timeline)
+      opts_.timeline->span("allreduce bucket " + std::to_string(b) + " (" +
+                               std::to_string(buckets_[b].elements * dtype_size(dtype_)) + " B)",
+                           "allreduce", 1, launched_at_[b], timeline_->now_us());
+  }
+  for (size_t b = 0; b < buckets_.size(); ++b) pending_[b] = int(buckets_[b].grads.size());
+  next_launch_ = 0;
+  last_ = current_;
+  current_ = StepTimes{};
+}
+
+}  // namespace rf::collective

@@ -1,0 +1,71 @@
+// The data-parallel gradient Reducer: gradients are assigned to buckets in reverse order of the
+// forward pass (a small first bucket, then up to bucket_mb each, as PyTorch DDP does); each
+// gradient is written by the executor straight into its slot of the bucket's fusion buffer
+// (Session::bind_output, DDP's gradient_as_bucket_view), and a bucket's allreduce (average)
+// is launched on the communication thread the moment its last gradient is ready, while the
+// backward pass goes on. Before the optimizer's update ops run, every bucket is waited for.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "collective/communicator.h"
+#include "runtime/session.h"
+#include "runtime/timeline.h"
+
+namespace rf::collective {
+
+struct ReducerOptions {
+  double bucket_mb = 25;      // cap of every bucket after the first
+  double first_bucket_mb = 1;  // the first bucket (last layers) is small so it starts early
+  Timeline* timeline = nullptr;
+};
+
+class Reducer {
+ public:
+  struct Bucket {
+    std::vector<int> grads;  // indices into the constructor's vars/grads, in launch order
+    size_t elements = 0;
+    Tensor buffer;           // fusion buffer: every gradient of the bucket, back to back
+  };
+
+  // vars[i] (Variable node ids, forward order) has gradient grads[i]. All gradients must be
+  // F32 or all F64, on the session's (CPU) device. Binds the gradients into the fusion
+  // buffers of `session`, so the session's plans recompile once.
+  Reducer(Communicator& comm, Session& session, const std::vector<int>& vars, const std::vector<Value>& grads,
+          const ReducerOptions& options = {});
+
+  // The options to pass to Session::run for a training step.
+  RunOptions& run_options() { return run_options_; }
+
+  const std::vector<Bucket>& buckets() const { return buckets_; }
+  // Bytes of gradient this rank hands to the allreduce per step (before any compression).
+  size_t bytes_per_step() const;
+
+  // Timings of the last step, microseconds on the timeline clock (for tests and reports).
+  struct StepTimes {
+    int64_t first_launch = -1;  // first bucket's allreduce launched
+    int64_t backward_done = -1;  // every non-update node of the step had run
+  };
+  const StepTimes& last_step() const { return last_; }
+
+ private:
+  void on_node_done(int node);
+  void launch_ready();
+  void finish_step();
+
+  Communicator& comm_;
+  ReducerOptions opts_;
+  Timeline clock_;             // used when opts_.timeline is null
+  Timeline* timeline_;
+  std::vector<Bucket> buckets_;
+  std::vector<std::vector<int>> node_buckets_;  // node id -> buckets it completes a gradient of
+  std::vector<int> pending_;                    // per bucket: gradients not yet produced
+  std::vector<Work> work_;
+  std::vector<int64_t> launched_at_;
+  size_t next_launch_ = 0;
+  DType dtype_ = DType::F32;
+  RunOptions run_options_;
+  StepTimes current_, last_;
+};
+
+}  // namespace rf::collective

@@ -1,0 +1,132 @@
+// The `ring` backend: picks the transport (shm when all ranks share a node, the point-to-point
+// ring when each node holds one rank, hierarchical otherwise: shared memory within the node,
+// the point-to-point ring between node leaders, as Horovod's hierarchical allreduce) and runs
+// each collective on it. RINGFLOW_RING_TRANSPORT forces p2p or shm (on one machine, shm with
+// RINGFLOW_RANKS_PER_NODE exercises the hierarchical path).
+#include "collective/backends.h"
+
+#if RINGFLOW_MPI
+#include <memory>
+
+#include "collective/host_engine.h"
+#include "collective/ring_p2p.h"
+#include "collective/shm_node.h"
+
+namespace rf::collective {
+namespace {
+
+constexpr size_t kP2PChunk = 256 << 10;  // MPI messages: big enough that per-message costs vanish
+constexpr size_t kShmBlock = 64 << 10;   // a slice block: a few of them per rank stay in L2
+
+class RingCommunicator final : public HostCommunicator {
+ public:
+  explicit RingCommunicator(const CommOptions& o) : HostCommunicator(o) {
+    if (size_ == 1) return;
+    int max_local = 0;
+    MPI_CHECK(MPI_Allreduce(&local_size_, &max_local, 1, MPI_INT, MPI_MAX, world_));
+    const bool one_node = local_size_ == size_;
+    if (o.transport == Transport::P2P || (o.transport == Transport::Auto && max_local == 1))
+      mode_ = Mode::P2P;
+    else
+      mode_ = one_node ? Mode::Shm : Mode::Hier;
+    if (mode_ != Mode::P2P) shm_ = std::make_unique<ShmNode>(*this, node_, o.chunk_bytes ? o.chunk_bytes : kShmBlock);
+    // The flat ring serves p2p mode, and in hierarchical mode everything but allreduce.
+    if (mode_ != Mode::Shm) ring_ = std::make_unique<P2PRing>(*this, world_, o.chunk_bytes ? o.chunk_bytes : kP2PChunk);
+    if (mode_ == Mode::Hier) {
+      MPI_CHECK(MPI_Comm_split(world_, local_rank_ == 0 ? 0 : MPI_UNDEFINED, rank_, &leaders_));
+      if (leaders_ != MPI_COMM_NULL) {
+        MPI_CHECK(MPI_Comm_set_errhandler(leaders_, MPI_ERRORS_RETURN));
+        leader_ring_ = std::make_unique<P2PRing>(*this, leaders_, o.chunk_bytes ? o.chunk_bytes : kP2PChunk);
+      }
+    }
+  }
+  ~RingCommunicator() override {
+    shutdown();
+    shm_.reset();
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (leaders_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&leaders_);
+  }
+  std::string name() const override {
+    if (size_ == 1) return "ring";
+    return mode_ == Mode::P2P ? "ring(p2p)" : mode_ == Mode::Shm ? "ring(shm)" : "ring(hier)";
+  }
+
+ protected:
+  void* shm_alloc(size_t bytes) override {
+    if (!shm_) return HostCommunicator::shm_alloc(bytes);
+    Task t;  // shm_alloc runs inside its own task; this one only carries the deadline
+    t.kind = CollKind::ShmAlloc;
+    t.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                    std::chrono::duration<double>(opts_.timeout_seconds));
+    return shm_->data(t, bytes);
+  }
+
+  void execute(Task& t) override {
+    switch (t.kind) {
+      case CollKind::Allreduce: return allreduce(t, t.send, t.recv);
+      case CollKind::AllreduceShm:
+        if (!shm_) return ring_->allreduce(t, private_shm_for(t), private_shm_for(t), t.count, t.dtype, t.op, size_);
+        return allreduce(t, nullptr, shm_->data());
+      case CollKind::Broadcast:
+        if (mode_ == Mode::Shm) return shm_->broadcast(t, t.recv, t.count, t.dtype, t.root);
+        return ring_->broadcast(t, t.recv, t.count, t.dtype, t.root);
+      case CollKind::Allgather:
+      case CollKind::Allgatherv: {
+        const std::vector<size_t> counts =
+            t.kind == CollKind::Allgatherv ? t.counts : std::vector<size_t>(static_cast<size_t>(size_), t.count);
+        if (mode_ == Mode::Shm) return shm_->allgatherv(t, t.send, t.recv, counts, t.dtype);
+        return ring_->allgatherv(t, t.send, t.recv, counts, t.dtype);
+      }
+      case CollKind::ReduceScatter:
+        if (mode_ == Mode::Shm) return shm_->reduce_scatter(t, t.send, t.recv, t.count, t.dtype, t.op, size_);
+        return ring_->reduce_scatter(t, t.send, t.recv, t.count, t.dtype, t.op, size_);
+      case CollKind::Barrier:
+        if (mode_ == Mode::Shm) return shm_->barrier(t);
+        return mpi_barrier(t);
+      case CollKind::ShmAlloc: return;
+    }
+  }
+
+ private:
+  enum class Mode { P2P, Shm, Hier };
+
+  // in == nullptr: the data is in the shared window already (allreduce_shm).
+  void allreduce(Task& t, const void* in, void* out) {
+    switch (mode_) {
+      case Mode::P2P: return ring_->allreduce(t, in, out, t.count, t.dtype, t.op, size_);
+      case Mode::Shm: return shm_->allreduce(t, in, out, t.count, t.dtype, t.op, size_, ShmNode::Gather::All);
+      case Mode::Hier:
+        // Node sum into the leader, the leaders' ring (which applies Avg's division by the
+        // world size), then the leader's result to its node.
+        shm_->allreduce(t, in, out, t.count, t.dtype, t.op, 0, ShmNode::Gather::Root, 0);
+        if (leader_ring_) leader_ring_->allreduce(t, out, out, t.count, t.dtype, t.op, size_);
+        return shm_->broadcast(t, out, t.count, t.dtype, 0);
+    }
+  }
+
+  void mpi_barrier(Task& t) {
+    MPI_Request req;
+    MPI_CHECK(MPI_Ibarrier(world_, &req));
+    Poller poll(*this, t);
+    for (int done = 0;;) {
+      MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+      if (done) return;
+      poll.idle([] { return std::vector<int>{}; });
+    }
+  }
+
+  Mode mode_ = Mode::P2P;
+  std::unique_ptr<ShmNode> shm_;
+  std::unique_ptr<P2PRing> ring_, leader_ring_;
+  MPI_Comm leaders_ = MPI_COMM_NULL;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_ring_communicator(const CommOptions& opts) {
+  return std::make_unique<RingCommunicator>(opts);
+}
+
+}  // namespace rf::collective
+#endif

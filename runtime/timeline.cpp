@@ -1,0 +1,54 @@
+// Timeline storage and the Chrome trace JSON writer.
+#include "runtime/timeline.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/error.h"
+
+namespace rf {
+
+void Timeline::span(const std::string& name, const char* category, int tid, int64_t start_us, int64_t end_us) {
+  std::lock_guard<std::mutex> lock(mu_);
+  events_.push_back({name, category, tid, start_us, end_us - start_us});
+}
+
+size_t Timeline::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return events_.size();
+}
+
+void Timeline::write(const std::string& path) const {
+  nlohmann::json events = nlohmann::json::array();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Event& e : events_)
+      events.push_back({{"name", e.name}, {"cat", e.category}, {"ph", "X"}, {"pid", pid_}, {"tid", e.tid},
+                        {"ts", e.start}, {"dur", e.dur}});
+  }
+  const char* lanes[] = {"compute", "communication"};
+  for (int tid = 0; tid < 2; ++tid)
+    events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid_}, {"tid", tid}, {"args", {{"name", lanes[tid]}}}});
+  events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid_}, {"args", {{"name", "rank " + std::to_string(pid_)}}}});
+  const std::string tmp = path + ".tmp." + std::to_string(getpid());
+  {
+    std::ofstream out(tmp);
+    RF_CHECK(out.good(), "cannot write timeline ", tmp);
+    out << nlohmann::json{{"traceEvents", events}, {"displayTimeUnit", "ms"}}.dump() << '\n';
+    out.close();
+    if (!out.good()) {
+      std::remove(tmp.c_str());
+      fail("cannot write timeline ", path);
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail("cannot rename ", tmp, " to ", path);
+  }
+}
+
+}  // namespace rf

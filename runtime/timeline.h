@@ -1,0 +1,38 @@
+// Chrome trace events (chrome://tracing, Perfetto): spans recorded from any thread, written as
+// one JSON file per rank with the rank as pid, as Horovod's timeline shows a step.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace rf {
+
+class Timeline {
+ public:
+  // pid: the rank. Times are microseconds since the Timeline was created.
+  explicit Timeline(int pid = 0) : pid_(pid), origin_(std::chrono::steady_clock::now()) {}
+  int64_t now_us() const {
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - origin_).count();
+  }
+  // A complete span ("ph":"X") on thread lane `tid` (0 compute, 1 communication, ...).
+  void span(const std::string& name, const char* category, int tid, int64_t start_us, int64_t end_us);
+  size_t size() const;
+  // Writes {"traceEvents": [...]} to path (via a temporary file and rename).
+  void write(const std::string& path) const;
+
+ private:
+  struct Event {
+    std::string name;
+    const char* category;
+    int tid;
+    int64_t start, dur;
+  };
+  int pid_;
+  std::chrono::steady_clock::time_point origin_;
+  mutable std::mutex mu_;
+  std::vector<Event> events_;
+};
+
+}  // namespace rf
