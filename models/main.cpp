@@ -15,6 +15,9 @@ int main(int argc, char** argv) {
   bool no_shuffle = false, quiet = false;
   CLI::App* tr = app.add_subcommand("train", "train a model and print a one-line JSON summary on stdout");
   tr->add_option("--model", c.model, "mlp | cnn")->check(CLI::IsMember({"mlp", "cnn"}))->capture_default_str();
+  tr->add_option("--dtype", c.dtype, "f32 | f64 (Variables and math)")
+      ->check(CLI::IsMember({"f32", "f64"}))
+      ->capture_default_str();
   tr->add_option("--data", c.data, "fashion-mnist | synthetic")
       ->check(CLI::IsMember({"fashion-mnist", "synthetic"}))
       ->capture_default_str();

@@ -33,24 +33,26 @@ Value conv(Graph& g, Value x, const std::string& name, i64 cin, i64 cout, int k,
 Model build_model(Graph& g, const std::string& kind, DType dt) {
   Model m;
   m.name = kind;
-  m.images = g.placeholder("images", dt, Shape{-1, 1, 28, 28});
+  RF_CHECK(dt == DType::F32 || dt == DType::F64, "models are F32 or F64, not ", dtype_name(dt));
+  m.images = g.placeholder("images", DType::F32, Shape{-1, 1, 28, 28});
   m.labels = g.placeholder("labels", DType::I32, Shape{-1});
+  const Value x = dt == DType::F32 ? m.images : ops::cast(m.images, dt);
   Value h;
   if (kind == "mlp") {
-    h = ops::flatten(m.images);
+    h = ops::flatten(x);
     h = ops::relu(dense(g, h, "fc1", 784, 256, dt));
     h = ops::relu(dense(g, h, "fc2", 256, 256, dt));
     h = dense(g, h, "fc3", 256, 10, dt);
   } else if (kind == "cnn") {
-    h = ops::max_pool2d(ops::relu(conv(g, m.images, "conv1", 1, 32, 5, 2, dt)), 2);
+    h = ops::max_pool2d(ops::relu(conv(g, x, "conv1", 1, 32, 5, 2, dt)), 2);
     h = ops::max_pool2d(ops::relu(conv(g, h, "conv2", 32, 64, 5, 2, dt)), 2);
     h = ops::relu(dense(g, ops::flatten(h), "fc1", 64 * 7 * 7, 128, dt));
     h = dense(g, h, "fc2", 128, 10, dt);
   } else {
     fail("unknown model '", kind, "': expected mlp or cnn");
   }
-  m.logits = h;
-  m.loss = ops::mean(ops::sparse_softmax_cross_entropy(m.logits, m.labels), {}, false, "loss");
+  m.loss = ops::mean(ops::sparse_softmax_cross_entropy(h, m.labels), {}, false, "loss");
+  m.logits = dt == DType::F32 ? h : ops::cast(h, DType::F32);
   return m;
 }
 

@@ -9,14 +9,15 @@ namespace rf {
 
 struct Model {
   std::string name;
-  Value images;  // F32 [N, 1, 28, 28] placeholder
+  Value images;  // F32 [N, 1, 28, 28] placeholder (cast to the model's dtype inside)
   Value labels;  // I32 [N] placeholder
-  Value logits;  // [N, 10]
-  Value loss;    // scalar mean cross-entropy
+  Value logits;  // F32 [N, 10]
+  Value loss;    // scalar mean cross-entropy, in the model's dtype
 };
 
 // kind: "mlp" (784-256-256-10, ReLU) or "cnn" (conv5x5x32 pad2, ReLU, maxpool2, conv5x5x64
-// pad2, ReLU, maxpool2, fc128, ReLU, fc10). Throws rf::Error for another kind.
+// pad2, ReLU, maxpool2, fc128, ReLU, fc10). dtype (F32 or F64) is that of the Variables and
+// the math. Throws rf::Error for another kind.
 Model build_model(Graph& g, const std::string& kind, DType dtype = DType::F32);
 
 }  // namespace rf

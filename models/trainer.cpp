@@ -31,6 +31,7 @@ void validate(const TrainConfig& c) {
   RF_CHECK(c.model == "mlp" || c.model == "cnn", "unknown model '", c.model, "': expected mlp or cnn");
   RF_CHECK(c.data == "fashion-mnist" || c.data == "synthetic", "unknown data set '", c.data,
            "': expected fashion-mnist or synthetic");
+  RF_CHECK(c.dtype == "f32" || c.dtype == "f64", "unknown dtype '", c.dtype, "': expected f32 or f64");
   RF_CHECK(c.batch > 0, "--batch must be positive, got ", c.batch);
   RF_CHECK(c.lr > 0 && std::isfinite(c.lr), "--lr must be positive, got ", c.lr);
   RF_CHECK(c.epochs > 0, "--epochs must be positive, got ", c.epochs);
@@ -233,7 +234,7 @@ nlohmann::json train(const TrainConfig& c) {
            " samples)");
 
   Graph g(c.seed);
-  const Model m = build_model(g, c.model);
+  const Model m = build_model(g, c.model, c.dtype == "f64" ? DType::F64 : DType::F32);
   OptimizerConfig oc;
   oc.kind = parse_optimizer(c.optimizer);
   oc.nesterov = c.optimizer == "nesterov";
@@ -354,6 +355,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["world_size"] = world;
   s["collective"] = world > 1 ? comm->name() : "none";
   s["threads"] = c.threads;
+  s["dtype"] = c.dtype;
   s["optimizer"] = c.optimizer;
   s["batch"] = c.batch;
   s["lr"] = c.lr;

@@ -10,6 +10,7 @@ namespace rf {
 
 struct TrainConfig {
   std::string model = "cnn";
+  std::string dtype = "f32";  // f32 | f64: Variables and math
   std::string data = "fashion-mnist";  // or "synthetic"
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int64_t synthetic_train = 12000, synthetic_test = 2000;
