@@ -15,6 +15,7 @@
 #include "autodiff/optimizer.h"
 #include "collective/communicator.h"
 #include "collective/reducer.h"
+#include "collective/replicas.h"
 #include "models/dataset.h"
 #include "models/models.h"
 #include "models/safetensors.h"
@@ -46,37 +47,6 @@ void validate(const TrainConfig& c) {
            "unknown collective '", c.collective, "': expected auto, ring or mpi");
   parse_optimizer(c.optimizer);
   parse_schedule(c.schedule);
-}
-
-// Per-Variable checksums (sum and sum of squares in double) compared across ranks; a replica
-// that drifted stops the run naming the step and the first Variable that differs.
-void check_consistency(Session& s, const Graph& g, collective::Communicator& comm, int64_t step) {
-  const std::vector<int> vars = g.variables();
-  std::vector<double> sums;
-  for (int id : vars) {
-    double a = 0, q = 0;
-    const Tensor& t = s.variable(id);
-    if (t.dtype() == DType::F32)
-      for (float v : t.to_vector<float>()) a += v, q += double(v) * v;
-    else if (t.dtype() == DType::F64)
-      for (double v : t.to_vector<double>()) a += v, q += v * v;
-    sums.push_back(a);
-    sums.push_back(q);
-  }
-  std::vector<double> lo = sums, hi = sums;
-  comm.allreduce(lo.data(), lo.size(), DType::F64, collective::ReduceOp::Min);
-  comm.allreduce(hi.data(), hi.size(), DType::F64, collective::ReduceOp::Max);
-  for (size_t i = 0; i < sums.size(); ++i)
-    RF_CHECK(lo[i] == hi[i], "replicas diverged at step ", step, ": Variable '", g.node(vars[i / 2]).name,
-             "' differs across ranks (checksum ", lo[i], " vs ", hi[i], ")");
-}
-
-// Rank 0's Variables (weights and optimizer slots) to every rank, so replicas start identical.
-void broadcast_variables(Session& s, const Graph& g, collective::Communicator& comm) {
-  for (int id : g.variables()) {
-    Tensor& t = s.variable(id);
-    comm.broadcast(t.raw(), size_t(t.numel()), t.dtype(), 0);
-  }
 }
 
 // Gathers every rank's trace to rank 0, which writes one file with the ranks as pids.
@@ -245,7 +215,7 @@ nlohmann::json train(const TrainConfig& c) {
   Session sess(g, device);
   sess.run({}, {}, g.initializers());
   if (!c.init_from.empty()) load_checkpoint(sess, g, c.init_from);
-  if (world > 1) broadcast_variables(sess, g, *comm);
+  if (world > 1) collective::broadcast_variables(sess, *comm);
 
   std::unique_ptr<Timeline> timeline;
   if (!c.timeline_path.empty()) timeline = std::make_unique<Timeline>(rank);
@@ -323,7 +293,7 @@ nlohmann::json train(const TrainConfig& c) {
       ++window_steps;
       ++step;
       ++epoch_steps;
-      if (c.check_every > 0 && step % c.check_every == 0 && world > 1) check_consistency(sess, g, *comm, step);
+      if (c.check_every > 0 && step % c.check_every == 0 && world > 1) collective::check_replicas(sess, *comm, step);
       const double sps = double(step * c.batch) / std::max(train_seconds, 1e-9);
       progress.update(epoch + 1, c.epochs, step, total_steps, loss, sps,
                       double((total_steps - step) * c.batch) / std::max(sps, 1e-9));
@@ -344,7 +314,7 @@ nlohmann::json train(const TrainConfig& c) {
   }
   progress.done();
   final_loss = global_mean(final_loss, 0, 1).first;
-  if (world > 1) check_consistency(sess, g, *comm, step);
+  if (world > 1) collective::check_replicas(sess, *comm, step);
   if (lead && !c.save_path.empty()) save_checkpoint(sess, g, c.save_path);
   if (timeline) write_timeline(*timeline, c.timeline_path, *comm);
 
