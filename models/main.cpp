@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   tr->add_option("--warmup-steps", c.warmup_steps, "linear learning-rate warm-up steps")->capture_default_str();
   tr->add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   tr->add_option("--seed", c.seed, "seed of initialisation and shuffling")->capture_default_str();
-  tr->add_option("--threads", c.threads, "CPU threads for kernels and BLAS")->capture_default_str();
+  tr->add_option("--threads", c.threads, "CPU threads for kernels and BLAS (0: cores / ranks on the node)")->capture_default_str();
   tr->add_option("--metrics", c.metrics_path, "write JSON lines (every --metrics-every steps and every epoch)");
   tr->add_option("--metrics-every", c.metrics_every, "steps between metrics lines")->capture_default_str();
   tr->add_flag("--no-shuffle", no_shuffle, "keep the data set order");

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <thread>
 
 #include "autodiff/optimizer.h"
 #include "collective/communicator.h"
@@ -37,7 +38,7 @@ void validate(const TrainConfig& c) {
   RF_CHECK(c.lr > 0 && std::isfinite(c.lr), "--lr must be positive, got ", c.lr);
   RF_CHECK(c.epochs > 0, "--epochs must be positive, got ", c.epochs);
   RF_CHECK(c.max_steps == -1 || c.max_steps > 0, "--max-steps must be positive, got ", c.max_steps);
-  RF_CHECK(c.threads >= 1, "--threads must be >= 1, got ", c.threads);
+  RF_CHECK(c.threads >= 0, "--threads must be >= 0, got ", c.threads);
   RF_CHECK(c.eval_batch > 0, "--eval-batch must be positive, got ", c.eval_batch);
   RF_CHECK(c.metrics_every > 0, "--metrics-every must be positive, got ", c.metrics_every);
   RF_CHECK(c.weight_decay >= 0, "--weight-decay must be >= 0, got ", c.weight_decay);
@@ -184,10 +185,13 @@ class Progress {
 
 nlohmann::json train(const TrainConfig& c) {
   validate(c);
-  set_num_threads(c.threads);
   auto comm = collective::make_communicator(c.collective == "auto" ? "ring" : c.collective,
                                             collective::options_from_env());
   const int rank = comm->rank(), world = comm->size();
+  // Default: this node's cores shared evenly by the ranks on it.
+  const int threads = c.threads > 0 ? c.threads
+                                    : std::max(1, int(std::thread::hardware_concurrency()) / comm->local_size());
+  set_num_threads(threads);
   RF_CHECK(c.batch % world == 0, "--batch ", c.batch, " does not split evenly over ", world, " ranks");
   const int64_t local_batch = c.batch / world;
   Device device = Device::parse(c.device);
@@ -324,7 +328,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["device"] = device.str();
   s["world_size"] = world;
   s["collective"] = world > 1 ? comm->name() : "none";
-  s["threads"] = c.threads;
+  s["threads"] = threads;
   s["dtype"] = c.dtype;
   s["optimizer"] = c.optimizer;
   s["batch"] = c.batch;

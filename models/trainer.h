@@ -25,7 +25,7 @@ struct TrainConfig {
   int64_t warmup_steps = 0;
   std::string device = "auto";
   uint64_t seed = 42;
-  int threads = 1;
+  int threads = 0;  // 0: the node's cores divided by the ranks on it
   std::string metrics_path;
   int64_t metrics_every = 100;
   bool shuffle = true;
