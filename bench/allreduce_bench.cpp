@@ -4,7 +4,9 @@
 // algbw = bytes / time, busbw = algbw * 2(n-1)/n. A memcpy line gives this machine's copy
 // bandwidth for reference.
 //   mpirun -np 2 build/bench/allreduce_bench -b 4K -e 256M -f 4 --backend all [--iters 20]
-//     [--warmup 3] [--out-of-place] [--json]
+//     [--warmup 3] [--out-of-place] [--shm-buffer] [--json]
+// --shm-buffer: the data lives in the communicator's shm_buffer and is reduced there in place
+// (allreduce_shm: no copy into the shared window; for mpi and ring:p2p, private memory).
 // Backends: ring (transport from RINGFLOW_RING_TRANSPORT, default auto), ring:p2p, ring:shm,
 // mpi, nccl, all (= ring, mpi, and nccl when built).
 #include <algorithm>
@@ -29,7 +31,7 @@ struct Args {
   double factor = 4;
   std::vector<std::string> backends = {"all"};
   int iters = 20, warmup = 3;
-  bool json = false, in_place = true;
+  bool json = false, in_place = true, shm_buffer = false;
 };
 
 size_t parse_bytes(const std::string& s) {
@@ -66,11 +68,13 @@ Args parse(int argc, char** argv) {
     else if (f == "--warmup" || f == "-w") a.warmup = std::atoi(next().c_str());
     else if (f == "--json") a.json = true;
     else if (f == "--out-of-place") a.in_place = false;
+    else if (f == "--shm-buffer") a.shm_buffer = true;
     else rf::fail("unknown flag ", f, " (see the comment at the top of bench/allreduce_bench.cpp)");
   }
   RF_CHECK(a.factor > 1, "-f must be > 1");
   RF_CHECK(a.iters > 0 && a.warmup >= 0, "--iters must be > 0 and --warmup >= 0");
   RF_CHECK(a.min_bytes <= a.max_bytes, "-b must not exceed -e");
+  RF_CHECK(!(a.shm_buffer && !a.in_place), "--shm-buffer reduces in place; drop --out-of-place");
   return a;
 }
 
@@ -121,7 +125,7 @@ int main(int argc, char** argv) {
           comms.emplace_back(c->name(), std::move(c));
         } catch (const rf::Error& e) {
           if (b != "all") throw;
-          if (rank == 0) std::printf("# %s skipped: %s\n", name.c_str(), e.what());
+          if (rank == 0) std::fprintf(a.json ? stderr : stdout, "# %s skipped: %s\n", name.c_str(), e.what());
         }
       }
     }
@@ -130,8 +134,10 @@ int main(int argc, char** argv) {
     std::fill(out.begin(), out.end(), 0.0f);
 
     if (rank == 0) {
-      std::printf("# allreduce_bench: %d ranks, f32 sum, %s, median of %d iterations after %d warm-up\n", n,
-                  a.in_place ? "in place" : "out of place", a.iters, a.warmup);
+      // With --json, stdout holds only the JSON rows; the header goes to stderr.
+      std::fprintf(a.json ? stderr : stdout, "# allreduce_bench: %d ranks, f32 sum, %s, median of %d iterations after %d warm-up\n", n,
+                  a.shm_buffer ? "in place in shm_buffer" : a.in_place ? "in place" : "out of place", a.iters,
+                  a.warmup);
       // Reference: one core copying a buffer of the largest size (at least 64 MiB), median of 5.
       const size_t mb = std::max<size_t>(a.max_bytes, 64 << 20);
       std::vector<char> x(mb, 1), y(mb, 2);
@@ -157,10 +163,16 @@ int main(int argc, char** argv) {
       const size_t count = std::max<size_t>(1, static_cast<size_t>(sz) / sizeof(float));
       const size_t bytes = count * sizeof(float);
       for (auto& [label, c] : comms) {
-        float* dst = a.in_place ? in.data() : out.data();
+        float* src = in.data();
+        if (a.shm_buffer) src = static_cast<float*>(c->shm_buffer(bytes));
+        float* dst = a.in_place ? src : out.data();
+        auto run = [&] {
+          if (a.shm_buffer) c->allreduce_shm(count, rf::DType::F32, ReduceOp::Sum);
+          else c->allreduce(src, dst, count, rf::DType::F32, ReduceOp::Sum);
+        };
         // Validate: rank r holds (r+1)(i%8+1), so the sum is n(n+1)/2 (i%8+1), exact in f32.
-        for (size_t i = 0; i < count; ++i) in[i] = static_cast<float>((rank + 1) * (i % 8 + 1));
-        c->allreduce(in.data(), dst, count, rf::DType::F32, ReduceOp::Sum);
+        for (size_t i = 0; i < count; ++i) src[i] = static_cast<float>((rank + 1) * (i % 8 + 1));
+        run();
         long long wrong = 0;
         for (size_t i = 0; i < count; ++i) wrong += dst[i] != static_cast<float>(n * (n + 1) / 2 * (i % 8 + 1));
         sync->allreduce(&wrong, 1, rf::DType::I64, ReduceOp::Sum);
@@ -169,7 +181,7 @@ int main(int argc, char** argv) {
         for (int it = 0; it < a.warmup + a.iters; ++it) {
           sync->barrier();
           const auto t0 = Clock::now();
-          c->allreduce(in.data(), dst, count, rf::DType::F32, ReduceOp::Sum);
+          run();
           const double t = std::chrono::duration<double>(Clock::now() - t0).count();
           if (it >= a.warmup) ts.push_back(t);
         }

@@ -48,7 +48,7 @@ void Poller::backoff() {
   if (idle_ < kYield) {
     sched_yield();
   } else {  // a long wait (a slow peer): stop competing for the core
-    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
 }
 

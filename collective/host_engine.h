@@ -123,7 +123,9 @@ class Poller {
   }
 
  private:
-  static constexpr unsigned kSpin = 64, kYield = 20000;
+  // ~64 pauses, then a few milliseconds of yields, then naps: a peer that is late by more
+  // than that (still computing) should not cost this process a core.
+  static constexpr unsigned kSpin = 64, kYield = 4000;
   static void relax();
   void backoff();
   HostCommunicator& c_;

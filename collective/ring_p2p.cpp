@@ -223,7 +223,6 @@ void P2PRing::allreduce(const Task& t, const void* send, void* recv, size_t coun
 
 void P2PRing::reduce_scatter(const Task& t, const void* send, void* recv, size_t rc, DType dtype, ReduceOp op,
                              int avg_div) {
-  const size_t es = dtype_size(dtype);
   if (n_ == 1) return allreduce(t, send, recv, rc, dtype, op, avg_div);
   Plan p;
   for (int i = 0; i < n_; ++i) {
@@ -237,7 +236,6 @@ void P2PRing::reduce_scatter(const Task& t, const void* send, void* recv, size_t
   p.dtype = dtype;
   p.op = op;
   p.avg_div = avg_div;
-  (void)es;
   run(t, p);
 }
 
