@@ -8,7 +8,10 @@
 // --shm-buffer: the data lives in the communicator's shm_buffer and is reduced there in place
 // (allreduce_shm: no copy into the shared window; for mpi and ring:p2p, private memory).
 // Backends: ring (transport from RINGFLOW_RING_TRANSPORT, default auto), ring:p2p, ring:shm,
-// mpi, nccl, all (= ring, mpi, and nccl when built).
+// mpi, nccl, all (= ring, mpi, and nccl when built and a CUDA device is present). nccl works on
+// device buffers (filled and validated through host copies; a blocking allreduce returns after
+// the device finished, so the host clock times it); without a CUDA device it prints a
+// "skipped" line.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -19,6 +22,7 @@
 #include <vector>
 
 #include "collective/communicator.h"
+#include "runtime/device.h"
 #include "runtime/error.h"
 
 using namespace rf::collective;
@@ -95,6 +99,29 @@ void print(const Row& r, const Args& a) {
   std::fflush(stdout);
 }
 
+// A buffer of the backend's device: host memory, or for nccl CUDA memory from the caching
+// allocator.
+struct DeviceBuffer {
+  rf::Device dev;
+  size_t bytes = 0;
+  void* p = nullptr;
+  DeviceBuffer(rf::Device d, size_t n) : dev(d), bytes(n) {
+    if (dev.is_cuda()) p = rf::allocator_for(dev).allocate(bytes);
+  }
+  ~DeviceBuffer() {
+    if (p) rf::allocator_for(dev).deallocate(p, bytes);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+struct Bench {
+  std::string label;
+  std::unique_ptr<Communicator> comm;
+  rf::Device dev;                          // where its buffers live
+  std::unique_ptr<DeviceBuffer> in, out;   // device buffers (nccl only)
+};
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
@@ -109,7 +136,8 @@ int main(int argc, char** argv) {
     // Barriers and the cross-rank max of the timings go through plain MPI, the same for all.
     auto sync = make_communicator("mpi");
     const int n = sync->size(), rank = sync->rank();
-    std::vector<std::pair<std::string, std::unique_ptr<Communicator>>> comms;
+    const size_t max_count = std::max<size_t>(1, a.max_bytes / sizeof(float));
+    std::vector<Bench> comms;
     for (const std::string& b : a.backends) {
       std::vector<std::string> names = {b};
       if (b == "all") names = {"ring", "mpi", "nccl"};
@@ -120,16 +148,29 @@ int main(int argc, char** argv) {
           o.transport = name == "ring:p2p" ? Transport::P2P : Transport::Shm;
           kind = "ring";
         }
+        if (kind == "nccl" && rf::cuda_device_count() == 0) {
+          if (rank == 0)
+            std::fprintf(a.json ? stderr : stdout, "# nccl skipped: no CUDA device (%s)\n",
+                         rf::cuda_unavailable_reason().c_str());
+          continue;
+        }
         try {
           auto c = make_communicator(kind, o);
-          comms.emplace_back(c->name(), std::move(c));
+          Bench entry;
+          entry.label = c->name();
+          if (kind == "nccl") {
+            entry.dev = rf::Device::cuda(c->local_rank() % rf::cuda_device_count());
+            entry.in = std::make_unique<DeviceBuffer>(entry.dev, max_count * sizeof(float));
+            entry.out = std::make_unique<DeviceBuffer>(entry.dev, max_count * sizeof(float));
+          }
+          entry.comm = std::move(c);
+          comms.push_back(std::move(entry));
         } catch (const rf::Error& e) {
           if (b != "all") throw;
           if (rank == 0) std::fprintf(a.json ? stderr : stdout, "# %s skipped: %s\n", name.c_str(), e.what());
         }
       }
     }
-    const size_t max_count = std::max<size_t>(1, a.max_bytes / sizeof(float));
     std::vector<float> in(max_count), out(max_count);
     std::fill(out.begin(), out.end(), 0.0f);
 
@@ -162,19 +203,31 @@ int main(int argc, char** argv) {
     for (double sz = static_cast<double>(a.min_bytes); sz <= static_cast<double>(a.max_bytes) * 1.0001; sz *= a.factor) {
       const size_t count = std::max<size_t>(1, static_cast<size_t>(sz) / sizeof(float));
       const size_t bytes = count * sizeof(float);
-      for (auto& [label, c] : comms) {
-        float* src = in.data();
+      for (Bench& bench : comms) {
+        const std::string& label = bench.label;
+        Communicator* c = bench.comm.get();
+        const bool on_device = bench.dev.is_cuda();
+        float* src = on_device ? static_cast<float*>(bench.in->p) : in.data();
         if (a.shm_buffer) src = static_cast<float*>(c->shm_buffer(bytes));
-        float* dst = a.in_place ? src : out.data();
+        float* dst = a.in_place ? src : on_device ? static_cast<float*>(bench.out->p) : out.data();
         auto run = [&] {
           if (a.shm_buffer) c->allreduce_shm(count, rf::DType::F32, ReduceOp::Sum);
           else c->allreduce(src, dst, count, rf::DType::F32, ReduceOp::Sum);
         };
         // Validate: rank r holds (r+1)(i%8+1), so the sum is n(n+1)/2 (i%8+1), exact in f32.
-        for (size_t i = 0; i < count; ++i) src[i] = static_cast<float>((rank + 1) * (i % 8 + 1));
+        // Device buffers are filled and read back through the host vectors.
+        float* host_src = on_device ? in.data() : src;
+        for (size_t i = 0; i < count; ++i) host_src[i] = static_cast<float>((rank + 1) * (i % 8 + 1));
+        if (on_device) rf::copy_bytes(src, bench.dev, host_src, rf::Device::cpu(), bytes);
         run();
+        const float* host_dst = dst;
+        if (on_device) {
+          rf::copy_bytes(out.data(), rf::Device::cpu(), dst, bench.dev, bytes);
+          host_dst = out.data();
+        }
         long long wrong = 0;
-        for (size_t i = 0; i < count; ++i) wrong += dst[i] != static_cast<float>(n * (n + 1) / 2 * (i % 8 + 1));
+        for (size_t i = 0; i < count; ++i)
+          wrong += host_dst[i] != static_cast<float>(n * (n + 1) / 2 * (i % 8 + 1));
         sync->allreduce(&wrong, 1, rf::DType::I64, ReduceOp::Sum);
 
         std::vector<double> ts;

@@ -8,4 +8,6 @@
 namespace rf::collective {
 std::unique_ptr<Communicator> make_ring_communicator(const CommOptions& opts);
 std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& opts);
+// nccl_backend.cpp: device buffers; without NCCL in the build it throws rf::Error saying why.
+std::unique_ptr<Communicator> make_nccl_communicator(const CommOptions& opts);
 }  // namespace rf::collective

@@ -205,8 +205,8 @@ std::unique_ptr<Communicator> make_communicator(const std::string& backend, cons
   RF_CHECK(o.timeout_seconds > 0, "collective timeout must be positive, got ", o.timeout_seconds, " s");
   if (backend == "ring" || backend == "auto") return make_ring_communicator(o);
   if (backend == "mpi") return make_mpi_communicator(o);
-  // The NCCL backend plugs in here (device buffers, a stream) behind the same interface.
-  if (backend == "nccl") fail("collective backend 'nccl' is not built into this ringflow; use ring or mpi");
+  // Device buffers, a stream of its own; throws when the build or the machine has no CUDA/NCCL.
+  if (backend == "nccl") return make_nccl_communicator(o);
   fail("unknown collective backend '", backend, "' (expected ring, mpi, nccl or auto)");
 }
 

@@ -1,7 +1,8 @@
 // Collective communication between the replicas of a data-parallel job: the Communicator
 // interface every backend implements (`ring`: ours, over MPI point-to-point or an MPI
-// shared-memory window; `mpi`: MPI_Allreduce and friends; `nccl`: later), its options and the
-// asynchronous Work handle. Buffers are host pointers + element count + DType.
+// shared-memory window; `mpi`: MPI_Allreduce and friends; `nccl`: NCCL on a CUDA stream), its
+// options and the asynchronous Work handle. Buffers are pointers + element count + DType: host
+// memory for ring and mpi, device memory for nccl.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -128,7 +129,8 @@ class Communicator {
   Work call(Collective c, bool blocking);
 };
 
-// backend: "ring", "mpi", "nccl" (not built yet) or "auto" (ring). Collective over all ranks.
+// backend: "ring", "mpi", "nccl" or "auto" (ring). Collective over all ranks.
+// For "nccl" every buffer (send, recv, shm_buffer) is a DEVICE pointer on cuda:(local_rank % devices).
 // The RINGFLOW_* environment variables override `opts` (see options_from_env). Without an MPI
 // launcher (or without MPI compiled in) every backend is world size 1 and collectives are
 // local copies.
