@@ -167,11 +167,13 @@ Work Communicator::barrier_async() { return call(RF_COLL(c.kind = CollKind::Barr
 void Communicator::barrier() { call(RF_COLL(c.kind = CollKind::Barrier), true); }
 
 void* Communicator::shm_buffer(size_t bytes) { return shm_buffer_impl(bytes); }
-Work Communicator::allreduce_shm_async(size_t count, DType dtype, ReduceOp op) {
-  return call(RF_COLL(c.kind = CollKind::AllreduceShm, c.count = count, c.dtype = dtype, c.op = op), false);
+Work Communicator::allreduce_shm_async(size_t count, DType dtype, ReduceOp op, size_t offset) {
+  return call(RF_COLL(c.kind = CollKind::AllreduceShm, c.count = count, c.dtype = dtype, c.op = op,
+                      c.offset = offset), false);
 }
-void Communicator::allreduce_shm(size_t count, DType dtype, ReduceOp op) {
-  call(RF_COLL(c.kind = CollKind::AllreduceShm, c.count = count, c.dtype = dtype, c.op = op), true);
+void Communicator::allreduce_shm(size_t count, DType dtype, ReduceOp op, size_t offset) {
+  call(RF_COLL(c.kind = CollKind::AllreduceShm, c.count = count, c.dtype = dtype, c.op = op, c.offset = offset),
+       true);
 }
 
 #undef RF_COLL

@@ -53,6 +53,7 @@ struct Collective {
   ReduceOp op = ReduceOp::Sum;
   int root = 0;
   std::vector<size_t> counts;   // allgatherv: elements from each rank
+  size_t offset = 0;            // allreduce_shm: first element, counted from the shm_buffer start
 };
 
 namespace detail {
@@ -114,11 +115,12 @@ class Communicator {
 
   // Fusion buffers that already live in shared memory skip the copy into it. shm_buffer is
   // collective (same bytes on every rank) and returns this rank's buffer of at least `bytes`
-  // (it may move when a later call asks for more); allreduce_shm reduces its first `count`
-  // elements in place. Backends without shared memory return a private buffer.
+  // (it may move when a later call asks for more); allreduce_shm reduces `count` elements
+  // starting `offset` elements into it, in place (several regions may be in flight, e.g. one per
+  // gradient bucket). Backends without shared memory return a private buffer.
   void* shm_buffer(size_t bytes);
-  Work allreduce_shm_async(size_t count, DType dtype, ReduceOp op);
-  void allreduce_shm(size_t count, DType dtype, ReduceOp op);
+  Work allreduce_shm_async(size_t count, DType dtype, ReduceOp op, size_t offset = 0);
+  void allreduce_shm(size_t count, DType dtype, ReduceOp op, size_t offset = 0);
 
  protected:
   // The one entry point a backend implements; arguments are validated already.

@@ -287,9 +287,10 @@ void* HostCommunicator::shm_alloc(size_t bytes) {
 }
 
 void* HostCommunicator::private_shm_for(const Task& t) {
-  RF_CHECK(t.count * dtype_size(t.dtype) <= private_shm_.size(), "allreduce_shm of ", t.count * dtype_size(t.dtype),
-           " bytes, but shm_buffer holds ", private_shm_.size());
-  return private_shm_.data();
+  const size_t es = dtype_size(t.dtype);
+  RF_CHECK((t.offset + t.count) * es <= private_shm_.size(), "allreduce_shm of ", t.count * es, " bytes at offset ",
+           t.offset * es, ", but shm_buffer holds ", private_shm_.size());
+  return private_shm_.data() + t.offset * es;
 }
 
 void* HostCommunicator::shm_buffer_impl(size_t bytes) {

@@ -267,9 +267,12 @@ void NcclCommunicator::enqueue(const Collective& c) {
       if (c.count) NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, t, nccl_op(c.op), comm_, s));
       return;
     case CollKind::AllreduceShm:
-      RF_CHECK(c.count * es <= shm_bytes_, "allreduce_shm of ", c.count * es, " bytes, but shm_buffer holds ",
-               shm_bytes_);
-      if (c.count) NCCL_CHECK(ncclAllReduce(shm_, shm_, c.count, t, nccl_op(c.op), comm_, s));
+      RF_CHECK((c.offset + c.count) * es <= shm_bytes_, "allreduce_shm of ", c.count * es, " bytes at offset ",
+               c.offset * es, ", but shm_buffer holds ", shm_bytes_);
+      if (c.count) {
+        char* region = static_cast<char*>(shm_) + c.offset * es;
+        NCCL_CHECK(ncclAllReduce(region, region, c.count, t, nccl_op(c.op), comm_, s));
+      }
       return;
     case CollKind::Broadcast:
       if (c.count) NCCL_CHECK(ncclBroadcast(c.send, c.recv, c.count, t, c.root, comm_, s));

@@ -1,6 +1,9 @@
 // Bucket assignment, readiness tracking and launch order of the gradient Reducer.
 #include "collective/reducer.h"
 
+#include <algorithm>
+#include <cstring>
+
 namespace rf::collective {
 
 Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& vars, const std::vector<Value>& grads,
@@ -36,9 +39,22 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
 
   node_buckets_.assign(size_t(g.size()), {});
   pending_.assign(buckets_.size(), 0);
+  // Host sessions keep the buckets back to back in the shared window (regions at offsets).
+  in_shm_ = session.device().is_cpu();
+  char* window = nullptr;
+  if (in_shm_) {
+    size_t total = 0;
+    for (const Bucket& b : buckets_) total += b.elements;
+    window = static_cast<char*>(comm_.shm_buffer(std::max<size_t>(total, 1) * dtype_size(dtype_)));
+    std::memset(window, 0, total * dtype_size(dtype_));
+  }
+  size_t next_offset = 0;
   for (size_t bi = 0; bi < buckets_.size(); ++bi) {
     Bucket& bk = buckets_[bi];
-    bk.buffer = Tensor::zeros(Shape{i64(bk.elements)}, dtype_, session.device());
+    bk.offset = next_offset;
+    next_offset += bk.elements;
+    bk.buffer = in_shm_ ? Tensor::wrap(window + bk.offset * dtype_size(dtype_), Shape{i64(bk.elements)}, dtype_)
+                        : Tensor::zeros(Shape{i64(bk.elements)}, dtype_, session.device());
     i64 offset = 0;
     for (int k : bk.grads) {
       const Shape& shape = g.spec(grads[size_t(k)]).shape;
@@ -79,7 +95,9 @@ void Reducer::launch_ready() {
     const int64_t now = timeline_->now_us();
     if (current_.first_launch < 0) current_.first_launch = now;
     launched_at_[next_launch_] = now;
-    work_[next_launch_] = comm_.allreduce_async(b.buffer.raw(), b.buffer.raw(), b.elements, dtype_, ReduceOp::Avg);
+    work_[next_launch_] = in_shm_ ? comm_.allreduce_shm_async(b.elements, dtype_, ReduceOp::Avg, b.offset)
+                                  : comm_.allreduce_async(b.buffer.raw(), b.buffer.raw(), b.elements, dtype_,
+                                                          ReduceOp::Avg);
     ++next_launch_;
   }
 }

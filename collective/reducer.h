@@ -1,7 +1,9 @@
 // The data-parallel gradient Reducer: gradients are assigned to buckets in reverse order of the
 // forward pass (a small first bucket, then up to bucket_mb each, as PyTorch DDP does); each
 // gradient is written by the executor straight into its slot of the bucket's fusion buffer
-// (Session::bind_output, DDP's gradient_as_bucket_view), and a bucket's allreduce (average)
+// (Session::bind_output, DDP's gradient_as_bucket_view). On the CPU the fusion buffers live in
+// the communicator's shm_buffer, so on one node the ring reduces them straight from the peers'
+// memory with no copy in or out. A bucket's allreduce (average)
 // is launched on the communication thread the moment its last gradient is ready, while the
 // backward pass goes on. Before the optimizer's update ops run, every bucket is waited for.
 #pragma once
@@ -26,11 +28,12 @@ class Reducer {
     std::vector<int> grads;  // indices into the constructor's vars/grads, in launch order
     size_t elements = 0;
     Tensor buffer;           // fusion buffer: every gradient of the bucket, back to back
+    size_t offset = 0;       // its first element within the shm buffer (CPU sessions)
   };
 
   // vars[i] (Variable node ids, forward order) has gradient grads[i]. All gradients must be
-  // F32 or all F64, on the session's (CPU) device. Binds the gradients into the fusion
-  // buffers of `session`, so the session's plans recompile once.
+  // F32 or all F64. Binds the gradients into the fusion buffers of `session`, so the session's
+  // plans recompile once. Collective (calls comm.shm_buffer); the Reducer then owns that buffer.
   Reducer(Communicator& comm, Session& session, const std::vector<int>& vars, const std::vector<Value>& grads,
           const ReducerOptions& options = {});
 
@@ -64,6 +67,7 @@ class Reducer {
   std::vector<int64_t> launched_at_;
   size_t next_launch_ = 0;
   DType dtype_ = DType::F32;
+  bool in_shm_ = false;  // buffers are regions of comm.shm_buffer
   RunOptions run_options_;
   StepTimes current_, last_;
 };

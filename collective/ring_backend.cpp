@@ -67,6 +67,11 @@ class RingCommunicator final : public HostCommunicator {
       case CollKind::Allreduce: return allreduce(t, t.send, t.recv);
       case CollKind::AllreduceShm:
         if (!shm_) return ring_->allreduce(t, private_shm_for(t), private_shm_for(t), t.count, t.dtype, t.op, size_);
+        // Straight from the peers' windows only on one node; otherwise it is a plain buffer.
+        if (mode_ != Mode::Shm) {
+          char* region = static_cast<char*>(shm_->data()) + t.offset * dtype_size(t.dtype);
+          return allreduce(t, region, region);
+        }
         return allreduce(t, nullptr, shm_->data());
       case CollKind::Broadcast:
         if (mode_ == Mode::Shm) return shm_->broadcast(t, t.recv, t.count, t.dtype, t.root);

@@ -30,7 +30,8 @@ inline uint64_t peek(const uint64_t* at) { return __atomic_load_n(at, __ATOMIC_A
 }  // namespace
 
 struct ShmNode::Reduce {
-  const char* in = nullptr;   // null: the data region
+  const char* in = nullptr;   // null: the data region, from byte `base` on
+  size_t base = 0;
   char* out = nullptr;        // where copied-out slices go (the data region when in is null)
   char* own_out = nullptr;    // where this rank's slice goes; null: only the shared result slot
   std::vector<size_t> off, len;
@@ -149,10 +150,10 @@ void ShmNode::reduce(const Task& t, const Reduce& r) {
         if (q != p_ && copies(q)) wait(t, q, &Counters::out, g - kSlots + 1);
     if (const size_t n = blen(p_, j)) {
       for (int q = 0; q < L_; ++q)
-        srcs[q] = shm ? data_[q] + at(p_, j)
+        srcs[q] = shm ? data_[q] + r.base + at(p_, j)
                       : q == p_ ? static_cast<const void*>(r.in + at(p_, j))
                                 : slot(q, j) + static_cast<size_t>(p_) * block_bytes_;
-      char* result = shm ? data_[p_] + at(p_, j) : slot(p_, j) + static_cast<size_t>(p_) * block_bytes_;
+      char* result = shm ? data_[p_] + r.base + at(p_, j) : slot(p_, j) + static_cast<size_t>(p_) * block_bytes_;
       char* dst = r.own_out ? r.own_out + j * be * es : result;
       char* dst2 = !shm && r.own_out && others_copy ? result : nullptr;
       reduce_into(dst, dst2, srcs.data(), L_, n, r.dtype, r.op, r.avg_div);
@@ -167,7 +168,7 @@ void ShmNode::reduce(const Task& t, const Reduce& r) {
         if (s == p_) continue;
         wait(t, s, &Counters::red, g + 1);
         if (const size_t n = blen(s, j)) {
-          const char* from = shm ? data_[s] + at(s, j) : slot(s, j) + static_cast<size_t>(s) * block_bytes_;
+          const char* from = shm ? data_[s] + r.base + at(s, j) : slot(s, j) + static_cast<size_t>(s) * block_bytes_;
           std::memcpy(r.out + at(s, j), from, n * es);
         }
       }
@@ -201,15 +202,16 @@ void ShmNode::allreduce(const Task& t, const void* in, void* out, size_t count, 
     r.len.push_back(std::min(count, b + slice) - b);
   }
   r.in = static_cast<const char*>(in);
-  r.out = in ? static_cast<char*>(out) : data_[p_];
+  if (!in) r.base = t.offset * es;
+  r.out = in ? static_cast<char*>(out) : data_[p_] + r.base;
   r.gather_all = gather == Gather::All;
   r.root = root;
   if (in && (r.gather_all || p_ == root)) r.own_out = r.out + r.off[p_] * es;
   r.dtype = dtype;
   r.op = op;
   r.avg_div = avg_div;
-  RF_CHECK(in || count * es <= data_bytes_, "allreduce_shm of ", count * es, " bytes, but shm_buffer holds ",
-           data_bytes_);
+  RF_CHECK(in || r.base + count * es <= data_bytes_, "allreduce_shm of ", count * es, " bytes at byte ", r.base,
+           ", but shm_buffer holds ", data_bytes_);
   reduce(t, r);
 }
 

@@ -8,11 +8,22 @@
 namespace rf {
 
 Storage::Storage(size_t b, Device d) : bytes(b), device(d) { data = allocator_for(d).allocate(b); }
-Storage::~Storage() { allocator_for(device).deallocate(data, bytes); }
+Storage::~Storage() {
+  if (owned) allocator_for(device).deallocate(data, bytes);
+}
 
 Tensor::Tensor(const Shape& shape, DType dtype, Device device) : shape_(shape), dtype_(dtype) {
   RF_CHECK(shape.defined(), "cannot allocate a tensor of undefined shape ", shape.str());
   storage_ = std::make_shared<Storage>(size_t(shape.numel()) * dtype_size(dtype), device);
+}
+
+Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, Device device) {
+  RF_CHECK(shape.defined(), "cannot wrap memory as a tensor of undefined shape ", shape.str());
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(data, size_t(shape.numel()) * dtype_size(dtype), device);
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  return t;
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {

@@ -15,7 +15,9 @@ struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
   Device device;
+  bool owned = true;  // false: memory someone else manages (Tensor::wrap)
   Storage(size_t bytes, Device d);
+  Storage(void* external, size_t bytes, Device d) : data(external), bytes(bytes), device(d), owned(false) {}
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -27,6 +29,9 @@ class Tensor {
   // Allocates uninitialised memory for shape (which must be fully defined).
   Tensor(const Shape& shape, DType dtype, Device device = Device::cpu());
   static Tensor zeros(const Shape& shape, DType dtype, Device device = Device::cpu());
+  // A tensor over memory this process does not own (e.g. a shared-memory window); the memory
+  // must outlive every tensor that views it.
+  static Tensor wrap(void* data, const Shape& shape, DType dtype, Device device = Device::cpu());
   template <class T> static Tensor from_vector(const std::vector<T>& v, const Shape& shape);
   template <class T> static Tensor scalar(T v) { return from_vector<T>({v}, Shape{}); }
 

@@ -275,6 +275,31 @@ TEST_P(Collectives, ShmBuffer) {
   }
 }
 
+// Several regions of the shared window (one per gradient bucket) reduced at offsets, all in
+// flight at once; the bytes between regions stay untouched.
+TEST_P(Collectives, ShmBufferRegionsAtOffsets) {
+  const size_t sizes[] = {7, 1000, 65537, 3};
+  size_t total = 0;
+  for (size_t k : sizes) total += k + 5;  // 5 untouched elements after each region
+  auto* p = static_cast<float*>(c->shm_buffer(total * sizeof(float)));
+  size_t off = 0;
+  std::vector<size_t> offsets;
+  for (size_t k : sizes) {
+    for (size_t i = 0; i < k; ++i) p[off + i] = static_cast<float>(value(r, n, i));
+    for (size_t i = k; i < k + 5; ++i) p[off + i] = -7.0f;
+    offsets.push_back(off);
+    off += k + 5;
+  }
+  std::vector<Work> work;
+  for (size_t b = 0; b < 4; ++b) work.push_back(c->allreduce_shm_async(sizes[b], DType::F32, ReduceOp::Sum, offsets[b]));
+  for (size_t b = 4; b-- > 0;) work[b].wait();
+  for (size_t b = 0; b < 4; ++b) {
+    check(p + offsets[b], DType::F32, sizes[b], [&](size_t i) { return expected(ReduceOp::Sum, n, i); },
+          "allreduce_shm region " + std::to_string(b));
+    check(p + offsets[b] + sizes[b], DType::F32, 5, [](size_t) { return -7.0; }, "gap after region " + std::to_string(b));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Collectives, ::testing::Range(0, 4),
                          [](const ::testing::TestParamInfo<int>& info) { return kLabels[info.param]; });
 
