@@ -40,7 +40,11 @@ TrainOp minimize(Value loss, const OptimizerConfig& cfg) {
   base.eps = cfg.eps;
   base.weight_decay = cfg.weight_decay;
   base.decoupled = cfg.kind == OptimizerConfig::Kind::AdamW;
-  for (size_t i = 0; i < t.vars.size(); ++i) {
+  // Update nodes (and their slots) are created last layer first: the executor runs updates in
+  // node order, and the last layers' gradients are the first to be all-reduced in a
+  // data-parallel step, so their updates can run while the first layers' are still in flight.
+  t.updates.resize(t.vars.size());
+  for (size_t i = t.vars.size(); i-- > 0;) {
     const Node& v = g.node(t.vars[i]);
     const std::string name = v.name;
     const Shape shape = v.attrs.shape;
@@ -52,16 +56,15 @@ TrainOp minimize(Value loss, const OptimizerConfig& cfg) {
     const Value var{&g, t.vars[i], 0};
     switch (cfg.kind) {
       case OptimizerConfig::Kind::SGD:
-        t.updates.push_back(g.add(Op::ApplySGD, {var, t.grads[i], t.hyper}, base, name + "/update"));
+        t.updates[i] = g.add(Op::ApplySGD, {var, t.grads[i], t.hyper}, base, name + "/update");
         break;
       case OptimizerConfig::Kind::Momentum:
-        t.updates.push_back(
-            g.add(Op::ApplyMomentum, {var, slot("velocity"), t.grads[i], t.hyper}, base, name + "/update"));
+        t.updates[i] = g.add(Op::ApplyMomentum, {var, slot("velocity"), t.grads[i], t.hyper}, base, name + "/update");
         break;
       case OptimizerConfig::Kind::Adam:
       case OptimizerConfig::Kind::AdamW: {
         const Value m = slot("m"), vv = slot("v");
-        t.updates.push_back(g.add(Op::ApplyAdam, {var, m, vv, t.grads[i], t.hyper}, base, name + "/update"));
+        t.updates[i] = g.add(Op::ApplyAdam, {var, m, vv, t.grads[i], t.hyper}, base, name + "/update");
         break;
       }
     }

@@ -22,7 +22,7 @@ struct OptimizerConfig {
 OptimizerConfig::Kind parse_optimizer(const std::string& name);
 
 struct TrainOp {
-  std::vector<Value> updates;  // run these as targets
+  std::vector<Value> updates;  // run these as targets; updates[i] updates vars[i]
   std::vector<Value> grads;    // d loss / d var, aligned with vars
   std::vector<int> vars;       // Variable node ids, in creation order
   Value hyper;                 // F64[2] placeholder {lr, step (1-based)}, fed on the host

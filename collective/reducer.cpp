@@ -65,10 +65,28 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
   }
   work_.resize(buckets_.size());
   launched_at_.assign(buckets_.size(), -1);
+  waited_.assign(buckets_.size(), 1);  // nothing in flight yet
   for (size_t bi = 0; bi < buckets_.size(); ++bi) pending_[bi] = int(buckets_[bi].grads.size());
 
+  // Each update node waits for the bucket of the Variable it updates (its input 0).
+  std::vector<int> var_bucket(size_t(g.size()), -1);
+  for (size_t bi = 0; bi < buckets_.size(); ++bi)
+    for (int k : buckets_[bi].grads) var_bucket[size_t(vars[size_t(k)])] = int(bi);
+  update_bucket_.assign(size_t(g.size()), -1);
+  updates_left_.assign(buckets_.size(), 0);
+  for (const Node& n : g.nodes())
+    if ((n.op == Op::ApplySGD || n.op == Op::ApplyMomentum || n.op == Op::ApplyAdam) &&
+        var_bucket[size_t(n.inputs[0].node)] >= 0) {
+      update_bucket_[size_t(n.id)] = var_bucket[size_t(n.inputs[0].node)];
+      ++updates_left_[size_t(update_bucket_[size_t(n.id)])];
+    }
+
   run_options_.on_node_done = [this](int node) { on_node_done(node); };
-  run_options_.before_updates = [this] { finish_step(); };
+  run_options_.before_updates = [this] { backward_done(); };
+  run_options_.before_update = [this](int node) {
+    if (size_t(node) < update_bucket_.size() && update_bucket_[size_t(node)] >= 0)
+      wait_bucket(size_t(update_bucket_[size_t(node)]));
+  };
   run_options_.timeline = opts_.timeline;
 }
 
@@ -91,6 +109,11 @@ void Reducer::on_node_done(int node) {
 // for the ones before it.
 void Reducer::launch_ready() {
   while (next_launch_ < buckets_.size() && pending_[next_launch_] == 0) {
+    // The executor has just written this bucket's gradients: the previous step's allreduce of
+    // it must have been waited for by that step's update ops.
+    RF_CHECK(waited_[next_launch_], "Reducer: the previous step ran without its update ops (bucket ", next_launch_,
+             " was never waited for); pass the Reducer's RunOptions only to full training steps");
+    waited_[next_launch_] = 0;
     Bucket& b = buckets_[next_launch_];
     const int64_t now = timeline_->now_us();
     if (current_.first_launch < 0) current_.first_launch = now;
@@ -102,18 +125,27 @@ void Reducer::launch_ready() {
   }
 }
 
-void Reducer::finish_step() {
+void Reducer::wait_bucket(size_t b) {
+  if (waited_[b]) return;
+  work_[b].wait();
+  waited_[b] = 1;
+  if (opts_.timeline)
+    opts_.timeline->span("allreduce bucket " + std::to_string(b) + " (" +
+                             std::to_string(buckets_[b].elements * dtype_size(dtype_)) + " B)",
+                         "allreduce", 1, launched_at_[b], timeline_->now_us());
+}
+
+// After the last gradient: every bucket has been launched. Buckets that no update node waits
+// for (a plan that fetches gradients without updating) are waited here; the others are waited
+// by their update nodes. Then the per-step state is reset for the next step.
+void Reducer::backward_done() {
   current_.backward_done = timeline_->now_us();
   RF_CHECK(next_launch_ == buckets_.size(), "Reducer: only ", next_launch_, " of ", buckets_.size(),
            " gradient buckets were ready when the update began (a gradient was not computed by this step)");
   for (size_t b = 0; b < buckets_.size(); ++b) {
-    work_[b].wait();
-    if (opts_.timeline)
-      opts_.timeline->span("allreduce bucket " + std::to_string(b) + " (" +
-                               std::to_string(buckets_[b].elements * dtype_size(dtype_)) + " B)",
-                           "allreduce", 1, launched_at_[b], timeline_->now_us());
+    if (updates_left_[b] == 0) wait_bucket(b);
+    pending_[b] = int(buckets_[b].grads.size());
   }
-  for (size_t b = 0; b < buckets_.size(); ++b) pending_[b] = int(buckets_[b].grads.size());
   next_launch_ = 0;
   last_ = current_;
   current_ = StepTimes{};

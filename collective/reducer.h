@@ -5,7 +5,8 @@
 // the communicator's shm_buffer, so on one node the ring reduces them straight from the peers'
 // memory with no copy in or out. A bucket's allreduce (average)
 // is launched on the communication thread the moment its last gradient is ready, while the
-// backward pass goes on. Before the optimizer's update ops run, every bucket is waited for.
+// backward pass goes on. Each update op waits only for the bucket of its own Variable, so the
+// last layers' updates run while the first layers' allreduce is still in flight.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -37,7 +38,8 @@ class Reducer {
   Reducer(Communicator& comm, Session& session, const std::vector<int>& vars, const std::vector<Value>& grads,
           const ReducerOptions& options = {});
 
-  // The options to pass to Session::run for a training step.
+  // The options to pass to Session::run for a training step (gradients and their updates: a
+  // step whose plan leaves the updates out leaves buckets un-waited, and the next step throws).
   RunOptions& run_options() { return run_options_; }
 
   const std::vector<Bucket>& buckets() const { return buckets_; }
@@ -54,7 +56,8 @@ class Reducer {
  private:
   void on_node_done(int node);
   void launch_ready();
-  void finish_step();
+  void backward_done();
+  void wait_bucket(size_t b);
 
   Communicator& comm_;
   ReducerOptions opts_;
@@ -62,6 +65,9 @@ class Reducer {
   Timeline* timeline_;
   std::vector<Bucket> buckets_;
   std::vector<std::vector<int>> node_buckets_;  // node id -> buckets it completes a gradient of
+  std::vector<int> update_bucket_;              // node id -> bucket an update node waits for (-1)
+  std::vector<int> updates_left_;               // per bucket: update nodes not yet run this step
+  std::vector<char> waited_;
   std::vector<int> pending_;                    // per bucket: gradients not yet produced
   std::vector<Work> work_;
   std::vector<int64_t> launched_at_;

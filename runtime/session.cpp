@@ -309,6 +309,7 @@ const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const
   for (size_t si = 0; si < plan.steps.size(); ++si) {
     PlanStep& st = plan.steps[si];
     if (si == plan.first_update && options && options->before_updates) options->before_updates();
+    if (si >= plan.first_update && options && options->before_update) options->before_update(st.node->id);
     switch (st.kind) {
       case PlanStep::Kind::Feed:
       case PlanStep::Kind::Const:

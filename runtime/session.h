@@ -20,6 +20,9 @@ struct RunOptions {
   std::function<void(int node)> on_node_done;
   // Called once after every other node ran and before the first update (Apply*) node.
   std::function<void()> before_updates;
+  // Called before each update (Apply*) node runs, with its id: the Reducer waits there for
+  // the one bucket holding that Variable's gradient, so updates overlap later allreduces.
+  std::function<void(int node)> before_update;
   // Records each kernel node's span (lane 0) when set.
   Timeline* timeline = nullptr;
 };
