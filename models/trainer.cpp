@@ -215,6 +215,16 @@ nlohmann::json train(const TrainConfig& c) {
   oc.momentum = c.momentum;
   oc.weight_decay = c.weight_decay;
   const TrainOp t = minimize(m.loss, oc);
+  if (device.is_cuda() && c.device == "auto") {
+    for (const Node& n : g.nodes())
+      if (!cuda_has_kernel(n.op)) {
+        if (rank == 0)
+          std::fprintf(stderr, "ringflow: note: no CUDA kernel for %s yet, so --device auto trains on the CPU\n",
+                       op_name(n.op));
+        device = Device::cpu();
+        break;
+      }
+  }
 
   Session sess(g, device);
   sess.run({}, {}, g.initializers());

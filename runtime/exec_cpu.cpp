@@ -87,6 +87,10 @@ BinaryOp binary_of(Op op) {
 
 }  // namespace
 
+#if !RINGFLOW_CUDA
+bool cuda_has_kernel(Op) { return false; }
+#endif
+
 void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
   const Attrs& a = n.attrs;
   switch (n.op) {

@@ -357,6 +357,38 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
 
 }  // namespace
 
+bool cuda_has_kernel(Op op) {
+  switch (op) {
+    case Op::Softmax:
+    case Op::LogSoftmax:
+    case Op::SoftmaxGrad:
+    case Op::LogSoftmaxGrad:
+    case Op::SparseSoftmaxXent:
+    case Op::SparseSoftmaxXentGrad:
+    case Op::Transpose:
+    case Op::Conv2D:
+    case Op::Conv2DGradInput:
+    case Op::Conv2DGradFilter:
+    case Op::MaxPool2D:
+    case Op::MaxPool2DGrad:
+    case Op::AvgPool2D:
+    case Op::AvgPool2DGrad:
+    case Op::Dropout:
+    case Op::Cast:
+    case Op::COUNT:
+      return false;
+    case Op::Placeholder: case Op::Const: case Op::Variable: case Op::InitVariable: case Op::Reshape:
+    case Op::ReshapeLike: case Op::MatMul: case Op::Add: case Op::Sub: case Op::Mul: case Op::Div:
+    case Op::Neg: case Op::Exp: case Op::Log: case Op::Sqrt: case Op::Square: case Op::Relu: case Op::Tanh:
+    case Op::Sigmoid: case Op::Gelu: case Op::ReluGrad: case Op::TanhGrad: case Op::SigmoidGrad:
+    case Op::GeluGrad: case Op::AddScalar: case Op::MulScalar: case Op::PowScalar: case Op::Sum: case Op::Mean:
+    case Op::SumLike: case Op::BroadcastLike: case Op::BiasAdd: case Op::BiasAddGrad: case Op::ApplySGD:
+    case Op::ApplyMomentum: case Op::ApplyAdam:
+      return true;
+  }
+  return false;
+}
+
 void exec_cuda(const Node& node, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
   RF_CHECK(ctx.device.is_cuda(), "internal: exec_cuda for node '", node.name, "' on ", ctx.device.str());
   // Kernels launch on ctx.stream, which belongs to ctx.device: make that device current.
