@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# Data-parallel scaling, ringflow (mpirun, ring/mpi collectives) vs PyTorch DDP (gloo): samples/s and scaling per rank count.
+#
+# usage: bench/scaling.sh [--runs R] [--models "mlp cnn"] [--steps-mlp N] [--steps-cnn N]
+#                         [--ranks "1 2"] [--batch B] [--warmup W] [--no-mpi] [--timeout S]
+#                         [--skip-build]
+#   --runs R        runs per model; a run measures every rank count once (default 3)
+#   --models LIST   models to benchmark, space separated (default "mlp cnn")
+#   --steps-mlp N   timed training steps for the MLP (default 1500)
+#   --steps-cnn N   timed training steps for the CNN (default 120)
+#   --ranks LIST    rank counts (default "1 2", plus 4, 8, ... up to nproc where nproc > 2)
+#   --batch B       GLOBAL batch, split over the ranks (default 64; must divide by every rank count)
+#   --warmup W      untimed PyTorch warm-up steps before the timed ones (default 10)
+#   --no-mpi        skip ringflow's --collective mpi runs (ring only)
+#   --timeout S     fail if one program run takes longer than S seconds (default 600)
+#   --skip-build    do not run scripts/install_deps.sh --bench and scripts/build.sh first
+# Environment: PYTHON (default /usr/bin/python3, Debian's python3-torch), DATA_DIR (default
+# /usr/share/datasets/fashion-mnist), MPIRUN_ARGS (extra mpirun arguments, e.g. "--bind-to none").
+#
+# Every process runs one compute thread (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1, --threads 1,
+# torch.set_num_threads(1)); momentum SGD (lr 0.05, momentum 0.9), cross-entropy, Fashion-MNIST.
+# ringflow: mpirun -np N build/ringflow train ... --collective ring (and mpi, for N > 1); its
+# samples_per_second. PyTorch: bench/ddp_train.py --world-size N (plain single-process training
+# at N = 1, DDP over gloo on loopback for N > 1). Within a run, all rank counts and all programs
+# run back to back with the order rotated from run to run. Output: per-run lines, a table of
+# medians, and one JSON line per (model, ranks):
+#   {"bench":"scaling","model":...,"ranks":N,"ringflow_sps_median":...,"pytorch_sps_median":...,
+#    "ringflow_scaling_median":...,"pytorch_scaling_median":...,"ratio_median":...,...}
+# scaling = samples/s at N ranks / samples/s at 1 rank in the same run (median over runs);
+# efficiency = scaling / N; ratio = ringflow / pytorch samples/s at the same N (median over runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ncpu="$(nproc)"  # before the exports below: nproc honours OMP_NUM_THREADS
+runs=3
+models="mlp cnn"
+steps_mlp=1500
+steps_cnn=120
+ranks="1 2"
+for ((n = 4; n <= ncpu; n *= 2)); do ranks+=" $n"; done
+batch=64
+warmup=10
+use_mpi=1
+time_limit=600
+skip_build=0
+PYTHON="${PYTHON:-/usr/bin/python3}"
+DATA_DIR="${DATA_DIR:-/usr/share/datasets/fashion-mnist}"
+read -r -a mpirun_extra <<<"${MPIRUN_ARGS:-}"
+
+die() { echo "scaling: error: $*" >&2; exit 1; }
+usage() { sed -n '4,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+is_posint() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
+
+while (($#)); do
+  case "$1" in
+    --runs) (($# >= 2)) || usage; runs="$2"; shift 2 ;;
+    --models) (($# >= 2)) || usage; models="$2"; shift 2 ;;
+    --steps-mlp) (($# >= 2)) || usage; steps_mlp="$2"; shift 2 ;;
+    --steps-cnn) (($# >= 2)) || usage; steps_cnn="$2"; shift 2 ;;
+    --ranks) (($# >= 2)) || usage; ranks="$2"; shift 2 ;;
+    --batch) (($# >= 2)) || usage; batch="$2"; shift 2 ;;
+    --warmup) (($# >= 2)) || usage; warmup="$2"; shift 2 ;;
+    --no-mpi) use_mpi=0; shift ;;
+    --timeout) (($# >= 2)) || usage; time_limit="$2"; shift 2 ;;
+    --skip-build) skip_build=1; shift ;;
+    -h|--help) usage ;;
+    *) echo "scaling: unknown argument '$1'" >&2; usage ;;
+  esac
+done
+is_posint "$runs" || die "--runs must be a positive integer, got '$runs'"
+is_posint "$steps_mlp" || die "--steps-mlp must be a positive integer, got '$steps_mlp'"
+is_posint "$steps_cnn" || die "--steps-cnn must be a positive integer, got '$steps_cnn'"
+is_posint "$time_limit" || die "--timeout must be a positive integer, got '$time_limit'"
+is_posint "$batch" || die "--batch must be a positive integer, got '$batch'"
+[[ "$warmup" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer, got '$warmup'"
+read -r -a model_list <<<"$models"
+((${#model_list[@]})) || die "--models is empty"
+for m in "${model_list[@]}"; do
+  [[ "$m" == mlp || "$m" == cnn ]] || die "unknown model '$m' (expected mlp or cnn)"
+done
+read -r -a rank_list <<<"$ranks"
+((${#rank_list[@]})) || die "--ranks is empty"
+for n in "${rank_list[@]}"; do
+  is_posint "$n" || die "--ranks: '$n' is not a positive integer"
+  ((batch % n == 0)) || die "--batch $batch is not divisible by $n ranks"
+done
+[[ " $ranks " == *" 1 "* ]] || echo "scaling: note: 1 is not in --ranks, so no scaling is computed" >&2
+
+if ((!skip_build)); then
+  scripts/install_deps.sh --bench || die "scripts/install_deps.sh --bench failed"
+  scripts/build.sh || die "scripts/build.sh failed"
+fi
+[[ -x build/ringflow ]] || die "build/ringflow not found (run scripts/build.sh)"
+command -v mpirun >/dev/null || die "mpirun not found on PATH (scripts/install_deps.sh installs openmpi-bin)"
+[[ -x "$PYTHON" ]] || die "$PYTHON not found (scripts/install_deps.sh --bench installs python3-torch)"
+"$PYTHON" -c 'import torch, torch.distributed as d; assert d.is_available() and d.is_gloo_available()' 2>/dev/null ||
+  die "$PYTHON cannot import torch with torch.distributed/gloo (install python3-torch)"
+
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+results="$tmp/results.tsv"  # model run ranks impl samples/s
+: >"$results"
+
+# json_field FILE KEY: KEY of the last JSON object line in FILE (fails if there is none).
+json_field() {
+  python3 - "$1" "$2" <<'EOF'
+import json, sys
+obj = None
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if line.startswith("{"):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            pass
+if obj is None or sys.argv[2] not in obj:
+    sys.exit(1)
+print(obj[sys.argv[2]])
+EOF
+}
+
+# run_one NAME OUTFILE CMD...: runs CMD (at most $time_limit s; timeout signals its whole process
+# group), stdout to OUTFILE; on failure prints the output tails and exits.
+run_one() {
+  local name="$1" out="$2"
+  shift 2
+  local rc=0
+  timeout -k 10 "$time_limit" "$@" </dev/null >"$out" 2>"$out.err" || rc=$?
+  if ((rc)); then
+    local why="exit status $rc"
+    ((rc == 124 || rc == 137)) && why="timed out after $time_limit s"
+    echo "scaling: error: $name failed ($why): $*" >&2
+    tail -n 5 "$out" >&2
+    tail -n 20 "$out.err" >&2
+    exit 1
+  fi
+  json_field "$out" samples_per_second >/dev/null ||
+    die "$name printed no JSON line with samples_per_second: $*"$'\n'"$(tail -n 5 "$out")"
+}
+
+# measure MODEL RUN N IMPL: one measurement, checked, appended to $results.
+measure() {
+  local m="$1" r="$2" n="$3" impl="$4" steps out="$tmp/out.json" cmd
+  if [[ "$m" == mlp ]]; then steps="$steps_mlp"; else steps="$steps_cnn"; fi
+  if [[ "$impl" == pytorch ]]; then
+    cmd=("$PYTHON" bench/ddp_train.py --model "$m" --world-size "$n" --batch "$batch" --steps "$steps"
+         --warmup "$warmup" --threads 1 --lr 0.05 --momentum 0.9 --data-dir "$DATA_DIR")
+  else
+    local coll="${impl#ringflow-}" mpi=(mpirun --allow-run-as-root -np "$n")
+    ((n > ncpu)) && mpi+=(--oversubscribe)
+    cmd=("${mpi[@]}" "${mpirun_extra[@]}" build/ringflow train --model "$m" --data fashion-mnist
+         --data-dir "$DATA_DIR" --batch "$batch" --max-steps "$steps" --epochs 1000 --optimizer momentum
+         --lr 0.05 --momentum 0.9 --threads 1 --device cpu --quiet --collective "$coll")
+  fi
+  run_one "$impl (model $m, $n rank(s))" "$out" "${cmd[@]}"
+  local got_steps got_world sps
+  if [[ "$impl" != pytorch ]]; then
+    got_steps="$(json_field "$out" steps || echo "?")"
+    [[ "$got_steps" == "$steps" ]] || die "ringflow ran $got_steps steps, expected $steps: ${cmd[*]}"
+  fi
+  got_world="$(json_field "$out" world_size || echo "?")"
+  [[ "$got_world" == "$n" ]] || die "$impl reported world_size $got_world, expected $n: ${cmd[*]}"
+  sps="$(json_field "$out" samples_per_second)"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$m" "$r" "$n" "$impl" "$sps" >>"$results"
+  printf '%-6s %4s %6s %-14s %12.1f\n' "$m" "$r" "$n" "$impl" "$sps"
+}
+
+echo "scaling: ringflow vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)') DDP (gloo)," \
+     "global batch $batch, 1 compute thread per rank, ranks: $ranks, $runs run(s), $ncpu CPU(s) visible," \
+     "load average $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-6s %4s %6s %-14s %12s\n' model run ranks program samples/s
+
+for m in "${model_list[@]}"; do
+  for ((r = 1; r <= runs; r++)); do
+    # Every (ranks, program) pair once per run, the order rotated from run to run so that neither
+    # a program nor a rank count always runs first (on a colder, or busier, machine).
+    jobs=()
+    for n in "${rank_list[@]}"; do
+      jobs+=("$n ringflow-ring" "$n pytorch")
+      ((use_mpi && n > 1)) && jobs+=("$n ringflow-mpi")
+    done
+    k=$(((r - 1) % ${#jobs[@]}))
+    for ((j = 0; j < ${#jobs[@]}; j++)); do
+      read -r n impl <<<"${jobs[$(((j + k) % ${#jobs[@]}))]}"
+      measure "$m" "$r" "$n" "$impl"
+    done
+  done
+done
+
+echo "scaling: load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (the benchmark itself adds up to max(ranks))"
+echo
+python3 - "$results" "$runs" "$batch" "$steps_mlp" "$steps_cnn" "$use_mpi" <<'EOF'
+import collections, json, statistics, sys
+
+path, runs, batch, steps_mlp, steps_cnn, use_mpi = sys.argv[1], *map(int, sys.argv[2:7])
+sps = {}  # (model, run, ranks, impl) -> samples/s
+models, ranks = [], []
+for line in open(path):
+    m, r, n, impl, v = line.split("\t")
+    sps[m, int(r), int(n), impl] = float(v)
+    if m not in models:
+        models.append(m)
+    if int(n) not in ranks:
+        ranks.append(int(n))
+ranks.sort()
+
+def med(vals):
+    return statistics.median(vals) if vals else None
+
+def rnd(v, d):
+    return None if v is None else round(v, d)
+
+def per_run(m, n, impl, base_n=None, base_impl=None):
+    """Per-run values of impl at n ranks, or per-run ratios to base_impl at base_n ranks."""
+    out = []
+    for r in range(1, runs + 1):
+        v = sps.get((m, r, n, impl))
+        if v is None:
+            continue
+        if base_impl is None:
+            out.append(v)
+        else:
+            b = sps.get((m, r, base_n, base_impl))
+            if b:
+                out.append(v / b)
+    return out
+
+def fmt(v, spec):
+    return format(v, spec) if v is not None else format("-", spec.rstrip("f").split(".")[0] + "s")
+
+rows = []
+for m in models:
+    for n in ranks:
+        # At 1 rank there is no collective: the ring run is the 1-rank baseline for both backends.
+        mpi_impl = "ringflow-mpi" if n > 1 else "ringflow-ring"
+        has1 = 1 in ranks
+        row = {
+            "bench": "scaling", "model": m, "ranks": n, "batch": batch,
+            "steps": steps_mlp if m == "mlp" else steps_cnn, "runs": runs,
+            "ringflow_sps_median": rnd(med(per_run(m, n, "ringflow-ring")), 1),
+            "pytorch_sps_median": rnd(med(per_run(m, n, "pytorch")), 1),
+            "ringflow_scaling_median": rnd(med(per_run(m, n, "ringflow-ring", 1, "ringflow-ring")), 3) if has1 else None,
+            "pytorch_scaling_median": rnd(med(per_run(m, n, "pytorch", 1, "pytorch")), 3) if has1 else None,
+            "ratio_median": rnd(med(per_run(m, n, "ringflow-ring", n, "pytorch")), 3),
+        }
+        for k in ("ringflow", "pytorch"):
+            s = row[k + "_scaling_median"]
+            row[k + "_efficiency"] = rnd(s / n, 3) if s is not None else None
+        if use_mpi:
+            row["ringflow_mpi_sps_median"] = rnd(med(per_run(m, n, mpi_impl)), 1)
+            row["ringflow_mpi_scaling_median"] = (
+                rnd(med(per_run(m, n, mpi_impl, 1, "ringflow-ring")), 3) if has1 else None)
+        rows.append(row)
+
+hdr = "%-6s %5s %13s %13s %9s %9s %9s %9s %8s" % (
+    "model", "ranks", "ringflow_sps", "pytorch_sps", "rf_scale", "pt_scale", "rf_eff", "pt_eff", "rf/pt")
+if use_mpi:
+    hdr += " %13s %9s" % ("rf_mpi_sps", "mpi_scale")
+print(hdr + "   (medians over %d run(s))" % runs)
+for row in rows:
+    line = "%-6s %5d %13s %13s %9s %9s %9s %9s %8s" % (
+        row["model"], row["ranks"], fmt(row["ringflow_sps_median"], "13.1f"),
+        fmt(row["pytorch_sps_median"], "13.1f"), fmt(row["ringflow_scaling_median"], "9.3f"),
+        fmt(row["pytorch_scaling_median"], "9.3f"), fmt(row["ringflow_efficiency"], "9.3f"),
+        fmt(row["pytorch_efficiency"], "9.3f"), fmt(row["ratio_median"], "8.3f"))
+    if use_mpi:
+        line += " %13s %9s" % (fmt(row["ringflow_mpi_sps_median"], "13.1f"),
+                               fmt(row["ringflow_mpi_scaling_median"], "9.3f"))
+    print(line)
+print("scale = samples/s at N ranks / samples/s at 1 rank (per run, then median); eff = scale / N;"
+      " rf/pt = ringflow / PyTorch samples/s at the same N; rf_mpi = ringflow --collective mpi")
+print()
+for row in rows:
+    print(json.dumps(row, separators=(",", ":")))
+EOF
