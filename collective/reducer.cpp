@@ -88,6 +88,66 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
       wait_bucket(size_t(update_bucket_[size_t(node)]));
   };
   run_options_.timeline = opts_.timeline;
+  bytes_sent_.assign(buckets_.size(), 0);
+
+  if (opts_.compress.compressing()) {
+    for (size_t bi = 0; bi < buckets_.size(); ++bi) {
+      std::vector<Tensor> views;
+      i64 offset = 0;
+      for (int k : buckets_[bi].grads) {
+        const Shape& shape = g.spec(grads[size_t(k)]).shape;
+        views.push_back(buckets_[bi].buffer.slice(offset, shape));
+        offset += shape.numel();
+      }
+      compressors_.push_back(make_bucket_compressor(opts_.compress, std::move(views)));
+    }
+    hook_done_.assign(buckets_.size(), 1);
+    hook_ = std::thread([this] { hook_loop(); });
+  }
+}
+
+Reducer::~Reducer() {
+  if (!hook_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  hook_.join();
+}
+
+// The compression hook thread: buckets in launch order (the same collective order on every rank).
+void Reducer::hook_loop() {
+  for (;;) {
+    std::pair<size_t, int64_t> job;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      job = queue_.front();
+      queue_.pop_front();
+    }
+    size_t bytes = 0;
+    std::string error;
+    try {
+      bytes = compressors_[job.first]->reduce(comm_, job.second);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      bytes_sent_[job.first] = bytes;
+      if (!error.empty() && hook_error_.empty()) hook_error_ = error;
+      hook_done_[job.first] = 1;
+    }
+    cv_.notify_all();
+  }
+}
+
+size_t Reducer::bytes_sent_last_step() const {
+  size_t n = 0;
+  for (size_t b : bytes_sent_) n += b;
+  return n;
 }
 
 size_t Reducer::bytes_per_step() const {
@@ -118,19 +178,35 @@ void Reducer::launch_ready() {
     const int64_t now = timeline_->now_us();
     if (current_.first_launch < 0) current_.first_launch = now;
     launched_at_[next_launch_] = now;
-    work_[next_launch_] = in_shm_ ? comm_.allreduce_shm_async(b.elements, dtype_, ReduceOp::Avg, b.offset)
-                                  : comm_.allreduce_async(b.buffer.raw(), b.buffer.raw(), b.elements, dtype_,
-                                                          ReduceOp::Avg);
+    if (!compressors_.empty()) {
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        hook_done_[next_launch_] = 0;
+        queue_.emplace_back(next_launch_, step_);
+      }
+      cv_.notify_all();
+    } else {
+      work_[next_launch_] = in_shm_ ? comm_.allreduce_shm_async(b.elements, dtype_, ReduceOp::Avg, b.offset)
+                                    : comm_.allreduce_async(b.buffer.raw(), b.buffer.raw(), b.elements, dtype_,
+                                                            ReduceOp::Avg);
+      bytes_sent_[next_launch_] = ring_allreduce_bytes(b.elements * dtype_size(dtype_), comm_.size());
+    }
     ++next_launch_;
   }
 }
 
 void Reducer::wait_bucket(size_t b) {
   if (waited_[b]) return;
-  work_[b].wait();
+  if (!compressors_.empty()) {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return hook_done_[b] != 0; });
+    if (!hook_error_.empty()) throw Error(hook_error_);
+  } else {
+    work_[b].wait();
+  }
   waited_[b] = 1;
   if (opts_.timeline)
-    opts_.timeline->span("allreduce bucket " + std::to_string(b) + " (" +
+    opts_.timeline->span((compressors_.empty() ? std::string("allreduce") : opts_.compress.str()) + " bucket " + std::to_string(b) + " (" +
                              std::to_string(buckets_[b].elements * dtype_size(dtype_)) + " B)",
                          "allreduce", 1, launched_at_[b], timeline_->now_us());
 }
@@ -147,6 +223,7 @@ void Reducer::backward_done() {
     pending_[b] = int(buckets_[b].grads.size());
   }
   next_launch_ = 0;
+  ++step_;
   last_ = current_;
   current_ = StepTimes{};
 }

@@ -7,11 +7,20 @@
 // is launched on the communication thread the moment its last gradient is ready, while the
 // backward pass goes on. Each update op waits only for the bucket of its own Variable, so the
 // last layers' updates run while the first layers' allreduce is still in flight.
+// With compression (ReducerOptions::compress) each bucket's compress / collective / decompress
+// runs on a hook thread of the Reducer, bucket after bucket in launch order, still overlapping
+// the backward pass.
 #pragma once
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "collective/communicator.h"
+#include "collective/compress.h"
 #include "runtime/session.h"
 #include "runtime/timeline.h"
 
@@ -21,6 +30,7 @@ struct ReducerOptions {
   double bucket_mb = 25;      // cap of every bucket after the first
   double first_bucket_mb = 1;  // the first bucket (last layers) is small so it starts early
   Timeline* timeline = nullptr;
+  CompressSpec compress;       // none: each bucket is one allreduce on the communication thread
 };
 
 class Reducer {
@@ -37,6 +47,9 @@ class Reducer {
   // plans recompile once. Collective (calls comm.shm_buffer); the Reducer then owns that buffer.
   Reducer(Communicator& comm, Session& session, const std::vector<int>& vars, const std::vector<Value>& grads,
           const ReducerOptions& options = {});
+  ~Reducer();
+  Reducer(const Reducer&) = delete;
+  Reducer& operator=(const Reducer&) = delete;
 
   // The options to pass to Session::run for a training step (gradients and their updates: a
   // step whose plan leaves the updates out leaves buckets un-waited, and the next step throws).
@@ -45,6 +58,9 @@ class Reducer {
   const std::vector<Bucket>& buckets() const { return buckets_; }
   // Bytes of gradient this rank hands to the allreduce per step (before any compression).
   size_t bytes_per_step() const;
+  // Bytes this rank sent in the last completed step, as a bandwidth-optimal ring sends them
+  // (ring_allreduce_bytes / ring_allgather_bytes; 0 at world size 1), after compression.
+  size_t bytes_sent_last_step() const;
 
   // Timings of the last step, microseconds on the timeline clock (for tests and reports).
   struct StepTimes {
@@ -58,6 +74,7 @@ class Reducer {
   void launch_ready();
   void backward_done();
   void wait_bucket(size_t b);
+  void hook_loop();
 
   Communicator& comm_;
   ReducerOptions opts_;
@@ -76,6 +93,18 @@ class Reducer {
   bool in_shm_ = false;  // buffers are regions of comm.shm_buffer
   RunOptions run_options_;
   StepTimes current_, last_;
+  std::vector<size_t> bytes_sent_;  // per bucket, its last reduction
+
+  // Compression: the hook thread and its queue of (bucket, step).
+  std::vector<std::unique_ptr<BucketCompressor>> compressors_;
+  int64_t step_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<size_t, int64_t>> queue_;
+  std::vector<char> hook_done_;
+  std::string hook_error_;
+  bool stop_ = false;
+  std::thread hook_;
 };
 
 }  // namespace rf::collective

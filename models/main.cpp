@@ -54,6 +54,13 @@ int main(int argc, char** argv) {
   tr->add_option("--check-every", c.check_every, "compare Variables across ranks every K steps (0: off)")
       ->capture_default_str();
   tr->add_option("--timeline", c.timeline_path, "write a Chrome trace of ops and allreduces (all ranks)");
+  tr->add_option("--compress", c.compress, "gradient compression: none, fp16, bf16, powersgd:RANK or topk:RATIO")
+      ->capture_default_str();
+  tr->add_option("--compress-warmup", c.compress_warmup, "plain allreduce steps before powersgd/topk start")
+      ->capture_default_str();
+  tr->add_option("--compress-momentum", c.compress_momentum,
+                 "topk: momentum correction factor (Deep Gradient Compression; use with --optimizer sgd)")
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);

@@ -44,6 +44,10 @@ void validate(const TrainConfig& c) {
   RF_CHECK(c.weight_decay >= 0, "--weight-decay must be >= 0, got ", c.weight_decay);
   RF_CHECK(c.bucket_mb > 0, "--bucket-mb must be positive, got ", c.bucket_mb);
   RF_CHECK(c.check_every >= 0, "--check-every must be >= 0, got ", c.check_every);
+  collective::parse_compress(c.compress);
+  RF_CHECK(c.compress_warmup >= 0, "--compress-warmup must be >= 0, got ", c.compress_warmup);
+  RF_CHECK(c.compress_momentum >= 0 && c.compress_momentum < 1, "--compress-momentum must be in [0, 1), got ",
+           c.compress_momentum);
   RF_CHECK(c.collective == "auto" || c.collective == "ring" || c.collective == "mpi",
            "unknown collective '", c.collective, "': expected auto, ring or mpi");
   parse_optimizer(c.optimizer);
@@ -194,6 +198,11 @@ nlohmann::json train(const TrainConfig& c) {
   set_num_threads(threads);
   RF_CHECK(c.batch % world == 0, "--batch ", c.batch, " does not split evenly over ", world, " ranks");
   const int64_t local_batch = c.batch / world;
+  collective::CompressSpec compress = collective::parse_compress(c.compress);
+  compress.warmup_steps = c.compress_warmup;
+  compress.momentum = c.compress_momentum;
+  compress.seed = c.seed;
+  RF_CHECK(!compress.compressing() || c.dtype == "f32", "--compress ", c.compress, " needs --dtype f32");
   Device device = Device::parse(c.device);
   if (device.is_cuda() && world > 1) device = Device::cuda(comm->local_rank() % cuda_device_count());
 
@@ -241,6 +250,7 @@ nlohmann::json train(const TrainConfig& c) {
     ro.bucket_mb = c.bucket_mb;
     ro.first_bucket_mb = std::min(1.0, c.bucket_mb);
     ro.timeline = timeline.get();
+    ro.compress = compress;
     reducer = std::make_unique<collective::Reducer>(*comm, sess, t.vars, t.grads, ro);
     step_options = &reducer->run_options();
   } else if (timeline) {
@@ -283,7 +293,7 @@ nlohmann::json train(const TrainConfig& c) {
   Tensor logits_host(Shape{local_batch, data.train.classes}, DType::F32);
 
   Progress progress(c.progress && lead);
-  double train_seconds = 0, final_loss = 0, window_loss = 0;
+  double train_seconds = 0, final_loss = 0, window_loss = 0, bytes_sent = 0;
   int64_t step = 0, window_steps = 0, window_correct = 0;
   nlohmann::json eval_json;
   for (int64_t epoch = 0; epoch < c.epochs && step < total_steps; ++epoch) {
@@ -298,6 +308,8 @@ nlohmann::json train(const TrainConfig& c) {
       const auto& out = sess.run(fetches, feeds, t.updates, step_options);
       const double loss = out[0].item();
       train_seconds += seconds_since(t0);
+      const size_t step_bytes = reducer ? reducer->bytes_sent_last_step() : 0;
+      bytes_sent += double(step_bytes);
       logits_host.copy_from(out[1]);
       window_correct += count_correct(logits_host, labels);
       RF_CHECK(std::isfinite(loss), "loss became ", loss, " at step ", step + 1, " (epoch ", epoch + 1,
@@ -314,7 +326,7 @@ nlohmann::json train(const TrainConfig& c) {
       if (step % c.metrics_every == 0) {
         const auto [mloss, macc] = global_mean(window_loss, double(window_correct), double(window_steps));
         emit({{"step", step}, {"epoch", epoch + 1}, {"loss", mloss}, {"accuracy", macc}, {"lr", lr},
-              {"samples_per_second", sps}});
+              {"samples_per_second", sps}, {"bytes_sent_per_step", step_bytes}});
         window_loss = 0;
         window_steps = 0;
         window_correct = 0;
@@ -351,6 +363,12 @@ nlohmann::json train(const TrainConfig& c) {
   s["test_loss"] = eval_json.value("test_loss", 0.0);
   s["final_loss"] = final_loss;
   s["param_norm"] = param_norm(sess, g);
+  s["compress"] = compress.str();
+  // What this rank sent per step (mean over the run), as a bandwidth-optimal ring sends it, and
+  // what the uncompressed allreduce would send.
+  s["bytes_sent_per_step"] = step > 0 ? bytes_sent / double(step) : 0.0;
+  s["uncompressed_bytes_per_step"] =
+      reducer ? collective::ring_allreduce_bytes(reducer->bytes_per_step(), world) : size_t(0);
   s["rank"] = rank;
   return s;
 }

@@ -38,6 +38,9 @@ struct TrainConfig {
   double bucket_mb = 25;
   int64_t check_every = 0;          // cross-rank checksum of the Variables every K steps (0: off)
   std::string timeline_path;        // Chrome trace of ops and bucket allreduces
+  std::string compress = "none";    // none | fp16 | bf16 | powersgd:RANK | topk:RATIO
+  int64_t compress_warmup = 0;      // powersgd/topk: plain allreduce steps first
+  double compress_momentum = 0;     // topk: DGC momentum correction factor (0: off)
 };
 
 // Validates the configuration (throws rf::Error with a one-line message on bad input), trains

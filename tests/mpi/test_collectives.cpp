@@ -14,11 +14,9 @@
 
 #include "collective/communicator.h"
 #include "collective/mpi_env.h"
+#include "tests/mpi/mpi_main.h"
 #include "kernels/half.h"
 #include "runtime/error.h"
-#if RINGFLOW_MPI
-#include <mpi.h>
-#endif
 
 namespace rf::collective {
 namespace {
@@ -355,32 +353,11 @@ TEST(Options, FromEnvironment) {
   EXPECT_THROW(make_communicator("carrier-pigeon"), Error);
 }
 
-// On ranks other than 0, print only failures (prefixed with the rank), not the whole report.
-class FailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit FailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (r.failed())
-      std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?",
-                   r.line_number(), r.summary());
-  }
-
- private:
-  int rank_;
-};
-
 }  // namespace
 }  // namespace rf::collective
 
 int main(int argc, char** argv) {
   using namespace rf::collective;
-  ::testing::InitGoogleTest(&argc, argv);
-  const MpiEnv& env = mpi_env();
-  if (env.world_rank != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new FailurePrinter(env.world_rank));
-  }
   // The communicators, in the same order on every rank (construction is collective).
   auto make = [](const char* backend, Transport tr, int ranks_per_node) {
     CommOptions o;
@@ -389,21 +366,15 @@ int main(int argc, char** argv) {
     o.timeout_seconds = 60;  // a hang fails fast (RINGFLOW_COLLECTIVE_TIMEOUT overrides)
     return make_communicator(backend, o);
   };
-  backends().push_back({kLabels[0], make("ring", Transport::P2P, 0)});
-  backends().push_back({kLabels[1], make("ring", Transport::Shm, 0)});
-  // Hierarchical: pretend nodes of 2 ranks (1 at world size 2: every rank its own node).
-  backends().push_back({kLabels[2], env.world_size > 1 ? make("ring", Transport::Shm, env.world_size > 2 ? 2 : 1)
-                                                       : nullptr});
-  backends().push_back({kLabels[3], make("mpi", Transport::Auto, 0)});
-  int failed = RUN_ALL_TESTS() != 0;
-  backends().clear();
-#if RINGFLOW_MPI
-  if (env.active) {
-    int any = 0;
-    MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    if (any && !failed && env.world_rank == 0) std::fprintf(stderr, "another rank failed\n");
-    failed = any;
-  }
-#endif
-  return failed;
+  return rf::testing::run_mpi_tests(
+      argc, argv,
+      [&] {
+        const int world = mpi_env().world_size;
+        backends().push_back({kLabels[0], make("ring", Transport::P2P, 0)});
+        backends().push_back({kLabels[1], make("ring", Transport::Shm, 0)});
+        // Hierarchical: pretend nodes of 2 ranks (1 at world size 2: every rank its own node).
+        backends().push_back({kLabels[2], world > 1 ? make("ring", Transport::Shm, world > 2 ? 2 : 1) : nullptr});
+        backends().push_back({kLabels[3], make("mpi", Transport::Auto, 0)});
+      },
+      [] { backends().clear(); });
 }
