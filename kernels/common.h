@@ -70,4 +70,22 @@ struct Shape {
   }
 };
 
+namespace kernels {
+
+// Convolution and pooling geometry, shared by the CPU and CUDA kernels; NCHW, filters OIHW.
+struct ConvGeom {
+  i64 N, C, H, W;   // input
+  i64 K, R, S;      // output channels, filter height, width
+  i64 stride_h, stride_w, pad_h, pad_w;
+  i64 P, Q;         // output height, width: (H + 2 pad_h - R) / stride_h + 1
+};
+
+struct PoolGeom {
+  i64 N, C, H, W;
+  i64 R, S, stride_h, stride_w, pad_h, pad_w;
+  i64 P, Q;
+};
+
+}  // namespace kernels
+
 }  // namespace rf

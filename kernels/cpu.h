@@ -58,21 +58,12 @@ void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, 
           i64 ldb, T beta, T* c, i64 ldc);
 
 // ---- convolution and pooling (conv_cpu.cpp, pool_cpu.cpp); NCHW, filters OIHW ----
-struct ConvGeom {
-  i64 N, C, H, W;   // input
-  i64 K, R, S;      // output channels, filter height, width
-  i64 stride_h, stride_w, pad_h, pad_w;
-  i64 P, Q;         // output height, width: (H + 2 pad_h - R) / stride_h + 1
-};
+using kernels::ConvGeom;  // kernels/common.h
 template <class T> void conv2d(const T* x, const T* w, T* y, const ConvGeom& g);
 template <class T> void conv2d_grad_input(const T* dy, const T* w, T* dx, const ConvGeom& g);
 template <class T> void conv2d_grad_filter(const T* x, const T* dy, T* dw, const ConvGeom& g);
 
-struct PoolGeom {
-  i64 N, C, H, W;
-  i64 R, S, stride_h, stride_w, pad_h, pad_w;
-  i64 P, Q;
-};
+using kernels::PoolGeom;
 // argmax holds, per output element, the flat h*W+w index of the chosen input within its plane.
 template <class T> void max_pool2d(const T* x, T* y, int32_t* argmax, const PoolGeom& g);
 template <class T> void max_pool2d_grad(const T* dy, const int32_t* argmax, T* dx, const PoolGeom& g);

@@ -3,6 +3,7 @@
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <cudnn.h>
 
 #include <cstdint>
 
@@ -13,7 +14,7 @@ namespace rf::kernels::cuda {
 
 // Shape preconditions are checked on the host before launching and throw
 // std::invalid_argument, as the CPU kernels do; launch failures throw rf::Error.
-// T is float or double throughout.
+// T is float or double unless a function says otherwise.
 
 // ---- elementwise (elementwise.cu) ----
 template <class T> void unary(UnaryOp op, const T* x, T* y, i64 n, cudaStream_t stream);
@@ -54,5 +55,62 @@ void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, doub
 template <class T>
 void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda, const T* b,
           i64 ldb, T beta, T* c, i64 ldc, cublasHandle_t handle, cudaStream_t stream);
+
+// ---- softmax family (softmax.cu); rows x cols, over the last axis, as in kernels/cpu.h ----
+// One warp per row up to 1024 columns, one block per row above; exp sums accumulate in double
+// (as on the CPU).
+template <class T> void softmax(const T* x, T* y, i64 rows, i64 cols, cudaStream_t stream);
+template <class T> void log_softmax(const T* x, T* y, i64 rows, i64 cols, cudaStream_t stream);
+template <class T> void softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols, cudaStream_t stream);
+template <class T> void log_softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols, cudaStream_t stream);
+// L = int32_t or int64_t. Labels live on the device, so a label outside [0, cols) cannot throw
+// without a synchronisation: its row's loss and backprop are NaN instead (TensorFlow's GPU rule).
+template <class T, class L>
+void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols, cudaStream_t stream);
+template <class T>
+void sparse_xent_grad(const T* dloss, const T* backprop, T* dlogits, i64 rows, i64 cols, cudaStream_t stream);
+
+// ---- layout, casts, dropout (layout.cu) ----
+// y = transpose of x by perm (y.dims[i] = x.dims[perm[i]]).
+template <class T> void transpose(const T* x, const Shape& xs, const int* perm, T* y, cudaStream_t stream);
+// The CPU's casts (cast_cpu.cpp), with the same integer rounding rules (kernels/half.h).
+void f32_to_f64(const float* x, double* y, i64 n, cudaStream_t stream);
+void f64_to_f32(const double* x, float* y, i64 n, cudaStream_t stream);
+void f32_to_f16(const float* x, uint16_t* y, i64 n, cudaStream_t stream);
+void f16_to_f32(const uint16_t* x, float* y, i64 n, cudaStream_t stream);
+void f32_to_bf16(const float* x, uint16_t* y, i64 n, cudaStream_t stream);  // round to nearest even
+void bf16_to_f32(const uint16_t* x, float* y, i64 n, cudaStream_t stream);
+// mask[i] = keep ? 1/(1-rate) : 0 from (seed, counter, i) by kernels/random.h: the CPU's mask.
+template <class T>
+void dropout(const T* x, T* y, T* mask, i64 n, double rate, uint64_t seed, uint64_t counter, cudaStream_t stream);
+
+// ---- pooling (pool.cu); PyTorch's semantics and the CPU's argmax and tie rule (first maximum in
+// row-major window order wins, NaN wins). The gradients gather per input element, in the CPU's
+// output order: deterministic, no atomics, bit-identical sums. ----
+template <class T> void max_pool2d(const T* x, T* y, int32_t* argmax, const PoolGeom& g, cudaStream_t stream);
+// An argmax entry outside its window (never produced by max_pool2d) contributes nothing.
+template <class T>
+void max_pool2d_grad(const T* dy, const int32_t* argmax, T* dx, const PoolGeom& g, cudaStream_t stream);
+template <class T> void avg_pool2d(const T* x, T* y, const PoolGeom& g, cudaStream_t stream);
+template <class T> void avg_pool2d_grad(const T* dy, T* dx, const PoolGeom& g, cudaStream_t stream);
+
+// ---- convolution (conv.cu, cuDNN); NCHW, filters OIHW, as conv2d in kernels/cpu.h ----
+// Descriptors and the algorithm of each pass are chosen once per (handle, geometry, dtype, math)
+// and cached. The algorithm is the first cuDNN heuristic choice that is deterministic and uses
+// no tensor-op math unless allow_tf32 (fp32 only; fp64 never uses it). The caller asks for the
+// pass's workspace size and hands in that much device memory.
+enum class ConvPass { Forward, BackwardData, BackwardFilter };
+template <class T>
+size_t conv2d_workspace_bytes(ConvPass pass, const ConvGeom& g, bool allow_tf32, cudnnHandle_t handle);
+// The handle must be bound to `stream` (cudnnSetStream); the runtime's handles are.
+template <class T>
+void conv2d(const T* x, const T* w, T* y, const ConvGeom& g, bool allow_tf32, void* workspace, size_t workspace_bytes,
+            cudnnHandle_t handle);
+template <class T>
+void conv2d_grad_input(const T* dy, const T* w, T* dx, const ConvGeom& g, bool allow_tf32, void* workspace,
+                       size_t workspace_bytes, cudnnHandle_t handle);
+template <class T>
+void conv2d_grad_filter(const T* x, const T* dy, T* dw, const ConvGeom& g, bool allow_tf32, void* workspace,
+                        size_t workspace_bytes, cudnnHandle_t handle);
 
 }  // namespace rf::kernels::cuda

@@ -17,14 +17,15 @@ void stream_synchronize(void* stream);
 // dst/src device kinds decide the cudaMemcpyKind; synchronous on the compute stream.
 void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
 void memset_zero(void* dst, int device, size_t bytes);
-void* cublas_handle(int device);
+void* cublas_handle(int device);  // cublasHandle_t bound to the compute stream
+void* cudnn_handle(int device);   // cudnnHandle_t bound to the compute stream
 // Events (cudaEvent_t as void*), created without timing.
 void* event_create(int device);
 void event_destroy(void* event) noexcept;
 void event_record(void* event, void* stream);
 void stream_wait_event(void* stream, void* event);
 void event_synchronize(void* event);
-bool event_query(void* event);  // cublasHandle_t bound to the compute stream
+bool event_query(void* event);
 
 }  // namespace rf::cuda
 #endif

@@ -1,7 +1,8 @@
 // The CUDA side of runtime/device.h: device discovery, the per-device caching allocator,
-// compute streams, copies and cuBLAS handles (declared in runtime/cuda_backend.h).
+// compute streams, copies and cuBLAS / cuDNN handles (declared in runtime/cuda_backend.h).
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <cudnn.h>
 
 #include <atomic>
 #include <cstdio>
@@ -222,8 +223,9 @@ struct DeviceState {
   std::mutex mu;  // serialises the lazy creation below
   std::atomic<cudaStream_t> stream{nullptr};
   std::atomic<cublasHandle_t> cublas{nullptr};
+  std::atomic<cudnnHandle_t> cudnn{nullptr};
   CachingAllocator alloc;
-  // Streams and cuBLAS handles are deliberately never destroyed: destroying them from a static
+  // Streams and cuBLAS / cuDNN handles are deliberately never destroyed: destroying them from a static
   // destructor can run after the CUDA runtime has shut down, and the driver frees them at exit.
 };
 
@@ -332,6 +334,22 @@ void* cublas_handle(int device) {
     CUBLAS_CHECK(cublasSetStream(h, st));
     CUBLAS_CHECK(cublasSetMathMode(h, math_mode()));
     s.cublas.store(h, std::memory_order_release);
+  }
+  return h;
+}
+
+void* cudnn_handle(int device) {
+  DeviceState& s = registry().at(device);
+  cudnnHandle_t h = s.cudnn.load(std::memory_order_acquire);
+  if (h) return h;
+  cudaStream_t st = stream_of(device);  // before taking s.mu: stream_of locks it too
+  std::lock_guard<std::mutex> lock(s.mu);
+  h = s.cudnn.load(std::memory_order_relaxed);
+  if (!h) {
+    DeviceGuard guard(device);
+    CUDNN_CHECK(cudnnCreate(&h));
+    CUDNN_CHECK(cudnnSetStream(h, st));
+    s.cudnn.store(h, std::memory_order_release);
   }
   return h;
 }

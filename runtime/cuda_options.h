@@ -5,9 +5,10 @@
 
 namespace rf::cuda {
 
-// TF32 tensor-core math in cuBLAS fp32 GEMMs. Off by default because the differential tests
-// compare against the CPU at fp32 accuracy (TF32 keeps ~10 mantissa bits). Applies to every
-// existing cuBLAS handle and to those created later.
+// TF32 tensor-core math in cuBLAS fp32 GEMMs and cuDNN fp32 convolutions. Off by default
+// because the differential tests compare against the CPU at fp32 accuracy (TF32 keeps ~10
+// mantissa bits). Applies to every existing cuBLAS handle and to those created later; cuDNN
+// convolutions read it at each call.
 void set_allow_tf32(bool allow);
 bool allow_tf32();
 

@@ -38,12 +38,14 @@ template <class... A> [[noreturn]] void fail(const A&... parts) {
 #if RINGFLOW_CUDA
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <cudnn.h>
 namespace rf {
 const char* cublas_status_string(cublasStatus_t s);
 }
 #define CUDA_CHECK(expr) RF_LIB_CHECK_GEN("CUDA", expr, cudaSuccess, cudaGetErrorString)
 #define CUBLAS_CHECK(expr) \
   RF_LIB_CHECK_GEN("cuBLAS", expr, CUBLAS_STATUS_SUCCESS, ::rf::cublas_status_string)
+#define CUDNN_CHECK(expr) RF_LIB_CHECK_GEN("cuDNN", expr, CUDNN_STATUS_SUCCESS, cudnnGetErrorString)
 // After every kernel launch: launch-configuration errors surface here, at the launch site.
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
 #endif

@@ -21,8 +21,8 @@ void exec_cpu(const Node& node, Tensor* const* in, Tensor* const* out, const Exe
 #if RINGFLOW_CUDA
 void exec_cuda(const Node& node, Tensor* const* in, Tensor* const* out, const ExecContext& ctx);
 #endif
-// Whether exec_cuda has a kernel for op (false in a build without CUDA): `--device auto` falls
-// back to the CPU for a graph with an op the CUDA table does not cover yet.
+// Whether exec_cuda has a kernel for op: every op in a CUDA build (the exec_cuda switch has a
+// case for each), none without. `--device auto` falls back to the CPU where this is false.
 bool cuda_has_kernel(Op op);
 
 }  // namespace rf

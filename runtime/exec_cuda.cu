@@ -1,5 +1,5 @@
 // The CUDA execution table: one case per Op, each running the op's kernels (kernels/cuda.h) on
-// the context's compute stream. Ops without a CUDA kernel yet fail with a message naming them.
+// the context's compute stream (cuBLAS and cuDNN through handles bound to it).
 
 // CMake gives -Werror=switch to C++ only; this keeps "every Op has a case" an error under nvcc.
 #pragma GCC diagnostic error "-Wswitch"
@@ -12,6 +12,7 @@
 
 #include "kernels/cuda.h"
 #include "runtime/cuda_backend.h"
+#include "runtime/cuda_options.h"
 #include "runtime/error.h"
 #include "runtime/exec.h"
 
@@ -178,8 +179,42 @@ Hyper read_hyper(const Node& node, const Tensor& h) {
   return {v[0], i64(std::llround(v[1]))};
 }
 
-[[noreturn]] void no_kernel(const Node& node) {
-  fail("op ", op_name(node.op), " has no CUDA kernel yet (node '", node.name, "'); run with --device cpu");
+kernels::ConvGeom conv_geom(const Node& n, const Shape& x, const Shape& w, const Shape& y) {
+  RF_CHECK(x.rank == 4 && w.rank == 4 && y.rank == 4, "node '", n.name, "' (", op_name(n.op), "): needs NCHW / OIHW, got ",
+           x.str(), ", ", w.str(), ", ", y.str());
+  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], n.attrs.stride_h, n.attrs.stride_w, n.attrs.pad_h, n.attrs.pad_w,
+          y[2], y[3]};
+}
+
+kernels::PoolGeom pool_geom(const Node& n, const Shape& x, const Shape& y) {
+  RF_CHECK(x.rank == 4 && y.rank == 4, "node '", n.name, "' (", op_name(n.op), "): needs NCHW, got ", x.str(), " and ",
+           y.str());
+  const Attrs& a = n.attrs;
+  return {x[0], x[1], x[2], x[3], a.kernel_h, a.kernel_w, a.stride_h, a.stride_w, a.pad_h, a.pad_w, y[2], y[3]};
+}
+
+// One cuDNN convolution pass: its workspace comes from the caching allocator and goes back right
+// after the call is queued, which is safe because every user of the device's memory runs on the
+// same compute stream (cuda_device.cu).
+template <class T, class F>
+void run_conv(const ExecContext& ctx, kc::ConvPass pass, const kernels::ConvGeom& g, F&& call) {
+  auto handle = static_cast<cudnnHandle_t>(cuda::cudnn_handle(ctx.device.index));
+  const bool tf32 = cuda::allow_tf32();
+  const size_t bytes = kc::conv2d_workspace_bytes<T>(pass, g, tf32, handle);
+  Allocator& alloc = cuda::caching_allocator(ctx.device.index);
+  struct Workspace {
+    Allocator& alloc;
+    size_t bytes;
+    void* p;
+    ~Workspace() { alloc.deallocate(p, bytes); }
+  } ws{alloc, bytes, alloc.allocate(bytes)};
+  call(tf32, ws.p, bytes, handle);
+}
+
+// Rows and columns of the softmax family: the last axis against all the others.
+void rows_cols(const Tensor& t, i64* rows, i64* cols) {
+  *cols = t.shape().rank ? t.shape().dim(-1) : 1;
+  *rows = *cols ? t.numel() / *cols : 0;
 }
 
 void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
@@ -333,22 +368,204 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
     }
 
     case Op::Softmax:
-    case Op::LogSoftmax:
+    case Op::LogSoftmax: {
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      check_same_numel(node, x, y);
+      i64 rows, cols;
+      rows_cols(y, &rows, &cols);
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        if (node.op == Op::Softmax) kc::softmax<T>(x.data<T>(), y.data<T>(), rows, cols, st);
+        else kc::log_softmax<T>(x.data<T>(), y.data<T>(), rows, cols, st);
+      });
+      return;
+    }
     case Op::SoftmaxGrad:
-    case Op::LogSoftmaxGrad:
-    case Op::SparseSoftmaxXent:
-    case Op::SparseSoftmaxXentGrad:
-    case Op::Transpose:
-    case Op::Conv2D:
-    case Op::Conv2DGradInput:
-    case Op::Conv2DGradFilter:
-    case Op::MaxPool2D:
-    case Op::MaxPool2DGrad:
-    case Op::AvgPool2D:
-    case Op::AvgPool2DGrad:
-    case Op::Dropout:
-    case Op::Cast:
-      no_kernel(node);
+    case Op::LogSoftmaxGrad: {  // (dy, y)
+      const Tensor& dy = *in[0];
+      const Tensor& y = *in[1];
+      Tensor& dx = *out[0];
+      check_same_numel(node, dy, dx);
+      check_same_numel(node, y, dx);
+      i64 rows, cols;
+      rows_cols(dx, &rows, &cols);
+      dispatch(node, dx.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        if (node.op == Op::SoftmaxGrad) kc::softmax_grad<T>(dy.data<T>(), y.data<T>(), dx.data<T>(), rows, cols, st);
+        else kc::log_softmax_grad<T>(dy.data<T>(), y.data<T>(), dx.data<T>(), rows, cols, st);
+      });
+      return;
+    }
+    case Op::SparseSoftmaxXent: {  // (logits, labels) -> (loss, backprop)
+      const Tensor& x = *in[0];
+      const Tensor& labels = *in[1];
+      Tensor& loss = *out[0];
+      Tensor& backprop = *out[1];
+      RF_CHECK(x.shape().rank == 2 && labels.numel() == x.shape()[0] && loss.numel() == x.shape()[0], "node '",
+               node.name, "' (SparseSoftmaxXent): logits ", x.shape().str(), ", labels ", labels.shape().str());
+      check_same_numel(node, x, backprop);
+      const i64 rows = x.shape()[0], cols = x.shape()[1];
+      dispatch(node, x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        if (labels.dtype() == DType::I32)
+          kc::sparse_xent<T, int32_t>(x.data<T>(), labels.data<int32_t>(), loss.data<T>(), backprop.data<T>(), rows,
+                                      cols, st);
+        else
+          kc::sparse_xent<T, int64_t>(x.data<T>(), labels.data<int64_t>(), loss.data<T>(), backprop.data<T>(), rows,
+                                      cols, st);
+      });
+      return;
+    }
+    case Op::SparseSoftmaxXentGrad: {  // (dloss[N], backprop[N,C]) -> dlogits
+      const Tensor& dloss = *in[0];
+      const Tensor& backprop = *in[1];
+      Tensor& dx = *out[0];
+      RF_CHECK(backprop.shape().rank == 2 && dloss.numel() == backprop.shape()[0], "node '", node.name,
+               "' (SparseSoftmaxXentGrad): dloss ", dloss.shape().str(), ", backprop ", backprop.shape().str());
+      check_same_numel(node, backprop, dx);
+      dispatch(node, dx.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::sparse_xent_grad<T>(dloss.data<T>(), backprop.data<T>(), dx.data<T>(), backprop.shape()[0],
+                                backprop.shape()[1], st);
+      });
+      return;
+    }
+
+    case Op::Transpose: {
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      RF_CHECK(int(at.perm.size()) == x.shape().rank, "node '", node.name, "' (Transpose): perm has ", at.perm.size(),
+               " entries for ", x.shape().str());
+      check_same_numel(node, x, y);
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::transpose<T>(x.data<T>(), x.shape(), at.perm.data(), y.data<T>(), st);
+      });
+      return;
+    }
+
+    case Op::Conv2D: {  // (x, w)
+      const Tensor& x = *in[0];
+      const Tensor& w = *in[1];
+      Tensor& y = *out[0];
+      const kernels::ConvGeom g = conv_geom(node, x.shape(), w.shape(), y.shape());
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        run_conv<T>(ctx, kc::ConvPass::Forward, g, [&](bool tf32, void* ws, size_t bytes, cudnnHandle_t h) {
+          kc::conv2d<T>(x.data<T>(), w.data<T>(), y.data<T>(), g, tf32, ws, bytes, h);
+        });
+      });
+      return;
+    }
+    case Op::Conv2DGradInput: {  // (dy, w, x_like)
+      const Tensor& dy = *in[0];
+      const Tensor& w = *in[1];
+      Tensor& dx = *out[0];
+      const kernels::ConvGeom g = conv_geom(node, dx.shape(), w.shape(), dy.shape());
+      dispatch(node, dx.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        run_conv<T>(ctx, kc::ConvPass::BackwardData, g, [&](bool tf32, void* ws, size_t bytes, cudnnHandle_t h) {
+          kc::conv2d_grad_input<T>(dy.data<T>(), w.data<T>(), dx.data<T>(), g, tf32, ws, bytes, h);
+        });
+      });
+      return;
+    }
+    case Op::Conv2DGradFilter: {  // (x, dy, w_like)
+      const Tensor& x = *in[0];
+      const Tensor& dy = *in[1];
+      Tensor& dw = *out[0];
+      const kernels::ConvGeom g = conv_geom(node, x.shape(), dw.shape(), dy.shape());
+      dispatch(node, dw.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        run_conv<T>(ctx, kc::ConvPass::BackwardFilter, g, [&](bool tf32, void* ws, size_t bytes, cudnnHandle_t h) {
+          kc::conv2d_grad_filter<T>(x.data<T>(), dy.data<T>(), dw.data<T>(), g, tf32, ws, bytes, h);
+        });
+      });
+      return;
+    }
+
+    case Op::MaxPool2D: {  // x -> (y, argmax)
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      const kernels::PoolGeom g = pool_geom(node, x.shape(), y.shape());
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::max_pool2d<T>(x.data<T>(), y.data<T>(), out[1]->data<int32_t>(), g, st);
+      });
+      return;
+    }
+    case Op::MaxPool2DGrad: {  // (dy, argmax, x_like)
+      const Tensor& dy = *in[0];
+      Tensor& dx = *out[0];
+      const kernels::PoolGeom g = pool_geom(node, dx.shape(), dy.shape());
+      check_same_numel(node, dy, *in[1]);
+      dispatch(node, dx.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::max_pool2d_grad<T>(dy.data<T>(), in[1]->data<int32_t>(), dx.data<T>(), g, st);
+      });
+      return;
+    }
+    case Op::AvgPool2D: {
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      const kernels::PoolGeom g = pool_geom(node, x.shape(), y.shape());
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::avg_pool2d<T>(x.data<T>(), y.data<T>(), g, st);
+      });
+      return;
+    }
+    case Op::AvgPool2DGrad: {  // (dy, x_like)
+      const Tensor& dy = *in[0];
+      Tensor& dx = *out[0];
+      const kernels::PoolGeom g = pool_geom(node, dx.shape(), dy.shape());
+      dispatch(node, dx.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::avg_pool2d_grad<T>(dy.data<T>(), dx.data<T>(), g, st);
+      });
+      return;
+    }
+
+    case Op::Dropout: {  // x -> (y, mask); the plan's run count is the draw's counter, as on the CPU
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      check_same_numel(node, x, y);
+      check_same_numel(node, x, *out[1]);
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::dropout<T>(x.data<T>(), y.data<T>(), out[1]->data<T>(), y.numel(), at.scalar, at.seed, ctx.run_index, st);
+      });
+      return;
+    }
+
+    case Op::Cast: {  // the CPU's pairs (exec_cpu.cpp)
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      check_same_numel(node, x, y);
+      const DType from = x.dtype(), to = y.dtype();
+      const i64 n = y.numel();
+      auto* y16 = static_cast<uint16_t*>(y.raw());
+      auto* x16 = static_cast<const uint16_t*>(x.raw());
+      if (from == to) {
+        if (y.nbytes()) CUDA_CHECK(cudaMemcpyAsync(y.raw(), x.raw(), y.nbytes(), cudaMemcpyDeviceToDevice, st));
+      } else if (from == DType::F32 && to == DType::F64) {
+        kc::f32_to_f64(x.data<float>(), y.data<double>(), n, st);
+      } else if (from == DType::F64 && to == DType::F32) {
+        kc::f64_to_f32(x.data<double>(), y.data<float>(), n, st);
+      } else if (from == DType::F32 && to == DType::F16) {
+        kc::f32_to_f16(x.data<float>(), y16, n, st);
+      } else if (from == DType::F16 && to == DType::F32) {
+        kc::f16_to_f32(x16, y.data<float>(), n, st);
+      } else if (from == DType::F32 && to == DType::BF16) {
+        kc::f32_to_bf16(x.data<float>(), y16, n, st);
+      } else if (from == DType::BF16 && to == DType::F32) {
+        kc::bf16_to_f32(x16, y.data<float>(), n, st);
+      } else {
+        fail("node '", node.name, "': no cast from ", dtype_name(from), " to ", dtype_name(to));
+      }
+      return;
+    }
 
     case Op::COUNT: break;
   }
@@ -357,34 +574,15 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
 
 }  // namespace
 
+// The switch in exec() has a case for every op (no default; -Wswitch is an error here), so an op
+// added to op_list.h without a CUDA kernel does not compile: every op listed there has one.
 bool cuda_has_kernel(Op op) {
   switch (op) {
-    case Op::Softmax:
-    case Op::LogSoftmax:
-    case Op::SoftmaxGrad:
-    case Op::LogSoftmaxGrad:
-    case Op::SparseSoftmaxXent:
-    case Op::SparseSoftmaxXentGrad:
-    case Op::Transpose:
-    case Op::Conv2D:
-    case Op::Conv2DGradInput:
-    case Op::Conv2DGradFilter:
-    case Op::MaxPool2D:
-    case Op::MaxPool2DGrad:
-    case Op::AvgPool2D:
-    case Op::AvgPool2DGrad:
-    case Op::Dropout:
-    case Op::Cast:
-    case Op::COUNT:
-      return false;
-    case Op::Placeholder: case Op::Const: case Op::Variable: case Op::InitVariable: case Op::Reshape:
-    case Op::ReshapeLike: case Op::MatMul: case Op::Add: case Op::Sub: case Op::Mul: case Op::Div:
-    case Op::Neg: case Op::Exp: case Op::Log: case Op::Sqrt: case Op::Square: case Op::Relu: case Op::Tanh:
-    case Op::Sigmoid: case Op::Gelu: case Op::ReluGrad: case Op::TanhGrad: case Op::SigmoidGrad:
-    case Op::GeluGrad: case Op::AddScalar: case Op::MulScalar: case Op::PowScalar: case Op::Sum: case Op::Mean:
-    case Op::SumLike: case Op::BroadcastLike: case Op::BiasAdd: case Op::BiasAddGrad: case Op::ApplySGD:
-    case Op::ApplyMomentum: case Op::ApplyAdam:
-      return true;
+#define RF_OP_CASE(name, nin, nout) case Op::name:
+    RF_OPS(RF_OP_CASE)
+#undef RF_OP_CASE
+    return true;
+    case Op::COUNT: break;
   }
   return false;
 }

@@ -1,0 +1,186 @@
+// CUDA softmax family over the last axis of a [rows, cols] matrix and the fused sparse softmax
+// cross-entropy (kernels/cuda.h). A row is reduced by one warp (cols <= 1024) or one block, with
+// warp shuffles; the same max-shift and double exp sum as softmax_cpu.cpp.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/cuda.h"
+#include "runtime/error.h"
+
+namespace rf::kernels::cuda {
+
+namespace {
+
+constexpr int kBlock = 256;
+constexpr i64 kWarpRowMax = 1024;  // up to this many columns a warp owns a row (<= 32 per lane)
+constexpr i64 kMaxGrid = 65536;
+
+struct Max {
+  template <class A> __device__ A operator()(A a, A b) const { return b > a ? b : a; }
+};
+struct Plus {
+  template <class A> __device__ A operator()(A a, A b) const { return a + b; }
+};
+
+// Reduces v over the kThreads threads of a row (threadIdx.x), every thread gets the result.
+// kThreads is 32 (a warp per row) or kBlock (the block is one row).
+template <int kThreads, class A, class F> __device__ A row_reduce(A v, F f) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = f(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if constexpr (kThreads > 32) {
+    __shared__ A part[kThreads / 32];
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = part[0];
+#pragma unroll
+    for (int i = 1; i < kThreads / 32; ++i) v = f(v, part[i]);
+    __syncthreads();  // part is reused by the row's next reduction
+  }
+  return v;
+}
+
+// Row loop shared by every kernel: rows advance by the grid; all threads of a row take the same
+// iterations, so the block-wide barriers in row_reduce are uniform.
+#define RF_FOR_ROWS(r) \
+  for (i64 r = i64(blockIdx.x) * blockDim.y + threadIdx.y; r < rows; r += i64(gridDim.x) * blockDim.y)
+#define RF_FOR_COLS(i) for (i64 i = threadIdx.x; i < cols; i += kThreads)
+
+template <int kThreads, class T> __device__ T row_max(const T* xr, i64 cols) {
+  T m = -std::numeric_limits<T>::infinity();
+  RF_FOR_COLS(i) m = Max{}(m, xr[i]);
+  return row_reduce<kThreads>(m, Max{});
+}
+
+template <int kThreads, class T> __device__ double row_sum_exp(const T* xr, T m, i64 cols) {
+  double s = 0;
+  RF_FOR_COLS(i) s += static_cast<double>(exp(xr[i] - m));
+  return row_reduce<kThreads>(s, Plus{});
+}
+
+template <class T, int kThreads, bool kLog> __global__ void softmax_kernel(const T* x, T* y, i64 rows, i64 cols) {
+  RF_FOR_ROWS(r) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    const T m = row_max<kThreads>(xr, cols);
+    const double s = row_sum_exp<kThreads>(xr, m, cols);
+    if constexpr (kLog) {
+      const T lse = static_cast<T>(log(s));
+      RF_FOR_COLS(i) yr[i] = (xr[i] - m) - lse;  // not x - (m + lse): see softmax_cpu.cpp
+    } else {
+      const T inv = static_cast<T>(1.0 / s);
+      RF_FOR_COLS(i) yr[i] = exp(xr[i] - m) * inv;
+    }
+  }
+}
+
+// kLog: dx = dy - exp(y) sum(dy); else dx = y (dy - sum(dy y)).
+template <class T, int kThreads, bool kLog>
+__global__ void softmax_grad_kernel(const T* dy, const T* y, T* dx, i64 rows, i64 cols) {
+  RF_FOR_ROWS(r) {
+    const T* dyr = dy + r * cols;
+    const T* yr = y + r * cols;
+    T* dxr = dx + r * cols;
+    double s = 0;
+    RF_FOR_COLS(i) s += kLog ? static_cast<double>(dyr[i]) : static_cast<double>(dyr[i]) * static_cast<double>(yr[i]);
+    const T t = static_cast<T>(row_reduce<kThreads>(s, Plus{}));
+    if constexpr (kLog) {
+      RF_FOR_COLS(i) dxr[i] = dyr[i] - exp(yr[i]) * t;
+    } else {
+      RF_FOR_COLS(i) dxr[i] = yr[i] * (dyr[i] - t);
+    }
+  }
+}
+
+template <class T, class L, int kThreads>
+__global__ void sparse_xent_kernel(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols) {
+  RF_FOR_ROWS(r) {
+    const T* xr = logits + r * cols;
+    T* br = backprop + r * cols;
+    const i64 label = static_cast<i64>(labels[r]);
+    if (label < 0 || label >= cols) {  // uniform over the row's threads
+      const T nan = std::numeric_limits<T>::quiet_NaN();
+      if (threadIdx.x == 0) loss[r] = nan;
+      RF_FOR_COLS(i) br[i] = nan;
+      continue;
+    }
+    const T m = row_max<kThreads>(xr, cols);
+    const double s = row_sum_exp<kThreads>(xr, m, cols);
+    if (threadIdx.x == 0) loss[r] = static_cast<T>(log(s) - static_cast<double>(xr[label] - m));
+    const T inv = static_cast<T>(1.0 / s);
+    RF_FOR_COLS(i) {
+      const T p = exp(xr[i] - m) * inv;
+      br[i] = i == label ? p - T(1) : p;
+    }
+  }
+}
+
+#undef RF_FOR_ROWS
+#undef RF_FOR_COLS
+
+template <class T> __global__ void sparse_xent_grad_kernel(const T* dloss, const T* backprop, T* dlogits, i64 n, i64 cols) {
+  for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += i64(gridDim.x) * blockDim.x)
+    dlogits[i] = dloss[i / cols] * backprop[i];
+}
+
+// Launches the warp-per-row instance for narrow rows, the block-per-row one for wide rows.
+template <class... P, class... A>
+void launch_rows(void (*narrow)(P...), void (*wide)(P...), i64 rows, i64 cols, cudaStream_t stream, A... args) {
+  if (rows <= 0 || cols <= 0) return;
+  const bool w = cols > kWarpRowMax;
+  const int rows_per_block = w ? 1 : kBlock / 32;
+  const dim3 block(w ? kBlock : 32, unsigned(rows_per_block));
+  const auto grid = unsigned(std::min<i64>((rows + rows_per_block - 1) / rows_per_block, kMaxGrid));
+  (w ? wide : narrow)<<<grid, block, 0, stream>>>(args...);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+template <class T> void softmax(const T* x, T* y, i64 rows, i64 cols, cudaStream_t stream) {
+  launch_rows(softmax_kernel<T, 32, false>, softmax_kernel<T, kBlock, false>, rows, cols, stream, x, y, rows, cols);
+}
+
+template <class T> void log_softmax(const T* x, T* y, i64 rows, i64 cols, cudaStream_t stream) {
+  launch_rows(softmax_kernel<T, 32, true>, softmax_kernel<T, kBlock, true>, rows, cols, stream, x, y, rows, cols);
+}
+
+template <class T> void softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols, cudaStream_t stream) {
+  launch_rows(softmax_grad_kernel<T, 32, false>, softmax_grad_kernel<T, kBlock, false>, rows, cols, stream, dy, y, dx,
+              rows, cols);
+}
+
+template <class T> void log_softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols, cudaStream_t stream) {
+  launch_rows(softmax_grad_kernel<T, 32, true>, softmax_grad_kernel<T, kBlock, true>, rows, cols, stream, dy, y, dx,
+              rows, cols);
+}
+
+template <class T, class L>
+void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols, cudaStream_t stream) {
+  if (cols <= 0 && rows > 0) throw std::invalid_argument("sparse_xent: no classes");
+  launch_rows(sparse_xent_kernel<T, L, 32>, sparse_xent_kernel<T, L, kBlock>, rows, cols, stream, logits, labels, loss,
+              backprop, rows, cols);
+}
+
+template <class T>
+void sparse_xent_grad(const T* dloss, const T* backprop, T* dlogits, i64 rows, i64 cols, cudaStream_t stream) {
+  const i64 n = rows * cols;
+  if (n <= 0) return;
+  const auto grid = unsigned(std::min<i64>((n + kBlock - 1) / kBlock, kMaxGrid));
+  sparse_xent_grad_kernel<T><<<grid, kBlock, 0, stream>>>(dloss, backprop, dlogits, n, cols);
+  CUDA_CHECK_LAUNCH();
+}
+
+#define RF_INSTANTIATE(T)                                                                                   \
+  template void softmax<T>(const T*, T*, i64, i64, cudaStream_t);                                           \
+  template void log_softmax<T>(const T*, T*, i64, i64, cudaStream_t);                                       \
+  template void softmax_grad<T>(const T*, const T*, T*, i64, i64, cudaStream_t);                            \
+  template void log_softmax_grad<T>(const T*, const T*, T*, i64, i64, cudaStream_t);                        \
+  template void sparse_xent<T, int32_t>(const T*, const int32_t*, T*, T*, i64, i64, cudaStream_t);          \
+  template void sparse_xent<T, int64_t>(const T*, const int64_t*, T*, T*, i64, i64, cudaStream_t);          \
+  template void sparse_xent_grad<T>(const T*, const T*, T*, i64, i64, cudaStream_t);
+RF_INSTANTIATE(float)
+RF_INSTANTIATE(double)
+#undef RF_INSTANTIATE
+
+}  // namespace rf::kernels::cuda

@@ -1,0 +1,471 @@
+// CUDA-vs-CPU differential tests of every op in runtime/op_list.h, forward and backward: one
+// table row per op builds a small graph (forward ops also fetch the gradients that gradients()
+// builds for them, so their backward ops run too), which is run by a CPU Session and a cuda:0
+// Session from the same inputs, twice (the second run advances Dropout's counter and the
+// optimizer state). Float outputs agree to 1e-4 (F32) or 1e-10 (F64) relative to max(1, |cpu|);
+// integer and 16-bit outputs (argmax, casts, masks' bits) exactly. A row per op is enforced on
+// every machine; the CPU half of each row runs everywhere, the comparison where a GPU is present.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "autodiff/gradients.h"
+#include "runtime/device.h"
+#include "runtime/ops.h"
+#include "runtime/session.h"
+
+namespace {
+
+using namespace rf;
+using Values = std::vector<Value>;
+
+struct Built {
+  Values fetches;
+  std::vector<Session::Feed> feeds;
+  Values targets;  // update ops: fetches are read after them
+};
+
+struct Env {
+  Graph& g;
+  DType dt;
+  unsigned seed = 1;
+
+  Tensor rand(const Shape& s, double lo = -1, double hi = 1) { return rand(dt, s, lo, hi); }
+  Tensor rand(DType t, const Shape& s, double lo = -1, double hi = 1) {
+    std::mt19937 gen(seed++);
+    std::uniform_real_distribution<double> dist(lo, hi);
+    std::vector<double> v(static_cast<size_t>(s.numel()));
+    for (double& x : v) x = dist(gen);
+    if (t == DType::F64) return Tensor::from_vector<double>(v, s);
+    return Tensor::from_vector<float>(std::vector<float>(v.begin(), v.end()), s);
+  }
+  // A fed placeholder with random values.
+  Value in(Built& b, const Shape& s, double lo = -1, double hi = 1) {
+    Value p = g.placeholder("in" + std::to_string(b.feeds.size()), dt, s);
+    b.feeds.push_back({p, rand(s, lo, hi)});
+    return p;
+  }
+  Value labels(Built& b, DType t, int rows, int classes) {
+    std::vector<int64_t> v(static_cast<size_t>(rows));
+    for (int i = 0; i < rows; ++i) v[size_t(i)] = (i * 5 + 3) % classes;
+    Value p = g.placeholder("labels" + std::to_string(b.feeds.size()), t, Shape{rows});
+    b.feeds.push_back({p, t == DType::I64 ? Tensor::from_vector<int64_t>(v, Shape{rows})
+                                          : Tensor::from_vector<int32_t>(std::vector<int32_t>(v.begin(), v.end()),
+                                                                         Shape{rows})});
+    return p;
+  }
+  // Fetches y and the gradients of sum(y * R) (R a random constant) with respect to xs.
+  void with_grads(Built& b, Value y, const Values& xs) {
+    b.fetches.push_back(y);
+    Value r = g.constant(rand(g.spec(y).dtype, g.spec(y).shape));
+    for (Value d : gradients(ops::sum(ops::mul(y, r)), xs)) b.fetches.push_back(d);
+  }
+};
+
+Attrs geometry(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  Attrs a;
+  a.kernel_h = kh, a.kernel_w = kw, a.stride_h = sh, a.stride_w = sw, a.pad_h = ph, a.pad_w = pw;
+  return a;
+}
+
+// A forward op with its gradients: unary over a positive or signed input.
+std::function<Built(Env&)> unary(Value (*f)(Value, const std::string&), bool positive = false) {
+  return [f, positive](Env& e) {
+    Built b;
+    Value x = e.in(b, {4, 33}, positive ? 0.5 : -2, 2);
+    e.with_grads(b, f(x, ""), {x});
+    return b;
+  };
+}
+std::function<Built(Env&)> binary(Value (*f)(Value, Value, const std::string&)) {
+  return [f](Env& e) {
+    Built b;
+    Value x = e.in(b, {3, 4, 5}), y = e.in(b, {4, 1}, 0.5, 2);  // broadcast, y away from 0
+    Value u = e.in(b, {3, 4, 5}), v = e.in(b, {3, 4, 5}, 0.5, 2);  // same shape
+    e.with_grads(b, f(x, y, ""), {x, y});
+    e.with_grads(b, f(u, v, ""), {u, v});
+    return b;
+  };
+}
+// A backward op fed directly: (dy, saved) of the same shape.
+std::function<Built(Env&)> grad_op(Op op, double lo = -1, double hi = 1) {
+  return [op, lo, hi](Env& e) {
+    Built b;
+    Value dy = e.in(b, {6, 40}), saved = e.in(b, {6, 40}, lo, hi);
+    b.fetches.push_back(e.g.add(op, {dy, saved}));
+    Value wide_dy = e.in(b, {2, 1500}), wide = e.in(b, {2, 1500}, lo, hi);  // block-per-row softmax kernels
+    b.fetches.push_back(e.g.add(op, {wide_dy, wide}));
+    return b;
+  };
+}
+std::function<Built(Env&)> scalar_op(Value (*f)(Value, double, const std::string&), double c) {
+  return [f, c](Env& e) {
+    Built b;
+    Value x = e.in(b, {5, 7}, 0.5, 2);
+    e.with_grads(b, f(x, c, ""), {x});
+    return b;
+  };
+}
+// One optimizer step on a Variable (and its slots), fetched after the update.
+std::function<Built(Env&)> apply(Op op) {
+  return [op](Env& e) {
+    Built b;
+    const Shape s{37};
+    Value w = e.g.variable("w", s, e.dt, Initializer::uniform(-1, 1));
+    Values in{w};
+    const int slots = op == Op::ApplyAdam ? 2 : op == Op::ApplyMomentum ? 1 : 0;
+    for (int i = 0; i < slots; ++i) {
+      in.push_back(e.g.variable("slot" + std::to_string(i), s, e.dt, Initializer::uniform(0.01, 0.1), false));
+      b.fetches.push_back(in.back());
+    }
+    in.push_back(e.in(b, s));
+    Value hyper = e.g.placeholder("hyper", DType::F64, Shape{2});
+    b.feeds.push_back({hyper, Tensor::from_vector<double>({0.05, 3.0}, Shape{2})});
+    in.push_back(hyper);
+    Attrs a;
+    a.momentum = 0.9, a.weight_decay = 0.01, a.nesterov = true, a.decoupled = true;
+    b.targets.push_back(e.g.add(op, in, a));
+    b.fetches.push_back(w);
+    return b;
+  };
+}
+
+struct OpCase {
+  Op op;
+  std::function<Built(Env&)> build;
+};
+
+const std::vector<OpCase>& cases() {
+  static const std::vector<OpCase> table = {
+      {Op::Placeholder, [](Env& e) { Built b; b.fetches.push_back(ops::neg(e.in(b, {3, 4}))); return b; }},
+      {Op::Const, [](Env& e) { Built b; b.fetches.push_back(ops::neg(e.g.constant(e.rand({3, 4})))); return b; }},
+      {Op::Variable, [](Env& e) {
+         Built b;
+         b.fetches.push_back(e.g.variable("v", {5, 6}, e.dt, Initializer::glorot_uniform()));
+         b.fetches.push_back(e.g.variable("n", {301}, e.dt, Initializer::normal(0.5, 2)));
+         return b;
+       }},
+      {Op::InitVariable, [](Env& e) {
+         Built b;
+         b.fetches.push_back(e.g.variable("u", {4, 9}, e.dt, Initializer::he_normal()));
+         b.fetches.push_back(e.g.variable("c", {7}, e.dt, Initializer::constant(0.25)));
+         return b;
+       }},
+      {Op::MatMul, [](Env& e) {
+         Built b;
+         for (bool ta : {false, true})
+           for (bool tb : {false, true}) {
+             Value x = e.in(b, ta ? Shape{9, 5} : Shape{5, 9}), y = e.in(b, tb ? Shape{7, 9} : Shape{9, 7});
+             e.with_grads(b, ops::matmul(x, y, ta, tb), {x, y});
+           }
+         return b;
+       }},
+      {Op::Add, binary(ops::add)},
+      {Op::Sub, binary(ops::sub)},
+      {Op::Mul, binary(ops::mul)},
+      {Op::Div, binary(ops::div)},
+      {Op::Neg, unary(ops::neg)},
+      {Op::Exp, unary(ops::exp)},
+      {Op::Log, unary(ops::log, true)},
+      {Op::Sqrt, unary(ops::sqrt, true)},
+      {Op::Square, unary(ops::square)},
+      {Op::Relu, unary(ops::relu)},
+      {Op::Tanh, unary(ops::tanh)},
+      {Op::Sigmoid, unary(ops::sigmoid)},
+      {Op::Gelu, unary(ops::gelu)},
+      {Op::ReluGrad, grad_op(Op::ReluGrad)},
+      {Op::TanhGrad, grad_op(Op::TanhGrad)},
+      {Op::SigmoidGrad, grad_op(Op::SigmoidGrad, 0, 1)},
+      {Op::GeluGrad, grad_op(Op::GeluGrad)},
+      {Op::AddScalar, scalar_op(ops::add_scalar, 1.5)},
+      {Op::MulScalar, scalar_op(ops::mul_scalar, -0.75)},
+      {Op::PowScalar, scalar_op(ops::pow_scalar, 2.5)},
+      {Op::Softmax, [](Env& e) {
+         Built b;
+         for (Shape s : {Shape{4, 10}, Shape{2, 3, 33}, Shape{3, 1500}}) {
+           Value x = e.in(b, s, -4, 4);
+           e.with_grads(b, ops::softmax(x), {x});
+         }
+         return b;
+       }},
+      {Op::LogSoftmax, [](Env& e) {
+         Built b;
+         for (Shape s : {Shape{4, 10}, Shape{2, 3, 33}, Shape{3, 1500}}) {
+           Value x = e.in(b, s, -4, 4);
+           e.with_grads(b, ops::log_softmax(x), {x});
+         }
+         return b;
+       }},
+      {Op::SoftmaxGrad, grad_op(Op::SoftmaxGrad, 0, 1)},
+      {Op::LogSoftmaxGrad, grad_op(Op::LogSoftmaxGrad, -5, 0)},
+      {Op::SparseSoftmaxXent, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {6, 10}, -4, 4), wide = e.in(b, {3, 1500}, -4, 4);
+         e.with_grads(b, ops::sparse_softmax_cross_entropy(x, e.labels(b, DType::I32, 6, 10)), {x});
+         e.with_grads(b, ops::sparse_softmax_cross_entropy(wide, e.labels(b, DType::I64, 3, 1500)), {wide});
+         Value both = e.g.add(Op::SparseSoftmaxXent, {x, e.labels(b, DType::I32, 6, 10)});
+         b.fetches.push_back(Value{both.graph, both.node, 1});  // backprop
+         return b;
+       }},
+      {Op::SparseSoftmaxXentGrad, [](Env& e) {
+         Built b;
+         b.fetches.push_back(e.g.add(Op::SparseSoftmaxXentGrad, {e.in(b, {5}), e.in(b, {5, 12})}));
+         return b;
+       }},
+      {Op::Sum, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {4, 5, 6});
+         e.with_grads(b, ops::sum(x, {1}), {x});
+         e.with_grads(b, ops::sum(x, {0, 2}, true), {x});
+         e.with_grads(b, ops::sum(x), {x});
+         return b;
+       }},
+      {Op::Mean, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {4, 5, 6});
+         e.with_grads(b, ops::mean(x, {-1}), {x});
+         e.with_grads(b, ops::mean(x, {0, 1}, true), {x});
+         return b;
+       }},
+      {Op::BroadcastLike, [](Env& e) {
+         Built b;
+         Value like = e.in(b, {4, 5, 6});
+         b.fetches.push_back(e.g.add(Op::BroadcastLike, {e.in(b, {5, 1}), like}));
+         Attrs a;
+         a.axes = {0, 2}, a.average = true;
+         b.fetches.push_back(e.g.add(Op::BroadcastLike, {e.in(b, {5}), like}, a));
+         return b;
+       }},
+      {Op::SumLike, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {4, 5, 6});
+         b.fetches.push_back(e.g.add(Op::SumLike, {x, e.in(b, {5, 1})}));
+         b.fetches.push_back(e.g.add(Op::SumLike, {x, e.in(b, {6})}));
+         return b;
+       }},
+      {Op::Reshape, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {4, 6});
+         e.with_grads(b, ops::exp(ops::reshape(x, {2, -1, 3})), {x});
+         return b;
+       }},
+      {Op::ReshapeLike, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {4, 6});
+         b.fetches.push_back(ops::exp(e.g.add(Op::ReshapeLike, {x, e.in(b, {3, 8})})));
+         return b;
+       }},
+      {Op::Transpose, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {3, 4, 5}), y = e.in(b, {7, 9});
+         e.with_grads(b, ops::transpose(x, {2, 0, 1}), {x});
+         e.with_grads(b, ops::transpose(y, {1, 0}), {y});
+         return b;
+       }},
+      {Op::BiasAdd, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {3, 4, 5, 5}), c = e.in(b, {4}), d = e.in(b, {6, 8}), db = e.in(b, {8});
+         e.with_grads(b, ops::bias_add(x, c), {x, c});
+         e.with_grads(b, ops::bias_add(d, db), {d, db});
+         return b;
+       }},
+      {Op::BiasAddGrad, [](Env& e) {
+         Built b;
+         b.fetches.push_back(e.g.add(Op::BiasAddGrad, {e.in(b, {3, 4, 5, 5})}));
+         return b;
+       }},
+      {Op::Conv2D, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {2, 3, 9, 8}), w = e.in(b, {4, 3, 3, 3});
+         e.with_grads(b, ops::conv2d(x, w, 1, 1), {x, w});
+         Value x2 = e.in(b, {3, 2, 11, 7}), w2 = e.in(b, {5, 2, 4, 2});  // asymmetric stride and padding
+         e.with_grads(b, e.g.add(Op::Conv2D, {x2, w2}, geometry(0, 0, 2, 1, 1, 0)), {x2, w2});
+         return b;
+       }},
+      {Op::Conv2DGradInput, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {2, 3, 9, 8}), w = e.in(b, {4, 3, 3, 3});
+         b.fetches.push_back(e.g.add(Op::Conv2DGradInput, {e.in(b, {2, 4, 5, 8}), w, x}, geometry(0, 0, 2, 1, 1, 1)));
+         return b;
+       }},
+      {Op::Conv2DGradFilter, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {2, 3, 9, 8}), w = e.in(b, {4, 3, 3, 3});
+         b.fetches.push_back(e.g.add(Op::Conv2DGradFilter, {x, e.in(b, {2, 4, 5, 8}), w}, geometry(0, 0, 2, 1, 1, 1)));
+         return b;
+       }},
+      {Op::MaxPool2D, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {2, 3, 9, 8});
+         Value p = ops::max_pool2d(x, 3, 2, 1);  // overlapping windows, padding
+         e.with_grads(b, p, {x});
+         b.fetches.push_back(Value{p.graph, p.node, 1});  // argmax
+         Value y = e.in(b, {2, 2, 8, 6});
+         e.with_grads(b, ops::max_pool2d(y, 2), {y});
+         return b;
+       }},
+      {Op::MaxPool2DGrad, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {2, 3, 9, 8});
+         Value p = e.g.add(Op::MaxPool2D, {x}, geometry(3, 2, 2, 1, 1, 1));
+         b.fetches.push_back(
+             e.g.add(Op::MaxPool2DGrad, {e.in(b, e.g.spec(p).shape), Value{p.graph, p.node, 1}, x}, geometry(3, 2, 2, 1, 1, 1)));
+         return b;
+       }},
+      {Op::AvgPool2D, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {2, 3, 9, 8});
+         e.with_grads(b, ops::avg_pool2d(x, 3, 2, 1), {x});
+         e.with_grads(b, e.g.add(Op::AvgPool2D, {x}, geometry(2, 3, 1, 2, 0, 1)), {x});
+         return b;
+       }},
+      {Op::AvgPool2DGrad, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {2, 3, 9, 8});
+         const Attrs a = geometry(3, 3, 2, 2, 1, 1);
+         b.fetches.push_back(e.g.add(Op::AvgPool2DGrad, {e.in(b, {2, 3, 5, 4}), x}, a));
+         return b;
+       }},
+      {Op::Dropout, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {7, 300});
+         Value d = ops::dropout(x, 0.3, 1234);
+         e.with_grads(b, d, {x});
+         b.fetches.push_back(Value{d.graph, d.node, 1});  // mask
+         return b;
+       }},
+      {Op::Cast, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {5, 61}, -70000, 70000);  // past F16's range: inf
+         if (e.dt == DType::F64) {
+           e.with_grads(b, ops::cast(x, DType::F32), {x});
+           return b;
+         }
+         Value small = e.in(b, {301}, -1e-6, 1e-6);  // F16 subnormals
+         e.with_grads(b, ops::cast(x, DType::F64), {x});
+         for (Value v : {x, small})
+           for (DType t : {DType::F16, DType::BF16}) {
+             Value c = ops::cast(v, t);
+             b.fetches.push_back(c);
+             b.fetches.push_back(ops::cast(c, DType::F32));
+           }
+         b.fetches.push_back(ops::cast(x, DType::F32));  // same dtype: a copy
+         return b;
+       }},
+      {Op::ApplySGD, apply(Op::ApplySGD)},
+      {Op::ApplyMomentum, apply(Op::ApplyMomentum)},
+      {Op::ApplyAdam, apply(Op::ApplyAdam)},
+  };
+  return table;
+}
+
+constexpr int kRuns = 2;
+
+// Host copies of every fetch of kRuns runs on `device`.
+std::vector<Tensor> run_on(const Graph& g, const Built& b, Device device) {
+  Session s(g, device);
+  s.run({}, {}, g.initializers());
+  std::vector<Tensor> got;
+  for (int r = 0; r < kRuns; ++r) {
+    // Fetched Variables are their storage: read after the run, they hold the updated values.
+    for (const Tensor& t : s.run(b.fetches, b.feeds, b.targets)) got.push_back(t.to(Device::cpu()));
+  }
+  return got;
+}
+
+std::vector<double> as_doubles(const Tensor& t) {
+  if (t.dtype() == DType::F32) {
+    const std::vector<float> v = t.to_vector<float>();
+    return {v.begin(), v.end()};
+  }
+  return t.to_vector<double>();
+}
+
+void expect_match(const Tensor& gpu, const Tensor& cpu, const std::string& what) {
+  ASSERT_EQ(gpu.dtype(), cpu.dtype()) << what;
+  ASSERT_EQ(gpu.shape(), cpu.shape()) << what;
+  if (cpu.dtype() != DType::F32 && cpu.dtype() != DType::F64) {  // integers and 16-bit floats: bit-exact
+    EXPECT_EQ(std::memcmp(gpu.raw(), cpu.raw(), cpu.nbytes()), 0) << what << ": " << dtype_name(cpu.dtype())
+                                                                   << " output differs";
+    return;
+  }
+  const double tol = cpu.dtype() == DType::F32 ? 1e-4 : 1e-10;
+  const std::vector<double> got = as_doubles(gpu), want = as_doubles(cpu);
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool same = got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i]));  // inf, NaN
+    const double err = same ? 0 : std::fabs(got[i] - want[i]) / std::max(1.0, std::fabs(want[i]));
+    if (!(err <= worst)) worst = err, at = i;  // also catches NaN
+  }
+  EXPECT_LE(worst, tol) << what << ": worst at " << at << ": cuda " << got[at] << " vs cpu " << want[at];
+}
+
+std::string case_name(Op op, DType dt) { return std::string(op_name(op)) + " " + dtype_name(dt); }
+
+TEST(CudaOpsTable, EveryOpHasADifferentialCase) {
+  std::set<Op> covered;
+  for (const OpCase& c : cases()) EXPECT_TRUE(covered.insert(c.op).second) << op_name(c.op) << " has two rows";
+  for (int i = 0; i < int(Op::COUNT); ++i)
+    EXPECT_TRUE(covered.count(Op(i))) << "op " << op_name(Op(i))
+                                      << " has no CUDA-vs-CPU case in tests/test_cuda_ops.cpp: add one";
+}
+
+// Runs everywhere: each row's graph contains its op and runs on the CPU.
+TEST(CudaOpsTable, CasesBuildAndRunOnCpu) {
+  for (const OpCase& c : cases())
+    for (DType dt : {DType::F32, DType::F64}) {
+      SCOPED_TRACE(case_name(c.op, dt));
+      try {
+        Graph g(7);
+        Env env{g, dt};
+        const Built b = c.build(env);
+        EXPECT_TRUE(std::any_of(g.nodes().begin(), g.nodes().end(), [&](const Node& n) { return n.op == c.op; }));
+        EXPECT_EQ(run_on(g, b, Device::cpu()).size(), b.fetches.size() * kRuns);
+      } catch (const Error& e) {
+        ADD_FAILURE() << e.what();
+      }
+    }
+}
+
+TEST(CudaOps, EveryOpMatchesCpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << cuda_unavailable_reason();
+  for (const OpCase& c : cases())
+    for (DType dt : {DType::F32, DType::F64}) {
+      Graph g(7);
+      Env env{g, dt};
+      const Built b = c.build(env);
+      const std::vector<Tensor> want = run_on(g, b, Device::cpu());
+      std::vector<Tensor> got;
+      try {
+        got = run_on(g, b, Device::cuda(0));
+      } catch (const Error& e) {
+        ADD_FAILURE() << case_name(c.op, dt) << ": " << e.what();
+        continue;
+      }
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < got.size(); ++i)
+        expect_match(got[i], want[i],
+                     case_name(c.op, dt) + " run " + std::to_string(i / b.fetches.size()) + " fetch " +
+                         std::to_string(i % b.fetches.size()) + " ('" + g.node(b.fetches[i % b.fetches.size()]).name +
+                         "')");
+    }
+}
+
+TEST(CudaOps, EveryOpHasACudaKernel) {
+#if RINGFLOW_CUDA
+  constexpr bool kCudaBuild = true;
+#else
+  constexpr bool kCudaBuild = false;
+#endif
+  for (int i = 0; i < int(Op::COUNT); ++i) EXPECT_EQ(cuda_has_kernel(Op(i)), kCudaBuild) << op_name(Op(i));
+}
+
+}  // namespace
