@@ -47,8 +47,9 @@ int main(int argc, char** argv) {
   tr->add_option("--synthetic-train", c.synthetic_train, "samples in the synthetic training set")
       ->capture_default_str();
   tr->add_flag("--quiet", quiet, "no progress line on stderr");
-  tr->add_option("--collective", c.collective, "auto | ring | mpi (data parallel under mpirun)")
-      ->check(CLI::IsMember({"auto", "ring", "mpi"}))
+  tr->add_option("--collective", c.collective,
+                 "data parallel under mpirun: auto (nccl for GPU replicas, else ring), ring, mpi or nccl")
+      ->check(CLI::IsMember({"auto", "ring", "mpi", "nccl"}))
       ->capture_default_str();
   tr->add_option("--bucket-mb", c.bucket_mb, "gradient bucket cap in MiB")->capture_default_str();
   tr->add_option("--check-every", c.check_every, "compare Variables across ranks every K steps (0: off)")

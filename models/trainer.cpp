@@ -48,8 +48,8 @@ void validate(const TrainConfig& c) {
   RF_CHECK(c.compress_warmup >= 0, "--compress-warmup must be >= 0, got ", c.compress_warmup);
   RF_CHECK(c.compress_momentum >= 0 && c.compress_momentum < 1, "--compress-momentum must be in [0, 1), got ",
            c.compress_momentum);
-  RF_CHECK(c.collective == "auto" || c.collective == "ring" || c.collective == "mpi",
-           "unknown collective '", c.collective, "': expected auto, ring or mpi");
+  RF_CHECK(c.collective == "auto" || c.collective == "ring" || c.collective == "mpi" || c.collective == "nccl",
+           "unknown collective '", c.collective, "': expected auto, ring, mpi or nccl");
   parse_optimizer(c.optimizer);
   parse_schedule(c.schedule);
 }
@@ -189,8 +189,11 @@ class Progress {
 
 nlohmann::json train(const TrainConfig& c) {
   validate(c);
-  auto comm = collective::make_communicator(c.collective == "auto" ? "ring" : c.collective,
-                                            collective::options_from_env());
+  // `comm` (ring or mpi, host memory) carries the metrics, checksums, evaluation sums and the
+  // timeline, and the gradients of host replicas; replicas on GPUs reduce their gradients with
+  // NCCL (`grad_comm`, made below once the device is known).
+  const std::string host_backend = c.collective == "auto" || c.collective == "nccl" ? "ring" : c.collective;
+  auto comm = collective::make_communicator(host_backend, collective::options_from_env());
   const int rank = comm->rank(), world = comm->size();
   // Default: this node's cores shared evenly by the ranks on it.
   const int threads = c.threads > 0 ? c.threads
@@ -235,10 +238,20 @@ nlohmann::json train(const TrainConfig& c) {
       }
   }
 
+  std::unique_ptr<collective::Communicator> nccl;
+  if (world > 1 && device.is_cuda()) {
+    RF_CHECK(c.collective == "auto" || c.collective == "nccl", "--collective ", c.collective,
+             " reduces host memory; replicas on GPUs use --collective nccl (or auto)");
+    nccl = collective::make_communicator("nccl", collective::options_from_env());
+  } else {
+    RF_CHECK(c.collective != "nccl" || world == 1, "--collective nccl needs CUDA devices (--device cuda)");
+  }
+  collective::Communicator& grad_comm = nccl ? *nccl : *comm;
+
   Session sess(g, device);
   sess.run({}, {}, g.initializers());
   if (!c.init_from.empty()) load_checkpoint(sess, g, c.init_from);
-  if (world > 1) collective::broadcast_variables(sess, *comm);
+  if (world > 1) collective::broadcast_variables(sess, grad_comm);
 
   std::unique_ptr<Timeline> timeline;
   if (!c.timeline_path.empty()) timeline = std::make_unique<Timeline>(rank);
@@ -251,7 +264,7 @@ nlohmann::json train(const TrainConfig& c) {
     ro.first_bucket_mb = std::min(1.0, c.bucket_mb);
     ro.timeline = timeline.get();
     ro.compress = compress;
-    reducer = std::make_unique<collective::Reducer>(*comm, sess, t.vars, t.grads, ro);
+    reducer = std::make_unique<collective::Reducer>(grad_comm, sess, t.vars, t.grads, ro);
     step_options = &reducer->run_options();
   } else if (timeline) {
     traced.timeline = timeline.get();
@@ -349,7 +362,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["data"] = c.data;
   s["device"] = device.str();
   s["world_size"] = world;
-  s["collective"] = world > 1 ? comm->name() : "none";
+  s["collective"] = world > 1 ? grad_comm.name() : "none";
   s["threads"] = threads;
   s["dtype"] = c.dtype;
   s["optimizer"] = c.optimizer;

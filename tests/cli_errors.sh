@@ -55,6 +55,11 @@ expect_error "negative lr" "--lr" "${common[@]}" --data-dir "$tmp/good" --lr -0.
 expect_error "non-numeric lr" "lr" "${common[@]}" --data-dir "$tmp/good" --lr fast
 expect_error "missing checkpoint" "/nonexistent/ckpt.safetensors" "${common[@]}" --data-dir "$tmp/good" --init-from /nonexistent/ckpt.safetensors
 expect_error "bad device" "device" "${common[@]}" --data-dir "$tmp/good" --device tpu
+expect_error "unknown compressor" "fp8" "${common[@]}" --data-dir "$tmp/good" --compress fp8
+expect_error "powersgd without rank" "powersgd" "${common[@]}" --data-dir "$tmp/good" --compress powersgd
+expect_error "topk ratio out of range" "topk" "${common[@]}" --data-dir "$tmp/good" --compress topk:2
+expect_error "compress needs f32" "dtype f32" "${common[@]}" --data-dir "$tmp/good" --compress fp16 --dtype f64
+expect_error "unknown collective" "gloo" "${common[@]}" --data-dir "$tmp/good" --collective gloo
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
   expect_error "cuda without a GPU" "no CUDA device" "${common[@]}" --data-dir "$tmp/good" --device cuda
 fi
