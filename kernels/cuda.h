@@ -6,6 +6,7 @@
 #include <cudnn.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/common.h"
 #include "kernels/elementwise.h"
@@ -48,6 +49,54 @@ void momentum_update(T* w, T* v, const T* g, i64 n, double lr, double mu, double
 template <class T>
 void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, double b2, double eps,
                  double wd, bool decoupled, i64 t, cudaStream_t stream);
+
+// Per-step scalars of one update, formed on the host in double and rounded to T once, as the
+// single-tensor functions above do (so a fused update is bit-identical to them).
+enum class UpdateKind { SGD, Momentum, Adam };
+template <class T> struct UpdateScalars {
+  T neg_lr;                    // -lr (SGD, momentum); -lr / (1 - b1^t) (Adam)
+  T mu, wd, shrink;            // momentum; weight decay; 1 - lr * wd (AdamW)
+  T bc2_sqrt, eps, b2, one_minus_b2;
+  T lerp_w, one_minus_lerp_w;  // m.lerp_(g, 1 - b1), in PyTorch's two-sided form
+  int decay;                   // 0 none, 1 L2 into g, 2 decoupled (SGD and momentum: 0 or 1)
+  bool nesterov, lerp_low;     // lerp_low: 1 - b1 < 0.5
+};
+template <class T> UpdateScalars<T> sgd_scalars(double lr, double wd);
+template <class T> UpdateScalars<T> momentum_scalars(double lr, double mu, double wd, bool nesterov);
+template <class T>
+UpdateScalars<T> adam_scalars(double lr, double b1, double b2, double eps, double wd, bool decoupled, i64 t);
+
+// ---- fused multi-tensor updates (elementwise.cu), PyTorch's / apex's multi_tensor_apply ----
+// One launch applies one update to every tensor of a table: s1 is the velocity (momentum) or m
+// (Adam), s2 is v (Adam). The tensors are cut into chunks of kMultiTensorChunk elements and
+// blocks stride over the chunk list. entries, chunks and scalars are device memory (the scalars
+// are read when the kernel runs, so a captured CUDA graph sees each step's values).
+template <class T> struct MultiTensorEntry {
+  T* w;
+  T* s1;
+  T* s2;
+  const T* g;
+  i64 n;
+};
+struct MultiTensorChunk {
+  int tensor;
+  i64 start;
+};
+inline constexpr i64 kMultiTensorChunk = 65536;
+std::vector<MultiTensorChunk> multi_tensor_chunks(const i64* sizes, int count);
+template <class T>
+void multi_tensor_update(UpdateKind kind, const MultiTensorEntry<T>* entries, const MultiTensorChunk* chunks,
+                         i64 nchunks, const UpdateScalars<T>* scalars, cudaStream_t stream);
+
+// ---- training-loop helpers (batch.cu) ----
+// out_images[b] = images[idx[b]] (rows of row_size floats), out_labels[b] = labels[idx[b]].
+void gather_batch(const float* images, const int32_t* labels, const int32_t* idx, i64 batch, i64 row_size,
+                  float* out_images, int32_t* out_labels, cudaStream_t stream);
+// stats[0] = *loss, stats[1] = rows of logits [rows, cols] whose first largest entry is at the
+// label (std::max_element's rule, as the trainer counts on the host). One block.
+template <class L, class T>
+void step_stats(const L* loss, const T* logits, const int32_t* labels, i64 rows, i64 cols, double* stats,
+                cudaStream_t stream);
 
 // ---- dense algebra (matmul.cu, cuBLAS) ----
 // Row-major C[m,n] = alpha * op(A) op(B) + beta * C; op(A) is [m,k], op(B) is [k,n]. Runs on

@@ -170,48 +170,68 @@ template <class T> __global__ void reduce_block_kernel(const T* x, T* y, ReduceP
 // path): scalars formed in double on the host, the update in T. Weight decay is skipped, not
 // multiplied by 0, when wd == 0 (0 * inf would be NaN), as PyTorch does.
 
-template <class T> __global__ void sgd_kernel(T* w, const T* g, i64 n, T neg_lr, T wd, bool decay) {
-  for (i64 i = global_index(); i < n; i += grid_stride()) {
-    T gi = g[i];
-    if (decay) gi += wd * w[i];
-    w[i] += neg_lr * gi;
-  }
+// One element of each update, shared by the single-tensor and the multi-tensor kernels so that
+// both give bit-identical results.
+template <class T> __device__ __forceinline__ void sgd_elem(T* w, const T* g, i64 i, const UpdateScalars<T>& s) {
+  T gi = g[i];
+  if (s.decay) gi += s.wd * w[i];
+  w[i] += s.neg_lr * gi;
 }
 
 template <class T>
-__global__ void momentum_kernel(T* w, T* v, const T* g, i64 n, T neg_lr, T mu, T wd, bool decay, bool nesterov) {
-  for (i64 i = global_index(); i < n; i += grid_stride()) {
-    T gi = g[i];
-    if (decay) gi += wd * w[i];
-    const T vi = mu * v[i] + gi;
-    v[i] = vi;
-    w[i] += neg_lr * (nesterov ? gi + mu * vi : vi);
+__device__ __forceinline__ void momentum_elem(T* w, T* v, const T* g, i64 i, const UpdateScalars<T>& s) {
+  T gi = g[i];
+  if (s.decay) gi += s.wd * w[i];
+  const T vi = s.mu * v[i] + gi;
+  v[i] = vi;
+  w[i] += s.neg_lr * (s.nesterov ? gi + s.mu * vi : vi);
+}
+
+template <class T>
+__device__ __forceinline__ void adam_elem(T* w, T* m, T* v, const T* g, i64 i, const UpdateScalars<T>& s) {
+  T gi = g[i];
+  T wi = w[i];
+  if (s.decay == 2) wi *= s.shrink;
+  if (s.decay == 1) gi += s.wd * wi;
+  const T mo = m[i];
+  const T mi = s.lerp_low ? mo + s.lerp_w * (gi - mo) : gi - (gi - mo) * s.one_minus_lerp_w;
+  const T vi = v[i] * s.b2 + s.one_minus_b2 * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  w[i] = wi + s.neg_lr * mi / (sqrt(vi) / s.bc2_sqrt + s.eps);
+}
+
+template <class T, UpdateKind K>
+__device__ __forceinline__ void update_elem(const MultiTensorEntry<T>& e, i64 i, const UpdateScalars<T>& s) {
+  if constexpr (K == UpdateKind::SGD) sgd_elem(e.w, e.g, i, s);
+  else if constexpr (K == UpdateKind::Momentum) momentum_elem(e.w, e.s1, e.g, i, s);
+  else adam_elem(e.w, e.s1, e.s2, e.g, i, s);
+}
+
+template <class T, UpdateKind K> __global__ void update_kernel(MultiTensorEntry<T> e, UpdateScalars<T> s) {
+  for (i64 i = global_index(); i < e.n; i += grid_stride()) update_elem<T, K>(e, i, s);
+}
+
+// apex's multi_tensor_apply without its launch-argument size limit: the tensor table and the
+// chunk list live in device memory, and block b takes chunks b, b + gridDim.x, ...
+template <class T, UpdateKind K>
+__global__ void multi_update_kernel(const MultiTensorEntry<T>* entries, const MultiTensorChunk* chunks, i64 nchunks,
+                                    const UpdateScalars<T>* scalars) {
+  const UpdateScalars<T> s = *scalars;
+  for (i64 c = blockIdx.x; c < nchunks; c += gridDim.x) {
+    const MultiTensorChunk ch = chunks[c];
+    const MultiTensorEntry<T> e = entries[ch.tensor];
+    const i64 end = ch.start + kMultiTensorChunk < e.n ? ch.start + kMultiTensorChunk : e.n;
+    for (i64 i = ch.start + threadIdx.x; i < end; i += blockDim.x) update_elem<T, K>(e, i, s);
   }
 }
 
-template <class T> struct AdamScalars {
-  T neg_step;          // -lr / (1 - b1^t)
-  T bc2_sqrt;          // sqrt(1 - b2^t)
-  T eps, b2, one_minus_b2;
-  T lerp_w, one_minus_lerp_w;  // m.lerp_(g, 1 - b1), in PyTorch's two-sided form
-  T wd, shrink;        // shrink = 1 - lr * wd (AdamW)
-  int decay;           // 0 none, 1 L2 into g, 2 decoupled
-  bool lerp_low;       // 1 - b1 < 0.5
-};
-
-template <class T> __global__ void adam_kernel(T* w, T* m, T* v, const T* g, i64 n, AdamScalars<T> s) {
-  for (i64 i = global_index(); i < n; i += grid_stride()) {
-    T gi = g[i];
-    T wi = w[i];
-    if (s.decay == 2) wi *= s.shrink;
-    if (s.decay == 1) gi += s.wd * wi;
-    const T mo = m[i];
-    const T mi = s.lerp_low ? mo + s.lerp_w * (gi - mo) : gi - (gi - mo) * s.one_minus_lerp_w;
-    const T vi = v[i] * s.b2 + s.one_minus_b2 * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = wi + s.neg_step * mi / (sqrt(vi) / s.bc2_sqrt + s.eps);
-  }
+template <class T, UpdateKind K>
+void launch_update(const MultiTensorEntry<T>& e, const UpdateScalars<T>& s, cudaStream_t stream) {
+  check_n(e.n, "optimizer update");
+  if (e.n == 0) return;
+  update_kernel<T, K><<<grid_for(e.n), kBlock, 0, stream>>>(e, s);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -333,35 +353,84 @@ template <class T> void bias_grad(const T* dy, T* db, i64 outer, i64 C, i64 inne
 
 // ---- optimizers ----
 
+template <class T> UpdateScalars<T> sgd_scalars(double lr, double wd) {
+  UpdateScalars<T> s{};
+  s.neg_lr = T(-lr);
+  s.wd = T(wd);
+  s.decay = wd != 0;
+  return s;
+}
+
+template <class T> UpdateScalars<T> momentum_scalars(double lr, double mu, double wd, bool nesterov) {
+  UpdateScalars<T> s = sgd_scalars<T>(lr, wd);
+  s.mu = T(mu);
+  s.nesterov = nesterov;
+  return s;
+}
+
+template <class T>
+UpdateScalars<T> adam_scalars(double lr, double b1, double b2, double eps, double wd, bool decoupled, i64 t) {
+  if (t < 1) throw std::invalid_argument("adam_update: step t must be >= 1, got " + std::to_string(t));
+  const double bc1 = 1.0 - std::pow(b1, double(t));
+  const double bc2 = 1.0 - std::pow(b2, double(t));
+  const double lw = 1.0 - b1;
+  UpdateScalars<T> s{};
+  s.neg_lr = T(-(lr / bc1));
+  s.bc2_sqrt = T(std::sqrt(bc2));
+  s.eps = T(eps);
+  s.b2 = T(b2);
+  s.one_minus_b2 = T(1.0 - b2);
+  s.lerp_w = T(lw);
+  s.one_minus_lerp_w = T(1.0 - lw);
+  s.wd = T(wd);
+  s.shrink = T(1.0 - lr * wd);
+  s.decay = wd == 0 ? 0 : decoupled ? 2 : 1;
+  s.lerp_low = lw < 0.5;
+  return s;
+}
+
 template <class T> void sgd_update(T* w, const T* g, i64 n, double lr, double wd, cudaStream_t stream) {
-  check_n(n, "sgd_update");
-  if (n == 0) return;
-  sgd_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(w, g, n, T(-lr), T(wd), wd != 0);
-  CUDA_CHECK_LAUNCH();
+  launch_update<T, UpdateKind::SGD>({w, nullptr, nullptr, g, n}, sgd_scalars<T>(lr, wd), stream);
 }
 
 template <class T>
 void momentum_update(T* w, T* v, const T* g, i64 n, double lr, double mu, double wd, bool nesterov,
                      cudaStream_t stream) {
-  check_n(n, "momentum_update");
-  if (n == 0) return;
-  momentum_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(w, v, g, n, T(-lr), T(mu), T(wd), wd != 0, nesterov);
-  CUDA_CHECK_LAUNCH();
+  launch_update<T, UpdateKind::Momentum>({w, v, nullptr, g, n}, momentum_scalars<T>(lr, mu, wd, nesterov), stream);
 }
 
 template <class T>
 void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, double b2, double eps,
                  double wd, bool decoupled, i64 t, cudaStream_t stream) {
-  check_n(n, "adam_update");
-  if (t < 1) throw std::invalid_argument("adam_update: step t must be >= 1, got " + std::to_string(t));
-  if (n == 0) return;
-  const double bc1 = 1.0 - std::pow(b1, double(t));
-  const double bc2 = 1.0 - std::pow(b2, double(t));
-  const double lw = 1.0 - b1;
-  const AdamScalars<T> s{T(-(lr / bc1)), T(std::sqrt(bc2)), T(eps),     T(b2),
-                         T(1.0 - b2),    T(lw),             T(1.0 - lw), T(wd),
-                         T(1.0 - lr * wd), wd == 0 ? 0 : decoupled ? 2 : 1, lw < 0.5};
-  adam_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(w, m, v, g, n, s);
+  launch_update<T, UpdateKind::Adam>({w, m, v, g, n}, adam_scalars<T>(lr, b1, b2, eps, wd, decoupled, t), stream);
+}
+
+std::vector<MultiTensorChunk> multi_tensor_chunks(const i64* sizes, int count) {
+  std::vector<MultiTensorChunk> chunks;
+  for (int t = 0; t < count; ++t) {
+    check_n(sizes[t], "multi_tensor_chunks");
+    for (i64 start = 0; start < sizes[t]; start += kMultiTensorChunk) chunks.push_back({t, start});
+  }
+  return chunks;
+}
+
+template <class T>
+void multi_tensor_update(UpdateKind kind, const MultiTensorEntry<T>* entries, const MultiTensorChunk* chunks,
+                         i64 nchunks, const UpdateScalars<T>* scalars, cudaStream_t stream) {
+  check_n(nchunks, "multi_tensor_update");
+  if (nchunks == 0) return;
+  const unsigned grid = unsigned(std::min<i64>(nchunks, kMaxGrid));
+  switch (kind) {
+    case UpdateKind::SGD:
+      multi_update_kernel<T, UpdateKind::SGD><<<grid, kBlock, 0, stream>>>(entries, chunks, nchunks, scalars);
+      break;
+    case UpdateKind::Momentum:
+      multi_update_kernel<T, UpdateKind::Momentum><<<grid, kBlock, 0, stream>>>(entries, chunks, nchunks, scalars);
+      break;
+    case UpdateKind::Adam:
+      multi_update_kernel<T, UpdateKind::Adam><<<grid, kBlock, 0, stream>>>(entries, chunks, nchunks, scalars);
+      break;
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -378,7 +447,12 @@ void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, doub
   template void sgd_update<T>(T*, const T*, i64, double, double, cudaStream_t);                              \
   template void momentum_update<T>(T*, T*, const T*, i64, double, double, double, bool, cudaStream_t);       \
   template void adam_update<T>(T*, T*, T*, const T*, i64, double, double, double, double, double, bool, i64, \
-                               cudaStream_t);
+                               cudaStream_t);                                                           \
+  template UpdateScalars<T> sgd_scalars<T>(double, double);                                                  \
+  template UpdateScalars<T> momentum_scalars<T>(double, double, double, bool);                               \
+  template UpdateScalars<T> adam_scalars<T>(double, double, double, double, double, bool, i64);              \
+  template void multi_tensor_update<T>(UpdateKind, const MultiTensorEntry<T>*, const MultiTensorChunk*, i64,   \
+                                       const UpdateScalars<T>*, cudaStream_t);
 RF_INSTANTIATE(float)
 RF_INSTANTIATE(double)
 #undef RF_INSTANTIATE

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -316,22 +317,36 @@ void BatchIterator::start_epoch(int64_t epoch) {
   for (int64_t k = 0; k < per_rank_; ++k) shard_[k] = perm_[rank_ + k * world_];
 }
 
-bool BatchIterator::next(float* images_out, int32_t* labels_out) {
+bool BatchIterator::advance(int64_t* first) {
   const int64_t end = drop_last_ ? steps_per_epoch() * batch_ : per_rank_;
   if (pos_ >= end) {
     current_ = 0;
     return false;
   }
-  const int64_t count = std::min(batch_, end - pos_);
+  current_ = std::min(batch_, end - pos_);
+  *first = pos_;
+  pos_ += current_;
+  return true;
+}
+
+bool BatchIterator::next(float* images_out, int32_t* labels_out) {
+  int64_t first = 0;
+  if (!advance(&first)) return false;
   const int64_t ss = data_->sample_size();
   const float* src = data_->images.data();
-  for (int64_t b = 0; b < count; ++b) {
-    const int64_t idx = shard_[pos_ + b];
+  for (int64_t b = 0; b < current_; ++b) {
+    const int64_t idx = shard_[first + b];
     std::memcpy(images_out + b * ss, src + idx * ss, static_cast<size_t>(ss) * sizeof(float));
     labels_out[b] = data_->labels[idx];
   }
-  pos_ += count;
-  current_ = count;
+  return true;
+}
+
+bool BatchIterator::next_indices(int32_t* idx_out) {
+  RF_CHECK(data_->n <= INT32_MAX, "next_indices: ", data_->n, " samples do not fit 32-bit indices");
+  int64_t first = 0;
+  if (!advance(&first)) return false;
+  for (int64_t b = 0; b < current_; ++b) idx_out[b] = static_cast<int32_t>(shard_[first + b]);
   return true;
 }
 

@@ -68,6 +68,9 @@ class BatchIterator {
   // Copies the next batch into images_out [batch, sample_size] and labels_out [batch]; returns
   // false (writing nothing) once the epoch is exhausted. Never allocates.
   bool next(float* images_out, int32_t* labels_out);
+  // The same batch as next() would copy, as data set indices into idx_out [batch] (for a caller
+  // that gathers the batch itself, e.g. from a copy of the data set on a GPU).
+  bool next_indices(int32_t* idx_out);
 
   // Dataset indices this rank visits in the current epoch, in order (for tests and debugging).
   const std::vector<int64_t>& shard() const { return shard_; }
@@ -85,6 +88,9 @@ class BatchIterator {
   int64_t current_ = 0;
   std::vector<int64_t> perm_;   // permutation of all n samples (reused across epochs)
   std::vector<int64_t> shard_;  // this rank's slice of perm_
+
+  // Advances over the next batch: its samples are shard_[*first .. *first + current_).
+  bool advance(int64_t* first);
 };
 
 }  // namespace rf

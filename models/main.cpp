@@ -62,6 +62,8 @@ int main(int argc, char** argv) {
   tr->add_option("--compress-momentum", c.compress_momentum,
                  "topk: momentum correction factor (Deep Gradient Compression; use with --optimizer sgd)")
       ->capture_default_str();
+  tr->add_flag("--cuda-graph", c.cuda_graph,
+               "CUDA, one replica: capture a training step as a CUDA graph after two warm-up steps and replay it");
 
   try {
     app.parse(argc, argv);

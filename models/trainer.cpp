@@ -21,6 +21,9 @@
 #include "models/models.h"
 #include "models/safetensors.h"
 #include "runtime/session.h"
+#if RINGFLOW_CUDA
+#include "runtime/cuda_backend.h"
+#endif
 
 namespace rf {
 
@@ -162,6 +165,51 @@ std::pair<double, double> evaluate(Session& s, const Model& m, const Dataset& d,
   return {sums[0] / double(d.n), sums[1] / double(d.n)};
 }
 
+#if RINGFLOW_CUDA
+// Training input on a CUDA device: the training set is uploaded once; each step copies only the
+// batch's indices (pinned memory, cudaMemcpyAsync) and gathers images and labels on the device
+// (the prologue). The epilogue computes the loss and the accuracy count on the device and copies
+// those 16 bytes into pinned memory: the host's one wait per step is the stream synchronisation
+// after the run. Both are stream work at fixed addresses, so a captured step replays them.
+struct GpuBatches {
+  GpuBatches(const Dataset& d, int64_t batch, Device device)
+      : dev(device),
+        all_images(Shape{d.n, d.channels, d.height, d.width}, DType::F32, dev),
+        all_labels(Shape{d.n}, DType::I32, dev),
+        idx(Shape{batch}, DType::I32, dev),
+        images(Shape{batch, d.channels, d.height, d.width}, DType::F32, dev),
+        labels(Shape{batch}, DType::I32, dev),
+        stats(Shape{2}, DType::F64, dev),
+        idx_host(static_cast<int32_t*>(cuda::host_alloc(size_t(batch) * sizeof(int32_t)))),
+        stats_host(static_cast<double*>(cuda::host_alloc(2 * sizeof(double)))) {
+    copy_bytes(all_images.raw(), dev, d.images.data(), Device::cpu(), all_images.nbytes());
+    copy_bytes(all_labels.raw(), dev, d.labels.data(), Device::cpu(), all_labels.nbytes());
+    options.prologue = [this](void*) {
+      cuda::copy_async(idx.raw(), idx_host, idx.nbytes(), dev.index);
+      cuda::gather_batch(all_images, all_labels, idx, images, labels);
+    };
+    options.epilogue = [this](void*, const std::vector<Tensor>& fetched) {  // fetched: {loss, logits}
+      cuda::step_stats(fetched[0], fetched[1], labels, stats);
+      cuda::copy_async(stats_host, stats.raw(), 2 * sizeof(double), dev.index);
+    };
+  }
+  ~GpuBatches() {
+    cuda::host_free(idx_host);
+    cuda::host_free(stats_host);
+  }
+  GpuBatches(const GpuBatches&) = delete;
+  GpuBatches& operator=(const GpuBatches&) = delete;
+
+  Device dev;
+  Tensor all_images, all_labels, idx;
+  Tensor images, labels;  // the step's feeds
+  Tensor stats;
+  int32_t* idx_host;   // pinned: written by the host before each step (BatchIterator::next_indices)
+  double* stats_host;  // pinned: {loss, correct}, valid once the stream is synchronised
+  RunOptions options;  // the prologue and epilogue; the caller adds its own hooks
+};
+#endif
+
 class Progress {
  public:
   explicit Progress(bool on) : on_(on), tty_(isatty(2)) {}
@@ -208,6 +256,10 @@ nlohmann::json train(const TrainConfig& c) {
   RF_CHECK(!compress.compressing() || c.dtype == "f32", "--compress ", c.compress, " needs --dtype f32");
   Device device = Device::parse(c.device);
   if (device.is_cuda() && world > 1) device = Device::cuda(comm->local_rank() % cuda_device_count());
+  RF_CHECK(!c.cuda_graph || device.is_cuda(), "--cuda-graph needs a CUDA device (--device cuda)");
+  RF_CHECK(!c.cuda_graph || world == 1, "--cuda-graph supports one replica for now");
+  RF_CHECK(!c.cuda_graph || c.timeline_path.empty(),
+           "--cuda-graph cannot record a --timeline (a replayed step has no per-op spans)");
 
   FashionMnist data;
   if (c.data == "fashion-mnist") {
@@ -301,9 +353,32 @@ nlohmann::json train(const TrainConfig& c) {
   Tensor images(Shape{local_batch, 1, data.train.height, data.train.width}, DType::F32);
   Tensor labels(Shape{local_batch}, DType::I32);
   Tensor hyper(Shape{2}, DType::F64);
-  const std::vector<Session::Feed> feeds{{m.images, images}, {m.labels, labels}, {t.hyper, hyper}};
+  std::vector<Session::Feed> feeds{{m.images, images}, {m.labels, labels}, {t.hyper, hyper}};
   const std::vector<Value> fetches{m.loss, m.logits};
   Tensor logits_host(Shape{local_batch, data.train.classes}, DType::F32);
+#if RINGFLOW_CUDA
+  std::unique_ptr<GpuBatches> gpu;
+  if (device.is_cuda()) {
+    gpu = std::make_unique<GpuBatches>(data.train, local_batch, device);
+    feeds = {{m.images, gpu->images}, {m.labels, gpu->labels}, {t.hyper, hyper}};
+    if (step_options) {
+      gpu->options.on_node_done = step_options->on_node_done;
+      gpu->options.before_updates = step_options->before_updates;
+      gpu->options.before_update = step_options->before_update;
+      gpu->options.timeline = step_options->timeline;
+    }
+    gpu->options.cuda_graph = c.cuda_graph;
+    step_options = &gpu->options;
+  }
+  const Stream step_stream = compute_stream(device);
+#endif
+  // The next batch: copied into images/labels on the CPU, its indices for the gather on a GPU.
+  auto next_batch = [&] {
+#if RINGFLOW_CUDA
+    if (gpu) return it.next_indices(gpu->idx_host);
+#endif
+    return it.next(images.data<float>(), labels.data<int32_t>());
+  };
 
   Progress progress(c.progress && lead);
   double train_seconds = 0, final_loss = 0, window_loss = 0, bytes_sent = 0;
@@ -313,18 +388,32 @@ nlohmann::json train(const TrainConfig& c) {
     it.start_epoch(epoch);
     const auto epoch_start = Clock::now();
     int64_t epoch_steps = 0;
-    while (step < total_steps && it.next(images.data<float>(), labels.data<int32_t>())) {
+    while (step < total_steps && next_batch()) {
       const double lr = sched.at(step);
       hyper.data<double>()[0] = lr;
       hyper.data<double>()[1] = double(step + 1);
       const auto t0 = Clock::now();
       const auto& out = sess.run(fetches, feeds, t.updates, step_options);
-      const double loss = out[0].item();
+      double loss;
+#if RINGFLOW_CUDA
+      if (gpu) {  // the step's one wait, for 16 bytes: {loss, correct}
+        step_stream.synchronize();
+        loss = gpu->stats_host[0];
+      } else
+#endif
+        loss = out[0].item();
       train_seconds += seconds_since(t0);
       const size_t step_bytes = reducer ? reducer->bytes_sent_last_step() : 0;
       bytes_sent += double(step_bytes);
-      logits_host.copy_from(out[1]);
-      window_correct += count_correct(logits_host, labels);
+#if RINGFLOW_CUDA
+      if (gpu) {
+        window_correct += int64_t(gpu->stats_host[1]);
+      } else
+#endif
+      {
+        logits_host.copy_from(out[1]);
+        window_correct += count_correct(logits_host, labels);
+      }
       RF_CHECK(std::isfinite(loss), "loss became ", loss, " at step ", step + 1, " (epoch ", epoch + 1,
                ", rank ", rank, "): lower --lr or check the data");
       final_loss = loss;
@@ -377,6 +466,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["final_loss"] = final_loss;
   s["param_norm"] = param_norm(sess, g);
   s["compress"] = compress.str();
+  s["cuda_graph"] = c.cuda_graph;
   // What this rank sent per step (mean over the run), as a bandwidth-optimal ring sends it, and
   // what the uncompressed allreduce would send.
   s["bytes_sent_per_step"] = step > 0 ? bytes_sent / double(step) : 0.0;

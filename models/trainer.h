@@ -41,6 +41,7 @@ struct TrainConfig {
   std::string compress = "none";    // none | fp16 | bf16 | powersgd:RANK | topk:RATIO
   int64_t compress_warmup = 0;      // powersgd/topk: plain allreduce steps first
   double compress_momentum = 0;     // topk: DGC momentum correction factor (0: off)
+  bool cuda_graph = false;          // replay each training step as a captured CUDA graph
 };
 
 // Validates the configuration (throws rf::Error with a one-line message on bad input), trains

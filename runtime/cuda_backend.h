@@ -3,9 +3,12 @@
 #pragma once
 #if RINGFLOW_CUDA
 #include <cstddef>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "runtime/device.h"
+#include "runtime/exec.h"
 
 namespace rf::cuda {
 
@@ -26,6 +29,69 @@ void event_record(void* event, void* stream);
 void stream_wait_event(void* stream, void* event);
 void event_synchronize(void* event);
 bool event_query(void* event);
+
+// Pinned (page-locked) host memory: the source or target of copies that run asynchronously or
+// inside a CUDA graph.
+void* host_alloc(size_t bytes);
+void host_free(void* p) noexcept;
+// cudaMemcpyAsync on the device's compute stream; the host does not wait (host memory must be
+// pinned and must stay untouched until the copy ran).
+void copy_async(void* dst, const void* src, size_t bytes, int device);
+// A per-device scratch buffer (cuDNN workspaces) of at least `bytes`, shared by every call on the
+// compute stream. It only grows, and a replaced buffer is kept, never reused: a captured CUDA
+// graph may still point at it.
+void* workspace(int device, size_t bytes);
+
+// CUDA graphs of a device's compute stream. While capturing, the device's caching allocator must
+// not call cudaMalloc (an allocation without a cached block fails, naming the size) and keeps
+// the blocks freed meanwhile out of circulation (the graph may use them).
+void capture_begin(int device, void* stream);
+void* capture_end(int device, void* stream);    // the instantiated graph (cudaGraphExec_t)
+void capture_abort(int device, void* stream) noexcept;  // after a failure inside the capture
+void graph_launch(void* exec, void* stream);
+void graph_destroy(void* exec) noexcept;
+
+// Training-loop helpers on the tensors' device's compute stream (kernels/batch.cu).
+// out_images[b] = images[idx[b]], out_labels[b] = labels[idx[b]]: F32 [n, ...], I32 [n], I32 [B].
+void gather_batch(const Tensor& images, const Tensor& labels, const Tensor& idx, Tensor& out_images,
+                  Tensor& out_labels);
+// stats (F64 [2] on the device) = {loss, rows of logits whose first largest entry is the label}.
+void step_stats(const Tensor& loss, const Tensor& logits, const Tensor& labels, Tensor& stats);
+
+// The update (Apply*) nodes of a CUDA plan, fused: nodes with the same op, dtype, attributes
+// and hyper feed form a group that one multi-tensor kernel launch applies (its table of pointers
+// and sizes is built in device memory on the first launch). Each step's scalars are formed on
+// the host from the {lr, step} feed, as the single-tensor kernels form theirs, into pinned memory
+// and copied to the device by one cudaMemcpyAsync, so a captured graph sees each step's values.
+class FusedUpdates {
+ public:
+  struct Update {
+    const Node* node;
+    Tensor* in[5];  // the node's bound inputs (var, slots..., grad, hyper), stable for the plan
+  };
+  FusedUpdates(Device device, const std::vector<Update>& updates);
+  ~FusedUpdates();
+  FusedUpdates(const FusedUpdates&) = delete;
+  FusedUpdates& operator=(const FusedUpdates&) = delete;
+
+  size_t groups() const;
+  const std::vector<int>& nodes(size_t group) const;  // node ids, in plan order
+  // Host, before the step is queued: forms every group's scalars. Waits only if the previous
+  // step's copy of them has not run yet (the caller ran a whole step ahead without fetching).
+  void prepare();
+  void upload(const ExecContext& ctx);              // queues the scalars' copy to the device
+  void launch(size_t group, const ExecContext& ctx);  // queues the group's one kernel
+  void step_queued(const Stream& stream);           // after the step's last work is queued
+
+ private:
+  struct Group;
+  Device device_;
+  std::vector<Group> groups_;
+  void* pinned_ = nullptr;
+  Tensor scalars_;  // device copy of the pinned scalars
+  Event done_;
+  bool pending_ = false;
+};
 
 }  // namespace rf::cuda
 #endif

@@ -115,6 +115,9 @@ class CachingAllocator final : public Allocator {
     size_t block = 0;  // a cached block may be larger than this request's size class
     void* p = take_cached(size, &block);
     if (!p) {
+      RF_CHECK(!capturing_, "cuda:", device_, " allocator: ", bytes,
+               " bytes requested while a CUDA graph is being captured and no cached block fits (the warm-up "
+               "steps should have left one): cudaMalloc cannot run in a capture");
       p = system_alloc(bytes, size);
       block = size;
     }
@@ -136,7 +139,13 @@ class CachingAllocator final : public Allocator {
     const size_t size = it->second;
     live_.erase(it);
     allocated_ -= size;
-    free_.emplace(size, p);
+    if (capturing_) held_.emplace_back(p);  // a captured graph may use it: never hand it out again
+    else free_.emplace(size, p);
+  }
+
+  void set_capturing(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
+    capturing_ = on;
   }
 
   size_t reserved_bytes() const override {
@@ -214,6 +223,8 @@ class CachingAllocator final : public Allocator {
   size_t reserved_ = 0;                     // bytes held from cudaMalloc (live + cached)
   size_t allocated_ = 0;                    // bytes of handed-out blocks
   size_t calls_ = 0;                        // cudaMalloc calls
+  bool capturing_ = false;                  // a CUDA graph capture is running on this device
+  std::vector<void*> held_;                 // freed during a capture: kept out of circulation
 };
 
 // ---- per-device state, created on first use ----
@@ -225,6 +236,11 @@ struct DeviceState {
   std::atomic<cublasHandle_t> cublas{nullptr};
   std::atomic<cudnnHandle_t> cudnn{nullptr};
   CachingAllocator alloc;
+  // workspace(): the current scratch block, and the replaced ones (graphs may point at them).
+  std::mutex ws_mu;
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+  std::vector<void*> ws_retired;
   // Streams and cuBLAS / cuDNN handles are deliberately never destroyed: destroying them from a static
   // destructor can run after the CUDA runtime has shut down, and the driver frees them at exit.
 };
@@ -319,6 +335,73 @@ void memset_zero(void* dst, int device, size_t bytes) {
   cudaStream_t st = stream_of(device);
   DeviceGuard guard(device);
   CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, st));
+}
+
+void* host_alloc(size_t bytes) {
+  void* p = nullptr;
+  CUDA_CHECK(cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault));
+  return p;
+}
+
+void host_free(void* p) noexcept {
+  if (p) (void)cudaFreeHost(p);
+}
+
+void copy_async(void* dst, const void* src, size_t bytes, int device) {
+  if (bytes == 0) return;
+  cudaStream_t st = stream_of(device);
+  DeviceGuard guard(device);
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, st));
+}
+
+void* workspace(int device, size_t bytes) {
+  DeviceState& s = registry().at(device);
+  std::lock_guard<std::mutex> lock(s.ws_mu);
+  if (bytes > s.ws_bytes) {
+    if (s.ws) s.ws_retired.push_back(s.ws);
+    s.ws = s.alloc.allocate(bytes);
+    s.ws_bytes = bytes;
+  }
+  return s.ws;
+}
+
+void capture_begin(int device, void* stream) {
+  DeviceState& s = registry().at(device);
+  DeviceGuard guard(device);
+  // Thread-local mode: this thread may not make unsafe calls (cudaMalloc, synchronisation) while
+  // capturing; other threads (e.g. a collective's) are not affected.
+  CUDA_CHECK(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeThreadLocal));
+  s.alloc.set_capturing(true);
+}
+
+void* capture_end(int device, void* stream) {
+  DeviceState& s = registry().at(device);
+  DeviceGuard guard(device);
+  s.alloc.set_capturing(false);
+  cudaGraph_t graph = nullptr;
+  CUDA_CHECK(cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);
+  CUDA_CHECK(e);
+  return exec;
+}
+
+void capture_abort(int device, void* stream) noexcept {
+  DeviceState& s = registry().at(device);
+  s.alloc.set_capturing(false);
+  cudaGraph_t graph = nullptr;
+  if (cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &graph) == cudaSuccess && graph)
+    (void)cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+}
+
+void graph_launch(void* exec, void* stream) {
+  CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), static_cast<cudaStream_t>(stream)));
+}
+
+void graph_destroy(void* exec) noexcept {
+  if (exec) (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
 }
 
 void* cublas_handle(int device) {

@@ -5,6 +5,9 @@
 #include <cmath>
 
 #include "kernels/cpu.h"
+#if RINGFLOW_CUDA
+#include "runtime/cuda_backend.h"
+#endif
 
 namespace rf {
 
@@ -31,6 +34,12 @@ struct Plan {
   std::vector<Tensor> results;
   std::vector<Tensor> feed_staging;  // device buffers for host feeds on a CUDA plan
   uint64_t runs = 0;
+#if RINGFLOW_CUDA
+  std::unique_ptr<cuda::FusedUpdates> fused;  // a CUDA plan's updates, applied in groups
+  void* graph = nullptr;                      // cudaGraphExec_t of the captured step
+  std::vector<const void*> graph_feeds;       // each feed's buffer when it was captured
+  ~Plan() { cuda::graph_destroy(graph); }
+#endif
 };
 
 size_t Session::KeyHash::operator()(const std::vector<int64_t>& k) const noexcept {
@@ -265,6 +274,20 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
       plan->feed_staging[i] = Tensor(feeds[i].second.shape(), feeds[i].second.dtype(), device_);
   }
 
+#if RINGFLOW_CUDA
+  if (device_.is_cuda() && plan->first_update < plan->steps.size()) {
+    std::vector<cuda::FusedUpdates::Update> updates;
+    for (size_t i = plan->first_update; i < plan->steps.size(); ++i) {
+      const PlanStep& st = plan->steps[i];
+      RF_CHECK(st.nin <= 5, "internal: update node '", st.node->name, "' has ", st.nin, " inputs");
+      cuda::FusedUpdates::Update u{st.node, {}};
+      std::copy(st.in, st.in + st.nin, u.in);
+      updates.push_back(u);
+    }
+    plan->fused = std::make_unique<cuda::FusedUpdates>(device_, updates);
+  }
+#endif
+
   for (const Value& v : fetches)
     plan->fetch_slots.push_back(&plan->values[size_t(plan->base[size_t(v.node)] + v.index)]);
   plan->results.resize(fetches.size());
@@ -293,6 +316,22 @@ Plan& Session::plan_for(const std::vector<Value>& fetches, const std::vector<Fee
   return *plans_.emplace(k, std::move(plan)).first->second;
 }
 
+// A captured step replays exactly what it recorded, so everything it does must be device work at
+// fixed addresses: refuse what is not, naming it.
+void Session::check_graphable(const Plan& plan, const std::vector<Feed>& feeds, const RunOptions& o) const {
+  RF_CHECK(device_.is_cuda(), "CUDA graphs need a CUDA device; this session runs on ", device_.str());
+  RF_CHECK(!o.on_node_done && !o.before_updates && !o.before_update && !o.timeline,
+           "a CUDA graph cannot run host hooks (on_node_done, before_update(s), timeline) inside a step");
+  for (size_t i = 0; i < feeds.size(); ++i)
+    RF_CHECK(!plan.feed_staging[i].defined(), "a CUDA graph needs device feeds; '", graph_.node(feeds[i].first).name,
+             "' is fed from ", feeds[i].second.device().str());
+  for (const PlanStep& st : plan.steps) {
+    RF_CHECK(st.kind != PlanStep::Kind::Init, "a CUDA graph cannot run initialisers ('", st.node->name, "')");
+    RF_CHECK(st.node->op != Op::Dropout, "a CUDA graph would freeze Dropout's per-run counter ('", st.node->name,
+             "')");
+  }
+}
+
 const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
                                         const std::vector<Value>& targets, const RunOptions* options) {
   Plan& plan = plan_for(fetches, feeds, targets);
@@ -305,10 +344,66 @@ const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const
       slot = feeds[i].second;
     }
   }
+#if RINGFLOW_CUDA
+  const bool graph = options && options->cuda_graph;
+  if (graph && !plan.graph) check_graphable(plan, feeds, *options);
+  if (plan.fused) plan.fused->prepare();
+  if (graph && plan.graph) {
+    for (size_t i = 0; i < feeds.size(); ++i)
+      RF_CHECK(feeds[i].second.device().is_cpu() || feeds[i].second.raw() == plan.graph_feeds[i], "feed for '",
+               graph_.node(feeds[i].first).name,
+               "' is another buffer than the captured step's: a CUDA graph needs the same feed tensors every run");
+    cuda::graph_launch(plan.graph, stream_.handle);
+    ++plan.runs;
+  } else if (graph && plan.runs >= 2) {  // two eager warm-up runs, then capture
+    cuda::capture_begin(device_.index, stream_.handle);
+    try {
+      execute(plan, options);
+      plan.graph = cuda::capture_end(device_.index, stream_.handle);
+    } catch (...) {
+      cuda::capture_abort(device_.index, stream_.handle);
+      throw;
+    }
+    for (const Feed& f : feeds) plan.graph_feeds.push_back(f.second.raw());
+    cuda::graph_launch(plan.graph, stream_.handle);
+  } else {
+    execute(plan, options);
+  }
+  if (plan.fused) plan.fused->step_queued(stream_);
+#else
+  RF_CHECK(!options || !options->cuda_graph, "CUDA graphs need a CUDA build; this session runs on ", device_.str());
+  execute(plan, options);
+#endif
+  return plan.results;
+}
+
+void Session::execute(Plan& plan, const RunOptions* options) {
   ExecContext ctx{device_, stream_, plan.runs++};
+  if (options && options->prologue) options->prologue(stream_.handle);
+#if RINGFLOW_CUDA
+  if (plan.fused) plan.fused->upload(ctx);
+#endif
   for (size_t si = 0; si < plan.steps.size(); ++si) {
     PlanStep& st = plan.steps[si];
     if (si == plan.first_update && options && options->before_updates) options->before_updates();
+#if RINGFLOW_CUDA
+    if (si == plan.first_update && plan.fused) {
+      // Every update of a group runs in one launch, once the hooks of all its members ran.
+      cuda::FusedUpdates& fu = *plan.fused;
+      for (size_t g = 0; g < fu.groups(); ++g) {
+        if (options && options->before_update)
+          for (int id : fu.nodes(g)) options->before_update(id);
+        const int64_t t0 = options && options->timeline ? options->timeline->now_us() : 0;
+        fu.launch(g, ctx);
+        if (options && options->timeline)
+          options->timeline->span(graph_.node(fu.nodes(g)[0]).name, "FusedUpdate", 0, t0,
+                                  options->timeline->now_us());
+        if (options && options->on_node_done)
+          for (int id : fu.nodes(g)) options->on_node_done(id);
+      }
+      break;
+    }
+#endif
     if (si >= plan.first_update && options && options->before_update) options->before_update(st.node->id);
     switch (st.kind) {
       case PlanStep::Kind::Feed:
@@ -350,7 +445,7 @@ const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const
   }
   if (plan.first_update == plan.steps.size() && options && options->before_updates) options->before_updates();
   for (size_t i = 0; i < plan.fetch_slots.size(); ++i) plan.results[i] = *plan.fetch_slots[i];
-  return plan.results;
+  if (options && options->epilogue) options->epilogue(stream_.handle, plan.results);
 }
 
 }  // namespace rf

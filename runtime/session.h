@@ -25,6 +25,18 @@ struct RunOptions {
   std::function<void(int node)> before_update;
   // Records each kernel node's span (lane 0) when set.
   Timeline* timeline = nullptr;
+  // Device work queued on the plan's stream (the cudaStream_t; null on the CPU) before the first
+  // node and after the last update; the epilogue sees the fetched tensors. With cuda_graph both
+  // are captured with the step, so a replayed step does not call them again.
+  std::function<void(void* stream)> prologue;
+  std::function<void(void* stream, const std::vector<Tensor>& fetched)> epilogue;
+  // CUDA plans only: run the step as a CUDA graph. The plan's first two runs are eager (the
+  // caching allocator then holds every buffer), the third is captured on the compute stream and
+  // launched, later runs replay it with cudaGraphLaunch. Needs a static step: device feeds (the
+  // same tensors every run), no host hooks (on_node_done, before_update(s), timeline), no
+  // Dropout (its counter would be frozen), no initialisers. The optimizer's {lr, step} feed stays
+  // on the host; its scalars reach the graph through pinned memory (cuda::FusedUpdates).
+  bool cuda_graph = false;
 };
 
 struct Plan;
@@ -68,6 +80,8 @@ class Session {
   std::unique_ptr<Plan> compile(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
                                 const std::vector<Value>& targets);
   void run_initializer(int var_node);
+  void execute(Plan& plan, const RunOptions* options);
+  void check_graphable(const Plan& plan, const std::vector<Feed>& feeds, const RunOptions& options) const;
 
   struct VarSlot {
     Tensor value;
