@@ -3,7 +3,7 @@
 #   scripts/install_deps.sh          build + test + train dependencies
 #   scripts/install_deps.sh --bench  also PyTorch (Debian's python3-torch) for the benchmarks
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config zlib1g-dev libopenblas-dev libopenmpi-dev openmpi-bin
+pkgs=(build-essential cmake pkg-config zlib1g-dev libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin
       libgtest-dev libcli11-dev nlohmann-json3-dev dataset-fashion-mnist python3)
 [[ "${1:-}" == "--bench" ]] && pkgs+=(python3-torch python3-numpy)
 missing=()
