@@ -86,6 +86,31 @@ struct PoolGeom {
   i64 P, Q;
 };
 
+// The preconditions both backends' kernels rely on; std::invalid_argument names what is wrong.
+inline void check_conv_geom(const ConvGeom& g) {
+  if (g.N < 0 || g.C <= 0 || g.H <= 0 || g.W <= 0 || g.K <= 0 || g.R <= 0 || g.S <= 0)
+    throw std::invalid_argument("conv2d: non-positive dimension");
+  if (g.stride_h <= 0 || g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0)
+    throw std::invalid_argument("conv2d: stride must be positive and padding non-negative");
+  if (g.H + 2 * g.pad_h < g.R || g.W + 2 * g.pad_w < g.S)
+    throw std::invalid_argument("conv2d: filter larger than the padded input");
+  if (g.P != (g.H + 2 * g.pad_h - g.R) / g.stride_h + 1 || g.Q != (g.W + 2 * g.pad_w - g.S) / g.stride_w + 1)
+    throw std::invalid_argument("conv2d: output size P, Q does not match the geometry");
+}
+
+// Every window must hold at least one real input (PyTorch requires pad <= kernel/2; this is the
+// weaker condition the kernels rely on, and it also admits ceil-mode output sizes).
+inline void check_pool_geom(const PoolGeom& g, const char* op) {
+  if (g.N < 0 || g.C < 0 || g.H <= 0 || g.W <= 0 || g.R <= 0 || g.S <= 0 || g.P <= 0 || g.Q <= 0)
+    throw std::invalid_argument(std::string(op) + ": non-positive dimension");
+  if (g.stride_h <= 0 || g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0)
+    throw std::invalid_argument(std::string(op) + ": stride must be positive and padding non-negative");
+  if (g.pad_h >= g.R || g.pad_w >= g.S || (g.P - 1) * g.stride_h - g.pad_h >= g.H ||
+      (g.Q - 1) * g.stride_w - g.pad_w >= g.W)
+    throw std::invalid_argument(std::string(op) + ": a pooling window lies entirely in the padding");
+  if (g.H * g.W > INT32_MAX) throw std::invalid_argument(std::string(op) + ": plane too large for int32 argmax");
+}
+
 }  // namespace kernels
 
 }  // namespace rf

@@ -16,16 +16,9 @@ namespace rf::kernels::cuda {
 
 namespace {
 
-// The CPU's check_geom, plus what cuDNN's int dimensions need.
+// The CPU's checks, plus what cuDNN's int dimensions need.
 void check_geom(const ConvGeom& g) {
-  if (g.N < 0 || g.C <= 0 || g.H <= 0 || g.W <= 0 || g.K <= 0 || g.R <= 0 || g.S <= 0)
-    throw std::invalid_argument("conv2d: non-positive dimension");
-  if (g.stride_h <= 0 || g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0)
-    throw std::invalid_argument("conv2d: stride must be positive and padding non-negative");
-  if (g.H + 2 * g.pad_h < g.R || g.W + 2 * g.pad_w < g.S)
-    throw std::invalid_argument("conv2d: filter larger than the padded input");
-  if (g.P != (g.H + 2 * g.pad_h - g.R) / g.stride_h + 1 || g.Q != (g.W + 2 * g.pad_w - g.S) / g.stride_w + 1)
-    throw std::invalid_argument("conv2d: output size P, Q does not match the geometry");
+  check_conv_geom(g);
   for (i64 d : {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.P, g.Q})
     if (d > INT_MAX) throw std::invalid_argument("conv2d: dimension exceeds cuDNN's int range");
 }

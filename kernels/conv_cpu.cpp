@@ -23,16 +23,7 @@ namespace rf::kernels::cpu {
 
 namespace {
 
-void check_geom(const ConvGeom& g) {
-  if (g.N < 0 || g.C <= 0 || g.H <= 0 || g.W <= 0 || g.K <= 0 || g.R <= 0 || g.S <= 0)
-    throw std::invalid_argument("conv2d: non-positive dimension");
-  if (g.stride_h <= 0 || g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0)
-    throw std::invalid_argument("conv2d: stride must be positive and padding non-negative");
-  if (g.H + 2 * g.pad_h < g.R || g.W + 2 * g.pad_w < g.S)
-    throw std::invalid_argument("conv2d: filter larger than the padded input");
-  if (g.P != (g.H + 2 * g.pad_h - g.R) / g.stride_h + 1 || g.Q != (g.W + 2 * g.pad_w - g.S) / g.stride_w + 1)
-    throw std::invalid_argument("conv2d: output size P, Q does not match the geometry");
-}
+void check_geom(const ConvGeom& g) { check_conv_geom(g); }
 
 // 64-byte alignment keeps each 16-float row of the packed operands inside one cache line.
 template <class T>

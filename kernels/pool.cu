@@ -24,18 +24,7 @@ unsigned grid_for(i64 n) { return unsigned(std::clamp<i64>((n + kBlock - 1) / kB
 
 #define RF_GRID_STRIDE(i, n) for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += i64(gridDim.x) * blockDim.x)
 
-// The CPU's check_geom: every window holds at least one real input.
-void check_geom(const PoolGeom& g, const char* op) {
-  if (g.N < 0 || g.C < 0 || g.H <= 0 || g.W <= 0 || g.R <= 0 || g.S <= 0 || g.P <= 0 || g.Q <= 0)
-    throw std::invalid_argument(std::string(op) + ": non-positive dimension");
-  if (g.stride_h <= 0 || g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0)
-    throw std::invalid_argument(std::string(op) + ": stride must be positive and padding non-negative");
-  if (g.pad_h >= g.R || g.pad_w >= g.S || (g.P - 1) * g.stride_h - g.pad_h >= g.H ||
-      (g.Q - 1) * g.stride_w - g.pad_w >= g.W)
-    throw std::invalid_argument(std::string(op) + ": a pooling window lies entirely in the padding");
-  if (g.H * g.W > std::numeric_limits<int32_t>::max())
-    throw std::invalid_argument(std::string(op) + ": plane too large for int32 argmax");
-}
+void check_geom(const PoolGeom& g, const char* op) { check_pool_geom(g, op); }
 
 // Output index o's window along one axis, clipped to [0, n): [lo, hi); and the outputs whose
 // windows cover input index i: [first, last].

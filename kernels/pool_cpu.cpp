@@ -23,19 +23,7 @@ namespace rf::kernels::cpu {
 
 namespace {
 
-// Every window must hold at least one real input (PyTorch requires pad <= kernel/2; this is the
-// weaker condition the kernels rely on, and it also admits ceil-mode output sizes).
-void check_geom(const PoolGeom& g, const char* op) {
-  if (g.N < 0 || g.C < 0 || g.H <= 0 || g.W <= 0 || g.R <= 0 || g.S <= 0 || g.P <= 0 || g.Q <= 0)
-    throw std::invalid_argument(std::string(op) + ": non-positive dimension");
-  if (g.stride_h <= 0 || g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0)
-    throw std::invalid_argument(std::string(op) + ": stride must be positive and padding non-negative");
-  if (g.pad_h >= g.R || g.pad_w >= g.S || (g.P - 1) * g.stride_h - g.pad_h >= g.H ||
-      (g.Q - 1) * g.stride_w - g.pad_w >= g.W)
-    throw std::invalid_argument(std::string(op) + ": a pooling window lies entirely in the padding");
-  if (g.H * g.W > std::numeric_limits<int32_t>::max())
-    throw std::invalid_argument(std::string(op) + ": plane too large for int32 argmax");
-}
+void check_geom(const PoolGeom& g, const char* op) { check_pool_geom(g, op); }
 
 // f(plane) for every (n, c) plane, threaded over planes (each writes only its own outputs).
 // A plane of a small CNN is a few hundred elements, far below what pays for starting threads,

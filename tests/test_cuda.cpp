@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "tests/gpu_compare.h"
 #include "runtime/device.h"
 #include "runtime/error.h"
 
@@ -52,21 +53,7 @@ Tensor gpu_empty(const Shape& s) { return Tensor(s, rf::DType::F32, Device::cuda
 
 cudaStream_t stream() { return static_cast<cudaStream_t>(rf::cuda::compute_stream(0)); }
 
-// Relative error, measured against max(1, |want|) so values near zero compare absolutely (the
-// GPU's float math functions are within a few ulp, which is large relative to a tiny result).
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - double(want[i])) / std::max(1.0, std::fabs(double(want[i])));
-    if (!(err <= worst)) {  // also catches NaN
-      worst = err;
-      at = i;
-    }
-  }
-  EXPECT_LE(worst, tol) << what << ": worst at " << at << ": gpu " << got[at] << " vs cpu " << want[at];
-}
+using rf::testing::expect_close;
 
 // Copies the device result back (the copy runs on the compute stream, after the kernel).
 std::vector<float> host(const Tensor& t) { return t.to_vector<float>(); }

@@ -5,6 +5,7 @@
 // skips without a CUDA device.
 #include <gtest/gtest.h>
 
+#include "tests/gpu_compare.h"
 #include "runtime/device.h"
 
 #if RINGFLOW_CUDA
@@ -111,20 +112,7 @@ void expect_same_floats(const std::vector<float>& got, const std::vector<float>&
   expect_same_bits(got, want, what, [](float) { return false; });
 }
 
-// |got - want| / max(1, |want|), worst over the elements, <= tol.
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - double(want[i])) / std::max(1.0, std::fabs(double(want[i])));
-    if (!(err <= worst)) {  // also catches NaN
-      worst = err;
-      at = i;
-    }
-  }
-  EXPECT_LE(worst, tol) << what << ": worst at " << at << ": gpu " << got[at] << " vs host " << want[at];
-}
+using rf::testing::expect_close;
 
 std::vector<float> uniform(size_t n, float lo, float hi, unsigned seed) {
   std::mt19937 gen(seed);
