@@ -16,10 +16,14 @@
 # Stages (each time-boxed; a failing stage does not stop the later ones; the report is printed
 # and written at the end whatever happens, and after every stage):
 #   build     cmake Release, sm_90, MPI optional, targets ringflow + ringflow_tests, -j$(nproc)
-#   tests     build/ringflow_tests --gtest_filter='*Cuda*': pass/fail counts; with a GPU, any
+#   tests     build/ringflow_tests --gtest_filter='*Cuda*:FusedUpdate.*:TrainInput.*': pass/fail counts; with a GPU, any
 #             skipped test fails the stage (except skips saying "a CUDA device is present")
-#   diff      MLP and CNN, 200 steps, same seed, on cuda:0 and on the CPU (TF32 off): max relative
-#             difference of the per-step losses must be <= 1e-3
+#   diff      200 steps, same seed, on cuda:0 and on the CPU (TF32 off), per-step losses: the MLP
+#             (f32) and the CNN in f64 must agree within 1e-3 relative at every step (H200,
+#             2026-11-26: 1.2e-5 and 1.6e-15). The CNN in f32 is reported too: last-bit rounding
+#             flips ReLU/max-pool decisions and its trajectories drift apart (9e-6 at step 10, 1e-3
+#             at step 15, 0.13 at step 77), so it must agree within 1e-3 over the first 10 steps,
+#             within 5% in the mean loss of the last 50 and within 1e-2 in the final parameter norm
 #   sanitize  compute-sanitizer memcheck (then racecheck, synccheck while time allows), 20 steps
 #             MLP and CNN on synthetic data: clean or the error count
 #   bench     bench/gpu_vs_torch.sh: ringflow (and --cuda-graph, when `ringflow train --help` lists
@@ -164,7 +168,7 @@ stage_tests() {
   local bin="$GC_BUILD/ringflow_tests" xml="$GC_WORK/cuda_tests.xml" rc=0
   [[ -x "$bin" ]] || { result FAIL "$bin not built"; return; }
   rm -f "$xml"
-  timeout -k 5 "$(cap 100000)" "$bin" --gtest_filter='*Cuda*' --gtest_output="xml:$xml" \
+  timeout -k 5 "$(cap 100000)" "$bin" --gtest_filter='*Cuda*:FusedUpdate.*:TrainInput.*' --gtest_output="xml:$xml" \
     >"$GC_WORK/cuda_tests.log" 2>&1 || rc=$?
   grep -E '^\[ *(FAILED|SKIPPED|PASSED) *\]|tests? ran' "$GC_WORK/cuda_tests.log" | head -n 60 || true
   python3 - "$xml" "$rc" "$GC_DRY" "$GC_ALLOWED_SKIP" "$GC_WORK/tests.result.json" <<'EOF'
@@ -192,7 +196,7 @@ total = len(passed) + len(failed) + len(bad_skips) + len(ok_skips)
 if root is None:
     status, summary = "FAIL", f"no XML report (ringflow_tests exit {rc})"
 elif total == 0:
-    status, summary = "FAIL", "no test matches *Cuda*"
+    status, summary = "FAIL", "no test matches *Cuda*:FusedUpdate.*:TrainInput.*"
 else:
     summary = f"{len(passed)} passed, {len(failed)} failed, {len(bad_skips) + len(ok_skips)} skipped of {total}"
     if ok_skips:
@@ -235,25 +239,31 @@ stage_diff() {
     gpu_dev=(--device cpu --threads 1)   # stands in for the GPU: a CPU run with another thread count
   fi
   local common=(--batch 64 --seed 1234 --max-steps "$steps" --epochs 100 --metrics-every 1 --quiet "${DATA_ARGS[@]}")
-  for m in mlp cnn; do
+  # The MLP in f32 and the CNN in f64 must agree over the whole run (issue P4's 1e-3 bar); the
+  # CNN in f32 diverges chaotically from last-bit differences (a max-pool or ReLU decision flips,
+  # docs/ARCHITECTURE.md), so it is held to the first steps, the late mean loss and the final norm.
+  local v dt
+  for v in mlp:f32 cnn:f32 cnn:f64; do
+    m="${v%%:*}" dt="${v#*:}"
     rc=0
-    log "diff: $m on ${gpu_dev[*]}"
-    train_run "diff-$m-gpu" "$(cap 150)" --model "$m" "${gpu_dev[@]}" "${common[@]}" \
-      --metrics "$GC_WORK/diff-$m-gpu.jsonl" || rc=$?
-    echo "diff-$m-gpu exit $rc" >"$GC_WORK/diff-$m-gpu.rc"
-    ((rc == 0)) || tail -n 5 "$GC_WORK/diff-$m-gpu.err"
+    log "diff: $m ($dt) on ${gpu_dev[*]}"
+    train_run "diff-$m-$dt-gpu" "$(cap 150)" --model "$m" --dtype "$dt" "${gpu_dev[@]}" "${common[@]}" \
+      --metrics "$GC_WORK/diff-$m-$dt-gpu.jsonl" || rc=$?
+    echo "diff-$m-$dt-gpu exit $rc" >"$GC_WORK/diff-$m-$dt-gpu.rc"
+    ((rc == 0)) || tail -n 5 "$GC_WORK/diff-$m-$dt-gpu.err"
     if ((rc == 0)); then
       rc=0
-      log "diff: $m on ${cpu_dev[*]}"
-      train_run "diff-$m-cpu" "$(cap 150)" --model "$m" "${cpu_dev[@]}" "${common[@]}" \
-        --metrics "$GC_WORK/diff-$m-cpu.jsonl" || rc=$?
-      echo "diff-$m-cpu exit $rc" >"$GC_WORK/diff-$m-cpu.rc"
-      ((rc == 0)) || tail -n 5 "$GC_WORK/diff-$m-cpu.err"
+      log "diff: $m ($dt) on ${cpu_dev[*]}"
+      train_run "diff-$m-$dt-cpu" "$(cap 150)" --model "$m" --dtype "$dt" "${cpu_dev[@]}" "${common[@]}" \
+        --metrics "$GC_WORK/diff-$m-$dt-cpu.jsonl" || rc=$?
+      echo "diff-$m-$dt-cpu exit $rc" >"$GC_WORK/diff-$m-$dt-cpu.rc"
+      ((rc == 0)) || tail -n 5 "$GC_WORK/diff-$m-$dt-cpu.err"
     fi
   done
-  python3 - "$GC_WORK" "$steps" "$GC_TOL" "$GC_DRY" <<'EOF'
+  python3 - "$GC_WORK" "$steps" "$GC_TOL" "$GC_DRY" "$GC_DIFF_STRICT" "$GC_DIFF_LATE_TOL" <<'EOF'
 import json, os, sys
 work, steps, tol, dry = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+strict, late_tol = int(sys.argv[5]), float(sys.argv[6])
 
 def losses(path):
     out = {}
@@ -280,50 +290,72 @@ def err(name):
     return ((errs or lines or ["no output"])[-1])[:200]
 
 res, parts, ok = {}, [], True
-for m in ("mlp", "cnn"):
-    r = {}
+for m, dt in (("mlp", "f32"), ("cnn", "f32"), ("cnn", "f64")):
+    whole_run = (m, dt) != ("cnn", "f32")  # held to the tolerance at every step
+    key = f"{m}-{dt}"
+    r = {"dtype": dt, "whole_run_checked": whole_run}
     side_failed = None
     for side in ("gpu", "cpu"):
-        rcf = os.path.join(work, f"diff-{m}-{side}.rc")
+        rcf = os.path.join(work, f"diff-{key}-{side}.rc")
         if not os.path.exists(rcf):
             side_failed = side_failed or f"{side} run skipped (the gpu run failed)"
             continue
         rc = int(open(rcf).read().split()[-1])
         if rc != 0:
-            side_failed = f"{side} run {'timed out' if rc in (124, 137) else f'failed (exit {rc})'}: {err(f'diff-{m}-{side}')}"
+            side_failed = f"{side} run {'timed out' if rc in (124, 137) else f'failed (exit {rc})'}: {err(f'diff-{key}-{side}')}"
             break
     if side_failed:
         ok = False
         r["error"] = side_failed
-        parts.append(f"{m}: {side_failed}")
-        res[m] = r
+        parts.append(f"{key}: {side_failed}")
+        res[key] = r
         continue
-    a = losses(os.path.join(work, f"diff-{m}-gpu.jsonl"))
-    b = losses(os.path.join(work, f"diff-{m}-cpu.jsonl"))
+    a = losses(os.path.join(work, f"diff-{key}-gpu.jsonl"))
+    b = losses(os.path.join(work, f"diff-{key}-cpu.jsonl"))
     common = sorted(set(a) & set(b))
-    worst, at = 0.0, None
+    def rel(x, y):
+        return abs(x - y) / max(abs(y), 1e-12)
+    worst, at, worst_strict, at_strict = 0.0, None, 0.0, None
     for k in common:
-        d = abs(a[k] - b[k]) / max(abs(b[k]), 1e-12)
+        d = rel(a[k], b[k])
         if not d <= worst:  # NaN counts as worst
             worst, at = d, k
-    sa, sb = summary(os.path.join(work, f"diff-{m}-gpu.json")), summary(os.path.join(work, f"diff-{m}-cpu.json"))
+        if k <= strict and not d <= worst_strict:
+            worst_strict, at_strict = d, k
+    tail = [k for k in common if k > len(common) - 50]
+    late = rel(sum(a[k] for k in tail) / len(tail), sum(b[k] for k in tail) / len(tail)) if tail else float("nan")
+    sa, sb = summary(os.path.join(work, f"diff-{key}-gpu.json")), summary(os.path.join(work, f"diff-{key}-cpu.json"))
+    pn = rel(sa["param_norm"], sb["param_norm"]) if sa and sb and sb.get("param_norm") else float("nan")
     r.update({"steps_compared": len(common), "max_rel_diff": worst, "at_step": at,
+              "max_rel_diff_first_steps": worst_strict, "strict_steps": strict, "at_step_strict": at_strict,
+              "last50_mean_loss_rel_diff": late, "param_norm_rel_diff": pn,
               "first_loss_gpu": a.get(1), "first_loss_cpu": b.get(1),
               "final_loss_gpu": sa and sa.get("final_loss"), "final_loss_cpu": sb and sb.get("final_loss"),
               "param_norm_gpu": sa and sa.get("param_norm"), "param_norm_cpu": sb and sb.get("param_norm"),
               "sps_gpu": sa and sa.get("samples_per_second"), "sps_cpu": sb and sb.get("samples_per_second")})
-    good = len(common) == steps and worst <= tol
+    if whole_run:
+        good = len(common) == steps and worst <= tol
+        txt = (f"{key}: max rel diff {worst:.2e}" + (f" > {tol:g}" if not worst <= tol else "") +
+               (f" at step {at}" if at else "") + f" over {len(common)} steps")
+        if len(common) != steps:
+            txt += f" (expected {steps})"
+        ok = ok and good
+        parts.append(txt)
+        res[key] = r
+        continue
+    good = len(common) == steps and worst_strict <= tol and late <= late_tol and pn <= 1e-2
     ok = ok and good
-    txt = f"{m}: max rel diff {worst:.2e}" + (f" at step {at}" if at else "") + f" over {len(common)} steps"
+    txt = (f"{key}: steps 1-{strict} max rel diff {worst_strict:.2e}" + (f" > {tol:g}" if not worst_strict <= tol else "") +
+           f", last-50 mean loss {late:.2e}" + (f" > {late_tol:g}" if not late <= late_tol else "") +
+           f", param norm {pn:.2e}" + (" > 0.01" if not pn <= 1e-2 else "") +
+           f" (whole run {worst:.2e}" + (f" at step {at}" if at else "") + f", {len(common)} steps)")
     if len(common) != steps:
         txt += f" (expected {steps})"
-    if worst > tol:
-        txt += f" > {tol:g}"
     parts.append(txt)
-    res[m] = r
+    res[key] = r
 label = "cpu(1 thread) vs cpu" if dry else "gpu vs cpu"
-out = {"status": "PASS" if ok else "FAIL", "summary": f"{label}, tol {tol:g}: " + "; ".join(parts),
-       "tol": tol, "steps": steps, "models": res}
+out = {"status": "PASS" if ok else "FAIL", "summary": f"{label}: " + "; ".join(parts),
+       "tol": tol, "late_tol": late_tol, "strict_steps": strict, "steps": steps, "models": res}
 json.dump(out, open(os.path.join(work, "diff.result.json"), "w"))
 print(out["status"], out["summary"])
 EOF
@@ -338,8 +370,9 @@ stage_sanitize() {
   done
   [[ -n "$cs" ]] || { result SKIP "compute-sanitizer not found"; return; }
   [[ -x "$GC_BUILD/ringflow" ]] || { result FAIL "$GC_BUILD/ringflow not built"; return; }
-  local plan=("memcheck mlp 20" "memcheck cnn 20" "racecheck mlp 5" "synccheck mlp 5" "racecheck cnn 5"
-              "synccheck cnn 5")
+  # racecheck on the CNN's cuDNN kernels is the slowest (over 60 s on an H200): last.
+  local plan=("memcheck mlp 20" "memcheck cnn 20" "racecheck mlp 5" "synccheck mlp 5" "synccheck cnn 5"
+              "racecheck cnn 5")
   local item tool m n out rc t
   : >"$GC_WORK/sanitize.tsv"
   for item in "${plan[@]}"; do
@@ -379,8 +412,10 @@ for line in open(tsv):
         continue
     rc = int(rc)
     text = open(path, errors="replace").read()
-    m = re.findall(r"ERROR SUMMARY: (\d+) error", text)
-    errors = int(m[-1]) if m else None
+    # memcheck/synccheck end with "ERROR SUMMARY: N errors", racecheck with
+    # "RACECHECK SUMMARY: H hazards displayed (N errors, W warnings)".
+    m = re.findall(r"ERROR SUMMARY: (\d+) error|RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?", text)
+    errors = int(next(g for g in m[-1] if g)) if m else None
     app_err = [l.strip() for l in text.splitlines() if l.startswith("ringflow: error")]
     r.update({"exit": rc, "errors": errors})
     if errors:
@@ -390,7 +425,8 @@ for line in open(tsv):
         status = "FAIL"
     elif rc in (124, 137):
         r["result"] = "timed out"
-        status = worse("TIMEOUT", status)
+        if tool == "memcheck":  # the others (racecheck on cuDNN kernels is slow) only while time allows
+            status = worse("TIMEOUT", status)
     elif app_err:
         r["result"] = "training failed: " + app_err[-1][:160]
         status = "FAIL"
@@ -580,7 +616,7 @@ fi
 
 deps_note="$deps_note; cuDNN: $cudnn_note"
 export GC_WORK="$WORK" GC_BUILD="$BUILD" GC_DRY="$dry" GC_SKIP_BUILD="$skip_build" GC_DATA_DIR="$data_dir"
-export GC_DIFF_STEPS=200 GC_TOL=1e-3 GC_ALLOWED_SKIP='CUDA device is present'
+export GC_DIFF_STEPS=200 GC_TOL=1e-3 GC_DIFF_STRICT=10 GC_DIFF_LATE_TOL=0.05 GC_ALLOWED_SKIP='CUDA device is present'
 # TF32 off everywhere (ringflow's default, runtime/cuda_options.h; this also forces cuBLAS/cuDNN
 # in PyTorch to full fp32).
 export NVIDIA_TF32_OVERRIDE=0
