@@ -20,6 +20,7 @@
 
 #include "collective/mpi_check.h"
 #include "collective/mpi_env.h"
+#include "runtime/cuda_backend.h"
 
 #if NCCL_VERSION_CODE < NCCL_VERSION(2, 10, 0)
 #error "the nccl backend needs NCCL 2.10 or newer (ncclAvg, ncclBfloat16)"
@@ -70,23 +71,7 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   fail("nccl: unknown reduce op");
 }
 
-// Makes `device` current for the scope and restores the caller's device after.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) : device_(device) {
-    CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != device_) CUDA_CHECK(cudaSetDevice(device_));
-  }
-  ~DeviceGuard() {
-    if (prev_ != device_) (void)cudaSetDevice(prev_);  // destructors do not throw
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int device_;
-  int prev_ = 0;
-};
+using cuda::DeviceGuard;
 
 // Completion of one collective: an event recorded on the communication stream after it. It
 // holds no reference to the communicator, so a Work may outlive it.

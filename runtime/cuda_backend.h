@@ -12,6 +12,20 @@
 
 namespace rf::cuda {
 
+// Makes `device` current for the scope and restores the caller's device after, so that backend
+// calls never change which device the calling thread's own CUDA code targets.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();  // restores without throwing
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int device_;
+  int prev_ = 0;
+};
+
 int device_count();             // 0 when no driver/device; never throws
 std::string unavailable_reason();
 Allocator& caching_allocator(int device);

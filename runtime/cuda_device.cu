@@ -68,25 +68,6 @@ void check_device(int device) {
            " device(s) present)");
 }
 
-// Makes `device` current for the scope and restores the caller's device after, so that backend
-// calls never change which device the calling thread's own CUDA code targets.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) : device_(device) {
-    CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != device_) CUDA_CHECK(cudaSetDevice(device_));
-  }
-  ~DeviceGuard() {
-    if (prev_ != device_) (void)cudaSetDevice(prev_);  // destructors do not throw
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int device_;
-  int prev_ = 0;
-};
-
 constexpr double kMiB = 1024.0 * 1024.0;
 
 // ---- caching allocator (PyTorch's CUDACachingAllocator, much simplified) ----
@@ -288,6 +269,15 @@ cudaStream_t stream_of(int device) {
 }
 
 }  // namespace
+
+DeviceGuard::DeviceGuard(int device) : device_(device) {
+  CUDA_CHECK(cudaGetDevice(&prev_));
+  if (prev_ != device_) CUDA_CHECK(cudaSetDevice(device_));
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (prev_ != device_) (void)cudaSetDevice(prev_);  // destructors do not throw
+}
 
 // ---- rf::cuda API ----
 
