@@ -15,8 +15,9 @@
 #   --build-dir DIR  (default build);  --deps-dir DIR  carried .deb files (default data/debs)
 # Stages (each time-boxed; a failing stage does not stop the later ones; the report is printed
 # and written at the end whatever happens, and after every stage):
-#   build     cmake Release, sm_90, MPI optional, targets ringflow + ringflow_tests, -j$(nproc)
-#   tests     build/ringflow_tests --gtest_filter='*Cuda*:FusedUpdate.*:TrainInput.*': pass/fail counts; with a GPU, any
+#   build     cmake Release, sm_90, MPI optional, targets ringflow + ringflow_tests (+ ringflow_nccl_tests), -j$(nproc)
+#   tests     build/ringflow_tests --gtest_filter='*Cuda*:FusedUpdate.*:TrainInput.*' and, where NCCL was
+#             found, build/ringflow_nccl_tests (world size 1): pass/fail counts; with a GPU, any
 #             skipped test fails the stage (except skips saying "a CUDA device is present")
 #   diff      200 steps, same seed, on cuda:0 and on the CPU (TF32 off), per-step losses: the MLP
 #             (f32) and the CNN in f64 must agree within 1e-3 relative at every step (H200,
@@ -145,6 +146,11 @@ stage_build() {
   else
     rc_t=$rc_rf
   fi
+  # The nccl backend's own tests (world size 1), where NCCL was found; optional.
+  if ((rc_t == 0)) && grep -q 'nccl collective backend on' "$GC_WORK/configure.log"; then
+    timeout -k 5 "$(cap 100000)" cmake --build "$bd" -j "$jobs" --target ringflow_nccl_tests \
+      >>"$GC_WORK/compile_tests.log" 2>&1 || log "build: ringflow_nccl_tests failed (the tests stage reports it)"
+  fi
   tail -n 30 "$GC_WORK/compile.log"
   [[ -f "$GC_WORK/compile_tests.log" ]] && tail -n 30 "$GC_WORK/compile_tests.log"
   t2=$(now)
@@ -171,16 +177,39 @@ stage_tests() {
   timeout -k 5 "$(cap 100000)" "$bin" --gtest_filter='*Cuda*:FusedUpdate.*:TrainInput.*' --gtest_output="xml:$xml" \
     >"$GC_WORK/cuda_tests.log" 2>&1 || rc=$?
   grep -E '^\[ *(FAILED|SKIPPED|PASSED) *\]|tests? ran' "$GC_WORK/cuda_tests.log" | head -n 60 || true
-  python3 - "$xml" "$rc" "$GC_DRY" "$GC_ALLOWED_SKIP" "$GC_WORK/tests.result.json" <<'EOF'
+  # The nccl backend at world size 1 (exit 77: it found no device, i.e. skipped).
+  local nccl_bin="$GC_BUILD/ringflow_nccl_tests" nccl_xml="$GC_WORK/nccl_tests.xml" nccl_rc=-1
+  rm -f "$nccl_xml"
+  if [[ -x "$nccl_bin" ]]; then
+    nccl_rc=0
+    timeout -k 5 "$(cap 100000)" "$nccl_bin" --gtest_output="xml:$nccl_xml" >"$GC_WORK/nccl_tests.log" 2>&1 || nccl_rc=$?
+  fi
+  python3 - "$xml" "$rc" "$GC_DRY" "$GC_ALLOWED_SKIP" "$GC_WORK/tests.result.json" "$nccl_xml" "$nccl_rc" <<'EOF'
 import json, re, sys
 import xml.etree.ElementTree as ET
 xml, rc, dry, allowed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+nccl_xml, nccl_rc = sys.argv[6], int(sys.argv[7])
 passed, failed, bad_skips, ok_skips = [], [], [], []
 try:
     root = ET.parse(xml).getroot()
 except (OSError, ET.ParseError) as e:
     root = None
-for tc in (root.iter("testcase") if root is not None else []):
+cases = list(root.iter("testcase")) if root is not None else []
+nccl_note = ""
+if nccl_rc == -1:
+    nccl_note = "; nccl tests not built"
+elif nccl_rc == 77:
+    nccl_note = "; nccl tests: no device (skipped)"
+    if not dry:
+        failed.append("ringflow_nccl_tests (skipped on a GPU machine)")
+else:
+    try:
+        cases += list(ET.parse(nccl_xml).getroot().iter("testcase"))
+    except (OSError, ET.ParseError):
+        failed.append(f"ringflow_nccl_tests (exit {nccl_rc}, no XML report)")
+    if nccl_rc not in (0, 1, 77) and not failed:
+        failed.append(f"ringflow_nccl_tests (exit {nccl_rc})")
+for tc in cases:
     name = f'{tc.get("classname")}.{tc.get("name")}'
     if tc.get("status") == "notrun":
         continue
@@ -198,7 +227,7 @@ if root is None:
 elif total == 0:
     status, summary = "FAIL", "no test matches *Cuda*:FusedUpdate.*:TrainInput.*"
 else:
-    summary = f"{len(passed)} passed, {len(failed)} failed, {len(bad_skips) + len(ok_skips)} skipped of {total}"
+    summary = f"{len(passed)} passed, {len(failed)} failed, {len(bad_skips) + len(ok_skips)} skipped of {total}{nccl_note}"
     if ok_skips:
         summary += f" ({len(ok_skips)} skip(s) expected with a GPU)"
     if failed or rc not in (0, 1):
