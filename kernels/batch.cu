@@ -4,13 +4,12 @@
 #include <string>
 
 #include "kernels/cuda.h"
+#include "kernels/launch.cuh"
 #include "runtime/error.h"
 
 namespace rf::kernels::cuda {
 
 namespace {
-
-constexpr int kBlock = 256;
 
 __global__ void gather_kernel(const float* images, const int32_t* labels, const int32_t* idx, i64 batch, i64 row,
                               float* out_images, int32_t* out_labels) {

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/launch.cuh"
 #include "kernels/compress_cuda.h"
 #include "kernels/half.h"
 #include "runtime/error.h"
@@ -18,15 +19,6 @@
 namespace rf::kernels::cuda {
 
 namespace {
-
-constexpr int kBlock = 256;
-// Grid-stride loops cover any n; the cap keeps the grid inside gridDim.x's limit.
-constexpr i64 kMaxGrid = 65536;
-
-unsigned grid_for(i64 n) { return unsigned(std::clamp<i64>((n + kBlock - 1) / kBlock, 1, kMaxGrid)); }
-
-#define RF_GRID_STRIDE(i, n) \
-  for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += i64(gridDim.x) * blockDim.x)
 
 void check_count(i64 n, const char* fn, const char* what = "element count") {
   if (n < 0) throw std::invalid_argument(std::string(fn) + ": negative " + what);
@@ -113,7 +105,6 @@ __global__ void scale_kernel(float* g, float s, i64 n) {
   RF_GRID_STRIDE(i, n) g[i] = __fmul_rn(g[i], s);
 }
 
-#undef RF_GRID_STRIDE
 
 // Bits that hold every index below n (at least 1): the ascending index sort looks at no more.
 int index_bits(i64 n) {

@@ -6,18 +6,12 @@
 #include <string>
 
 #include "kernels/cuda.h"
+#include "kernels/launch.cuh"
 #include "runtime/error.h"
 
 namespace rf::kernels::cuda {
 
 namespace {
-
-constexpr int kBlock = 256;
-// Grid-stride loops cover any n, so the grid only needs to fill the GPU (132 SMs x 2048 threads
-// on an H100 is ~1k blocks of 256); the cap keeps it well inside gridDim.x's limit.
-constexpr i64 kMaxGrid = 65536;
-
-unsigned grid_for(i64 n) { return unsigned(std::clamp<i64>((n + kBlock - 1) / kBlock, 1, kMaxGrid)); }
 
 __device__ __forceinline__ i64 global_index() { return i64(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ i64 grid_stride() { return i64(blockDim.x) * gridDim.x; }

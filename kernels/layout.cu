@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernels/cuda.h"
+#include "kernels/launch.cuh"
 #include "kernels/half.h"
 #include "kernels/random.h"
 #include "runtime/error.h"
@@ -13,13 +14,6 @@
 namespace rf::kernels::cuda {
 
 namespace {
-
-constexpr int kBlock = 256;
-constexpr i64 kMaxGrid = 65536;
-
-unsigned grid_for(i64 n) { return unsigned(std::clamp<i64>((n + kBlock - 1) / kBlock, 1, kMaxGrid)); }
-
-#define RF_GRID_STRIDE(i, n) for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += i64(gridDim.x) * blockDim.x)
 
 struct Strides {
   i64 v[Shape::kMaxRank] = {};
@@ -49,7 +43,6 @@ template <class T> __global__ void dropout_kernel(const T* x, T* y, T* mask, i64
   }
 }
 
-#undef RF_GRID_STRIDE
 
 template <class From, class To, class F> void convert(F f, const From* x, To* y, i64 n, cudaStream_t stream) {
   if (n < 0) throw std::invalid_argument("cast: negative element count");

@@ -11,18 +11,12 @@
 #include <string>
 
 #include "kernels/cuda.h"
+#include "kernels/launch.cuh"
 #include "runtime/error.h"
 
 namespace rf::kernels::cuda {
 
 namespace {
-
-constexpr int kBlock = 256;
-constexpr i64 kMaxGrid = 65536;
-
-unsigned grid_for(i64 n) { return unsigned(std::clamp<i64>((n + kBlock - 1) / kBlock, 1, kMaxGrid)); }
-
-#define RF_GRID_STRIDE(i, n) for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += i64(gridDim.x) * blockDim.x)
 
 void check_geom(const PoolGeom& g, const char* op) { check_pool_geom(g, op); }
 
@@ -106,7 +100,6 @@ template <class T> __global__ void avg_pool_grad_kernel(const T* dy, T* dx, Pool
   }
 }
 
-#undef RF_GRID_STRIDE
 
 }  // namespace
 

@@ -6,15 +6,14 @@
 #include <limits>
 
 #include "kernels/cuda.h"
+#include "kernels/launch.cuh"
 #include "runtime/error.h"
 
 namespace rf::kernels::cuda {
 
 namespace {
 
-constexpr int kBlock = 256;
 constexpr i64 kWarpRowMax = 1024;  // up to this many columns a warp owns a row (<= 32 per lane)
-constexpr i64 kMaxGrid = 65536;
 
 struct Max {
   template <class A> __device__ A operator()(A a, A b) const { return b > a ? b : a; }
