@@ -81,6 +81,23 @@ class Work {
   std::shared_ptr<detail::WorkState> state_;
 };
 
+// The other ranks' shm_buffer, readable in place, where every rank of the job shares one node's
+// memory (the ring backend's shm transport): the Reducer's fused update reads its peers'
+// gradients straight from there instead of allreducing them. Flags are per-rank monotonic
+// counters for the hand-offs (a release store, acquire loads).
+class PeerWindow {
+ public:
+  static constexpr int kFlags = 2;
+  virtual ~PeerWindow() = default;
+  // Rank r's shm_buffer (world rank; r == rank() is this rank's own). Moves when shm_buffer grows.
+  virtual const void* buffer(int r) const = 0;
+  virtual uint64_t flag(int f) const = 0;             // this rank's flag f
+  virtual void publish(int f, uint64_t value) = 0;    // this rank's flag f := value
+  // Returns once every other rank's flag f >= value. Past the communicator's timeout the job ends
+  // with one line naming `what` and the ranks waited for.
+  virtual void wait(int f, uint64_t value, const char* what) = 0;
+};
+
 // Every rank calls the same collectives in the same order (the communicator, its creation and
 // its destruction are collective too). In place: send == recv for allreduce; for allgather(v)
 // send == recv + (this rank's offset) and for reduce_scatter recv == send + rank * recv_count,
@@ -121,6 +138,8 @@ class Communicator {
   void* shm_buffer(size_t bytes);
   Work allreduce_shm_async(size_t count, DType dtype, ReduceOp op, size_t offset = 0);
   void allreduce_shm(size_t count, DType dtype, ReduceOp op, size_t offset = 0);
+  // Null unless every rank shares this node's shm_buffer window (see PeerWindow).
+  virtual PeerWindow* peer_window() { return nullptr; }
 
  protected:
   // The one entry point a backend implements; arguments are validated already.

@@ -387,7 +387,7 @@ void HostCommunicator::timeout_abort(const Task& t, const std::vector<int>& wait
   for (size_t i = 0; i < late.size(); ++i) os << (i ? "," : "") << late[i];
   const std::string who = late.empty() ? "unknown" : os.str();
   std::fprintf(stderr, "ringflow: error: %s #%" PRIu64 " timed out after %g s waiting for rank(s) %s (from rank %d)\n",
-               coll_kind_name(t.kind), t.seq, opts_.timeout_seconds, who.c_str(), rank_);
+               t.what ? t.what : coll_kind_name(t.kind), t.seq, opts_.timeout_seconds, who.c_str(), rank_);
   std::fflush(stderr);
 #if RINGFLOW_MPI
   MPI_Abort(MPI_COMM_WORLD, 1);

@@ -36,6 +36,7 @@ struct Task : Collective {
   uint64_t seq = 0;             // 1, 2, ... in call order, the same on every rank
   Clock::time_point deadline;   // set when the task starts running
   std::shared_ptr<HostWork> work;
+  const char* what = nullptr;   // names the wait in a timeout message (default: the collective kind)
 };
 
 class HostCommunicator : public Communicator {

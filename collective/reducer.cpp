@@ -49,6 +49,7 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
     std::memset(window, 0, total * dtype_size(dtype_));
   }
   size_t next_offset = 0;
+  std::vector<size_t> grad_offset(vars.size(), 0);  // each gradient's first element in the window
   for (size_t bi = 0; bi < buckets_.size(); ++bi) {
     Bucket& bk = buckets_[bi];
     bk.offset = next_offset;
@@ -59,6 +60,7 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
     for (int k : bk.grads) {
       const Shape& shape = g.spec(grads[size_t(k)]).shape;
       session.bind_output(grads[size_t(k)], bk.buffer.slice(offset, shape));
+      grad_offset[size_t(k)] = bk.offset + size_t(offset);
       offset += shape.numel();
       node_buckets_[size_t(grads[size_t(k)].node)].push_back(int(bi));
     }
@@ -90,6 +92,12 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
   run_options_.timeline = opts_.timeline;
   bytes_sent_.assign(buckets_.size(), 0);
 
+  if (opts_.fuse != ReducerOptions::Fuse::Off && comm_.size() > 1) {
+    const std::string blocker = fuse_blocker(g, vars, grads);
+    RF_CHECK(blocker.empty() || opts_.fuse == ReducerOptions::Fuse::Auto, "--fuse-update on: ", blocker);
+    if (blocker.empty()) setup_fused(g, vars, grad_offset);
+  }
+
   if (opts_.compress.compressing()) {
     for (size_t bi = 0; bi < buckets_.size(); ++bi) {
       std::vector<Tensor> views;
@@ -104,6 +112,74 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
     hook_done_.assign(buckets_.size(), 1);
     hook_ = std::thread([this] { hook_loop(); });
   }
+}
+
+const char* fuse_name(ReducerOptions::Fuse f) {
+  switch (f) {
+    case ReducerOptions::Fuse::Auto: return "auto";
+    case ReducerOptions::Fuse::On: return "on";
+    case ReducerOptions::Fuse::Off: return "off";
+  }
+  return "?";
+}
+
+ReducerOptions::Fuse parse_fuse(const std::string& s) {
+  for (auto f : {ReducerOptions::Fuse::Auto, ReducerOptions::Fuse::On, ReducerOptions::Fuse::Off})
+    if (s == fuse_name(f)) return f;
+  throw Error("--fuse-update must be auto, on or off, got '" + s + "'");
+}
+
+std::string Reducer::fuse_blocker(const Graph& g, const std::vector<int>& vars, const std::vector<Value>& grads) const {
+  if (!in_shm_) return "the fused update runs on CPU sessions only";
+  if (!comm_.peer_window())
+    return "the fused update needs every rank on one node with the ring backend's shared-memory transport (" +
+           comm_.name() + " has no peer window)";
+  if (opts_.compress.compressing()) return "the fused update reads raw gradients; --compress needs the allreduce";
+  if (opts_.fuse == ReducerOptions::Fuse::Auto && comm_.size() > kFuseMaxRanks)
+    return std::to_string(comm_.size()) + " ranks (the fused update reads every rank's gradient on every rank)";
+  std::vector<int> index_of(size_t(g.size()), -1);  // Variable node -> its index in vars
+  for (size_t k = 0; k < vars.size(); ++k) index_of[size_t(vars[k])] = int(k);
+  for (const Node& n : g.nodes()) {
+    if (update_bucket_[size_t(n.id)] < 0) continue;
+    const int k = index_of[size_t(n.inputs[0].node)];
+    const Value grad = n.inputs[n.inputs.size() - 2];
+    if (grad.node != grads[size_t(k)].node || grad.index != grads[size_t(k)].index)
+      return "update '" + n.name + "' does not read the raw gradient of '" + g.node(vars[size_t(k)]).name + "'";
+  }
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    if (updates_left_[b] == 0)
+      return "bucket " + std::to_string(b) + "'s gradients are not consumed by update ops (the fused update leaves "
+             "gradients unaveraged)";
+  return "";
+}
+
+void Reducer::setup_fused(const Graph& g, const std::vector<int>& vars, const std::vector<size_t>& grad_offset) {
+  peers_ = comm_.peer_window();
+  const size_t es = dtype_size(dtype_);
+  std::vector<int> index_of(size_t(g.size()), -1);
+  for (size_t k = 0; k < vars.size(); ++k) index_of[size_t(vars[k])] = int(k);
+  sources_.assign(size_t(g.size()), {});
+  for (const Node& n : g.nodes()) {
+    if (update_bucket_[size_t(n.id)] < 0) continue;
+    const size_t at = grad_offset[size_t(index_of[size_t(n.inputs[0].node)])] * es;
+    for (int r = 0; r < comm_.size(); ++r)
+      sources_[size_t(n.id)].push_back(static_cast<const char*>(peers_->buffer(r)) + at);
+    ++updates_per_step_;
+  }
+  updates_left_in_step_ = updates_per_step_;
+  ready_at_.assign(buckets_.size(), 0);
+  // The flags count from zero for this Reducer; an earlier one may have left them higher.
+  comm_.barrier();
+  peers_->publish(kReady, 0);
+  peers_->publish(kConsumed, 0);
+  comm_.barrier();
+  run_options_.update_grads = [this](int node) -> const std::vector<const void*>* {
+    return size_t(node) < sources_.size() && !sources_[size_t(node)].empty() ? &sources_[size_t(node)] : nullptr;
+  };
+  // Before this step writes a gradient: every peer has read the last step's.
+  run_options_.prologue = [this](void*) {
+    if (step_ > 0) peers_->wait(kConsumed, uint64_t(step_), "fused update (peers reading the last step's gradients)");
+  };
 }
 
 Reducer::~Reducer() {
@@ -158,6 +234,10 @@ size_t Reducer::bytes_per_step() const {
 
 void Reducer::on_node_done(int node) {
   if (size_t(node) >= node_buckets_.size()) return;
+  if (peers_ && update_bucket_[size_t(node)] >= 0 && --updates_left_in_step_ == 0) {
+    peers_->publish(kConsumed, uint64_t(step_));  // this step's updates have read every peer's gradients
+    updates_left_in_step_ = updates_per_step_;
+  }
   const std::vector<int>& bs = node_buckets_[size_t(node)];
   if (bs.empty()) return;
   for (int b : bs) --pending_[size_t(b)];
@@ -178,7 +258,11 @@ void Reducer::launch_ready() {
     const int64_t now = timeline_->now_us();
     if (current_.first_launch < 0) current_.first_launch = now;
     launched_at_[next_launch_] = now;
-    if (!compressors_.empty()) {
+    if (peers_) {
+      ready_at_[next_launch_] = uint64_t(step_) * buckets_.size() + next_launch_ + 1;
+      peers_->publish(kReady, ready_at_[next_launch_]);
+      bytes_sent_[next_launch_] = size_t(comm_.size() - 1) * b.elements * dtype_size(dtype_);  // read by the peers
+    } else if (!compressors_.empty()) {
       {
         std::lock_guard<std::mutex> lk(mu_);
         hook_done_[next_launch_] = 0;
@@ -197,7 +281,9 @@ void Reducer::launch_ready() {
 
 void Reducer::wait_bucket(size_t b) {
   if (waited_[b]) return;
-  if (!compressors_.empty()) {
+  if (peers_) {
+    peers_->wait(kReady, ready_at_[b], "fused update (waiting for the peers' gradients)");
+  } else if (!compressors_.empty()) {
     std::unique_lock<std::mutex> lk(mu_);
     cv_.wait(lk, [&] { return hook_done_[b] != 0; });
     if (!hook_error_.empty()) throw Error(hook_error_);
@@ -206,7 +292,9 @@ void Reducer::wait_bucket(size_t b) {
   }
   waited_[b] = 1;
   if (opts_.timeline)
-    opts_.timeline->span((compressors_.empty() ? std::string("allreduce") : opts_.compress.str()) + " bucket " + std::to_string(b) + " (" +
+    opts_.timeline->span((peers_ ? std::string("peers ready") : compressors_.empty() ? std::string("allreduce")
+                                                                                 : opts_.compress.str()) +
+                             " bucket " + std::to_string(b) + " (" +
                              std::to_string(buckets_[b].elements * dtype_size(dtype_)) + " B)",
                          "allreduce", 1, launched_at_[b], timeline_->now_us());
 }

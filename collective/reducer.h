@@ -10,6 +10,17 @@
 // With compression (ReducerOptions::compress) each bucket's compress / collective / decompress
 // runs on a hook thread of the Reducer, bucket after bucket in launch order, still overlapping
 // the backward pass.
+// Fused update (ReducerOptions::fuse; the default where every rank shares one node's window and
+// there are at most kFuseMaxRanks of them): no allreduce runs. A bucket's readiness is published
+// to the peers (one flag store); each update op waits for its bucket on every rank and then reads
+// all replicas' gradients straight from their fusion buffers, averaging them as it updates
+// (RunOptions::update_grads), in rank order with the allreduce's arithmetic, so every replica
+// computes the same bits. Before a step writes its gradients, every peer must have finished
+// reading the last step's (a second flag). Per rank this moves L gradient copies through the
+// cache instead of the shm allreduce's ~3 plus the update's 1, and needs no communication thread:
+// with L <= 4 it is less memory traffic, and with ranks that fill every core it takes no
+// scheduling luck (the allreduce needs both ranks' communication threads on a core at once).
+// The gradient buffers then hold this rank's own gradients, not their average.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -31,7 +42,15 @@ struct ReducerOptions {
   double first_bucket_mb = 1;  // the first bucket (last layers) is small so it starts early
   Timeline* timeline = nullptr;
   CompressSpec compress;       // none: each bucket is one allreduce on the communication thread
+  // Fused update (see the top of this file). Auto: where the communicator has a PeerWindow, the
+  // session is on the CPU, nothing is compressed, every bucket is consumed by update ops that read
+  // the raw gradient, and there are at most kFuseMaxRanks ranks. On: the same conditions, an error
+  // naming the one that fails. Off: always allreduce.
+  enum class Fuse : uint8_t { Auto, On, Off } fuse = Fuse::Auto;
 };
+constexpr int kFuseMaxRanks = 4;
+const char* fuse_name(ReducerOptions::Fuse f);
+ReducerOptions::Fuse parse_fuse(const std::string& s);  // auto|on|off, else rf::Error
 
 class Reducer {
  public:
@@ -56,6 +75,7 @@ class Reducer {
   RunOptions& run_options() { return run_options_; }
 
   const std::vector<Bucket>& buckets() const { return buckets_; }
+  bool fused() const { return peers_ != nullptr; }
   // Bytes of gradient this rank hands to the allreduce per step (before any compression).
   size_t bytes_per_step() const;
   // Bytes this rank sent in the last completed step, as a bandwidth-optimal ring sends them
@@ -75,6 +95,9 @@ class Reducer {
   void backward_done();
   void wait_bucket(size_t b);
   void hook_loop();
+  // Fused update: why it cannot run here (empty: it can), and its set-up.
+  std::string fuse_blocker(const Graph& g, const std::vector<int>& vars, const std::vector<Value>& grads) const;
+  void setup_fused(const Graph& g, const std::vector<int>& vars, const std::vector<size_t>& grad_offset);
 
   Communicator& comm_;
   ReducerOptions opts_;
@@ -94,6 +117,14 @@ class Reducer {
   RunOptions run_options_;
   StepTimes current_, last_;
   std::vector<size_t> bytes_sent_;  // per bucket, its last reduction
+
+  // Fused update: the peers' window, each update node's gradient on every rank (rank order), the
+  // flag value each bucket's readiness was published as this step, and the update nodes left.
+  enum PeerFlag { kReady = 0, kConsumed = 1 };
+  PeerWindow* peers_ = nullptr;
+  std::vector<std::vector<const void*>> sources_;  // by node id; empty for non-update nodes
+  std::vector<uint64_t> ready_at_;
+  int updates_per_step_ = 0, updates_left_in_step_ = 0;
 
   // Compression: the hook thread and its queue of (bucket, step).
   std::vector<std::unique_ptr<BucketCompressor>> compressors_;

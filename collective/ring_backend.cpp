@@ -51,6 +51,7 @@ class RingCommunicator final : public HostCommunicator {
     if (size_ == 1) return "ring";
     return mode_ == Mode::P2P ? "ring(p2p)" : mode_ == Mode::Shm ? "ring(shm)" : "ring(hier)";
   }
+  PeerWindow* peer_window() override { return mode_ == Mode::Shm ? shm_.get() : nullptr; }
 
  protected:
   void* shm_alloc(size_t bytes) override {

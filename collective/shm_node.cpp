@@ -20,12 +20,16 @@ struct ShmNode::Counters {
   alignas(128) uint64_t red;
   alignas(128) uint64_t out;
   alignas(128) uint64_t done;
+  struct alignas(128) Flag {
+    uint64_t v;
+  } flag[PeerWindow::kFlags];  // PeerWindow's
 };
+
 
 namespace {
 constexpr size_t kCtrlBytes = 4096;  // counters, then the staging slots page-aligned
 
-inline void publish(uint64_t* at, uint64_t v) { __atomic_store_n(at, v, __ATOMIC_RELEASE); }
+inline void release_store(uint64_t* at, uint64_t v) { __atomic_store_n(at, v, __ATOMIC_RELEASE); }
 inline uint64_t peek(const uint64_t* at) { return __atomic_load_n(at, __ATOMIC_ACQUIRE); }
 }  // namespace
 
@@ -82,7 +86,9 @@ ShmNode::~ShmNode() {
   if (ctrl_win_ != MPI_WIN_NULL) MPI_Win_free(&ctrl_win_);
 }
 
-ShmNode::Counters& ShmNode::ctr(int q) const { return *reinterpret_cast<Counters*>(ctrl_[q]); }
+ShmNode::Counters& ShmNode::ctr(int q) const {
+  static_assert(sizeof(Counters) <= kCtrlBytes, "the counters must fit in front of the staging slots");
+  return *reinterpret_cast<Counters*>(ctrl_[q]); }
 
 char* ShmNode::slot(int q, uint64_t j) const {
   return ctrl_[q] + kCtrlBytes + (j % kSlots) * static_cast<size_t>(L_) * block_bytes_;
@@ -105,7 +111,7 @@ uint64_t ShmNode::begin(const Task& t) {
 
 void ShmNode::end(uint64_t c, uint64_t blocks) {
   base_ += blocks;
-  publish(&ctr(p_).done, c);
+  release_store(&ctr(p_).done, c);
 }
 
 void ShmNode::reduce(const Task& t, const Reduce& r) {
@@ -138,7 +144,7 @@ void ShmNode::reduce(const Task& t, const Reduce& r) {
       for (int s = 0; s < L_; ++s)
         if (s != p_ && blen(s, j)) std::memcpy(sl + static_cast<size_t>(s) * block_bytes_, r.in + at(s, j), blen(s, j) * es);
     }
-    publish(&me.in, g + 1);
+    release_store(&me.in, g + 1);
   };
   // Reduce block j of this rank's slice from everyone's staged (or in-window) data.
   auto reduce_block = [&](uint64_t j) {
@@ -158,7 +164,7 @@ void ShmNode::reduce(const Task& t, const Reduce& r) {
       char* dst2 = !shm && r.own_out && others_copy ? result : nullptr;
       reduce_into(dst, dst2, srcs.data(), L_, n, r.dtype, r.op, r.avg_div);
     }
-    publish(&me.red, g + 1);
+    release_store(&me.red, g + 1);
   };
   // Copy block j of every other slice, as its owner reduced it, into the output.
   auto copy_out = [&](uint64_t j) {
@@ -172,7 +178,7 @@ void ShmNode::reduce(const Task& t, const Reduce& r) {
           std::memcpy(r.out + at(s, j), from, n * es);
         }
       }
-    publish(&me.out, g + 1);
+    release_store(&me.out, g + 1);
   };
   // Skewed so that the other ranks' staging of block j+1 and reduction of block j-1 are
   // usually done by the time this rank needs them.
@@ -246,11 +252,11 @@ void ShmNode::broadcast(const Task& t, void* buf, size_t count, DType dtype, int
         for (int q = 0; q < L_; ++q)
           if (q != p_) wait(t, q, &Counters::out, g - kSlots + 1);
       std::memcpy(slot(p_, j), b + j * bb, n);
-      publish(&ctr(p_).in, g + 1);
+      release_store(&ctr(p_).in, g + 1);
     } else {
       wait(t, root, &Counters::in, g + 1);
       std::memcpy(b + j * bb, slot(root, j), n);
-      publish(&ctr(p_).out, g + 1);
+      release_store(&ctr(p_).out, g + 1);
     }
   }
   end(c, nb);
@@ -281,13 +287,13 @@ void ShmNode::allgatherv(const Task& t, const void* send, void* recv, const std:
       for (int q = 0; q < L_; ++q)
         if (q != p_) wait(t, q, &Counters::out, g - kSlots + 1);
     if (const size_t n = blen(p_, j)) std::memcpy(slot(p_, j), own + j * bb, n);
-    publish(&ctr(p_).in, g + 1);
+    release_store(&ctr(p_).in, g + 1);
     for (int q = 0; q < L_; ++q) {
       if (q == p_) continue;
       wait(t, q, &Counters::in, g + 1);
       if (const size_t n = blen(q, j)) std::memcpy(out + displ[q] + j * bb, slot(q, j), n);
     }
-    publish(&ctr(p_).out, g + 1);
+    release_store(&ctr(p_).out, g + 1);
   }
   end(c, nb);
 }
@@ -297,6 +303,32 @@ void ShmNode::barrier(const Task& t) {
   end(c, 0);
   for (int q = 0; q < L_; ++q)
     if (q != p_) wait(t, q, &Counters::done, c);
+}
+
+const void* ShmNode::buffer(int world_rank) const {
+  for (int q = 0; q < L_; ++q)
+    if (world_of_[q] == world_rank) return data_[q];
+  RF_CHECK(false, "PeerWindow: rank ", world_rank, " does not share this node's memory");
+  return nullptr;
+}
+
+uint64_t ShmNode::flag(int f) const { return peek(&ctr(p_).flag[f].v); }
+
+void ShmNode::publish(int f, uint64_t value) { release_store(&ctr(p_).flag[f].v, value); }
+
+void ShmNode::wait(int f, uint64_t value, const char* what) {
+  Task t;
+  t.what = what;
+  t.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(owner_.options().timeout_seconds));
+  for (int q = 0; q < L_; ++q) {
+    if (q == p_) continue;
+    const uint64_t* at = &ctr(q).flag[f].v;
+    if (peek(at) >= value) continue;
+    Poller poll(owner_, t);
+    const int who = world_of_[q];
+    while (peek(at) < value) poll.idle([&] { return std::vector<int>{who}; });
+  }
 }
 
 void* ShmNode::data(const Task& t, size_t bytes) {

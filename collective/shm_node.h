@@ -12,7 +12,7 @@
 
 namespace rf::collective {
 
-class ShmNode {
+class ShmNode final : public PeerWindow {
  public:
   // node: the ranks sharing memory; block_bytes: the pipeline block per slice.
   ShmNode(HostCommunicator& owner, MPI_Comm node, size_t block_bytes);
@@ -35,6 +35,13 @@ class ShmNode {
   // kept when it grows).
   void* data(const Task& t, size_t bytes);
   void* data() const { return data_[p_]; }
+
+  // PeerWindow (when the node is the whole job): the data regions and flags beside the
+  // collectives' counters. wait() does not involve the communication thread.
+  const void* buffer(int world_rank) const override;
+  uint64_t flag(int f) const override;
+  void publish(int f, uint64_t value) override;
+  void wait(int f, uint64_t value, const char* what) override;
 
  private:
   struct Counters;  // one rank's progress counters, each on its own cache lines

@@ -3,6 +3,7 @@
 // preconditions that the caller cannot (label ranges, broadcast compatibility) and throws
 // std::invalid_argument with a clear message.
 #pragma once
+#include <type_traits>
 #include <cstdint>
 
 #include "kernels/common.h"
@@ -79,16 +80,31 @@ template <class T> void fill_normal(T* y, i64 n, double mean, double stddev, uin
 template <class T> void fill_constant(T* y, i64 n, double value);
 
 // ---- optimizer updates (optim_cpu.cpp), PyTorch's semantics ----
+// The gradient an update reads: one buffer, or the mean of `count` buffers, formed element by
+// element as ((g0 + g1) + ... + g_{count-1}) / count in T: the arithmetic of an Avg allreduce, so
+// an update that averages the replicas' gradients itself (the Reducer's fused update, reading
+// them in place from shared memory) is bit-identical to allreduce-then-update.
+// (The parameters are std::type_identity_t<GradIn<T>> so that T comes from w and a plain
+// pointer converts.)
+template <class T> struct GradIn {
+  GradIn(const T* g) : one(g) {}  // one buffer
+  GradIn(const T* const* srcs, int n) : many(srcs), count(n) {}
+  const T* src(int k) const { return many ? many[k] : one; }
+  const T* one = nullptr;
+  const T* const* many = nullptr;
+  int count = 1;
+};
+template <class T> using GradArg = std::type_identity_t<GradIn<T>>;
 // SGD: g' = g + wd*w; w -= lr*g'.
-template <class T> void sgd_update(T* w, const T* g, i64 n, double lr, double wd);
+template <class T> void sgd_update(T* w, GradArg<T> g, i64 n, double lr, double wd);
 // Momentum: g' = g + wd*w; v = mu*v + g'; w -= lr * (nesterov ? g' + mu*v : v).
 template <class T>
-void momentum_update(T* w, T* v, const T* g, i64 n, double lr, double mu, double wd, bool nesterov);
+void momentum_update(T* w, T* v, GradArg<T> g, i64 n, double lr, double mu, double wd, bool nesterov);
 // Adam (decoupled=false: g' = g + wd*w) / AdamW (decoupled=true: w *= 1 - lr*wd first);
 // m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2; w -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps).
 // t is the 1-based step.
 template <class T>
-void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, double b2, double eps,
+void adam_update(T* w, T* m, T* v, GradArg<T> g, i64 n, double lr, double b1, double b2, double eps,
                  double wd, bool decoupled, i64 t);
 
 // ---- casts (cast_cpu.cpp); 16-bit floats as raw bits ----

@@ -104,33 +104,63 @@ void adam_loop(T* w, T* m, T* v, const T* g, i64 b, i64 e, const AdamScalars<T>&
   }
 }
 
+// Runs body(w_offset, gradient, length) over [b, e): one source is passed through; several are
+// averaged tile by tile (L1-sized) in source order, ((g0 + g1) + ...) / count, as the collectives'
+// Avg does, and the update loop then reads the tile.
+template <class T, class Body>
+void with_grad(GradIn<T> g, i64 b, i64 e, Body&& body) {
+  if (g.count == 1) return body(b, g.src(0) + b, e - b);
+  constexpr i64 kTile = 1024;
+  T tile[kTile];
+  const T div = static_cast<T>(g.count);
+  for (i64 i0 = b; i0 < e; i0 += kTile) {
+    const i64 len = std::min(kTile, e - i0);
+    const T* s0 = g.src(0) + i0;
+    const T* s1 = g.src(1) + i0;
+    RF_IVDEP
+    for (i64 j = 0; j < len; ++j) tile[j] = s0[j] + s1[j];
+    for (int k = 2; k < g.count; ++k) {
+      const T* sk = g.src(k) + i0;
+      RF_IVDEP
+      for (i64 j = 0; j < len; ++j) tile[j] += sk[j];
+    }
+    RF_IVDEP
+    for (i64 j = 0; j < len; ++j) tile[j] /= div;
+    body(i0, tile, len);
+  }
+}
+
 }  // namespace
 
 template <class T>
-void sgd_update(T* w, const T* g, i64 n, double lr, double wd) {
+void sgd_update(T* w, GradArg<T> g, i64 n, double lr, double wd) {
   const T nlr = static_cast<T>(-lr), wdt = static_cast<T>(wd);
   parallel_range(n, kGrain, [&](i64 b, i64 e) {
-    if (wd != 0) sgd_loop<true>(w, g, b, e, nlr, wdt);
-    else sgd_loop<false>(w, g, b, e, nlr, wdt);
+    with_grad(g, b, e, [&](i64 o, const T* gt, i64 len) {
+      if (wd != 0) sgd_loop<true>(w + o, gt, 0, len, nlr, wdt);
+      else sgd_loop<false>(w + o, gt, 0, len, nlr, wdt);
+    });
   });
 }
 
 template <class T>
-void momentum_update(T* w, T* v, const T* g, i64 n, double lr, double mu, double wd, bool nesterov) {
+void momentum_update(T* w, T* v, GradArg<T> g, i64 n, double lr, double mu, double wd, bool nesterov) {
   const T nlr = static_cast<T>(-lr), mut = static_cast<T>(mu), wdt = static_cast<T>(wd);
   parallel_range(n, kGrain, [&](i64 b, i64 e) {
-    if (wd != 0) {
-      if (nesterov) momentum_loop<true, true>(w, v, g, b, e, nlr, mut, wdt);
-      else momentum_loop<true, false>(w, v, g, b, e, nlr, mut, wdt);
-    } else {
-      if (nesterov) momentum_loop<false, true>(w, v, g, b, e, nlr, mut, wdt);
-      else momentum_loop<false, false>(w, v, g, b, e, nlr, mut, wdt);
-    }
+    with_grad(g, b, e, [&](i64 o, const T* gt, i64 len) {
+      if (wd != 0) {
+        if (nesterov) momentum_loop<true, true>(w + o, v + o, gt, 0, len, nlr, mut, wdt);
+        else momentum_loop<true, false>(w + o, v + o, gt, 0, len, nlr, mut, wdt);
+      } else {
+        if (nesterov) momentum_loop<false, true>(w + o, v + o, gt, 0, len, nlr, mut, wdt);
+        else momentum_loop<false, false>(w + o, v + o, gt, 0, len, nlr, mut, wdt);
+      }
+    });
   });
 }
 
 template <class T>
-void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, double b2, double eps,
+void adam_update(T* w, T* m, T* v, GradArg<T> g, i64 n, double lr, double b1, double b2, double eps,
                  double wd, bool decoupled, i64 t) {
   if (t < 1) throw std::invalid_argument("adam_update: step t must be >= 1, got " + std::to_string(t));
   // The scalars as torch.optim.Adam's single-tensor path forms them: in double, then used in T.
@@ -143,24 +173,26 @@ void adam_update(T* w, T* m, T* v, const T* g, i64 n, double lr, double b1, doub
   const int decay = wd == 0 ? 0 : decoupled ? 2 : 1;
   const bool low = lw < 0.5;
   parallel_range(n, kGrain, [&](i64 b, i64 e) {
-    switch (decay * 2 + (low ? 1 : 0)) {
-      case 0: adam_loop<0, false>(w, m, v, g, b, e, s); break;
-      case 1: adam_loop<0, true>(w, m, v, g, b, e, s); break;
-      case 2: adam_loop<1, false>(w, m, v, g, b, e, s); break;
-      case 3: adam_loop<1, true>(w, m, v, g, b, e, s); break;
-      case 4: adam_loop<2, false>(w, m, v, g, b, e, s); break;
-      default: adam_loop<2, true>(w, m, v, g, b, e, s); break;
-    }
+    with_grad(g, b, e, [&](i64 o, const T* gt, i64 len) {
+      switch (decay * 2 + (low ? 1 : 0)) {
+        case 0: adam_loop<0, false>(w + o, m + o, v + o, gt, 0, len, s); break;
+        case 1: adam_loop<0, true>(w + o, m + o, v + o, gt, 0, len, s); break;
+        case 2: adam_loop<1, false>(w + o, m + o, v + o, gt, 0, len, s); break;
+        case 3: adam_loop<1, true>(w + o, m + o, v + o, gt, 0, len, s); break;
+        case 4: adam_loop<2, false>(w + o, m + o, v + o, gt, 0, len, s); break;
+        default: adam_loop<2, true>(w + o, m + o, v + o, gt, 0, len, s); break;
+      }
+    });
   });
 }
 
-template void sgd_update<float>(float*, const float*, i64, double, double);
-template void sgd_update<double>(double*, const double*, i64, double, double);
-template void momentum_update<float>(float*, float*, const float*, i64, double, double, double, bool);
-template void momentum_update<double>(double*, double*, const double*, i64, double, double, double, bool);
-template void adam_update<float>(float*, float*, float*, const float*, i64, double, double, double, double, double,
+template void sgd_update<float>(float*, GradArg<float>, i64, double, double);
+template void sgd_update<double>(double*, GradArg<double>, i64, double, double);
+template void momentum_update<float>(float*, float*, GradArg<float>, i64, double, double, double, bool);
+template void momentum_update<double>(double*, double*, GradArg<double>, i64, double, double, double, bool);
+template void adam_update<float>(float*, float*, float*, GradArg<float>, i64, double, double, double, double, double,
                                  bool, i64);
-template void adam_update<double>(double*, double*, double*, const double*, i64, double, double, double, double,
+template void adam_update<double>(double*, double*, double*, GradArg<double>, i64, double, double, double, double,
                                   double, bool, i64);
 
 }  // namespace rf::kernels::cpu

@@ -62,6 +62,11 @@ int main(int argc, char** argv) {
   tr->add_option("--compress-momentum", c.compress_momentum,
                  "topk: momentum correction factor (Deep Gradient Compression; use with --optimizer sgd)")
       ->capture_default_str();
+  tr->add_option("--fuse-update", c.fuse_update,
+                 "one node, ring collective: each update averages every rank's gradient straight from shared "
+                 "memory instead of an allreduce (auto: where possible with at most 4 ranks)")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
   tr->add_flag("--cuda-graph", c.cuda_graph,
                "CUDA, one replica: capture a training step as a CUDA graph after two warm-up steps and replay it");
 

@@ -44,6 +44,7 @@ void validate(const TrainConfig& c) {
   RF_CHECK(c.threads >= 0, "--threads must be >= 0, got ", c.threads);
   RF_CHECK(c.eval_batch > 0, "--eval-batch must be positive, got ", c.eval_batch);
   RF_CHECK(c.metrics_every > 0, "--metrics-every must be positive, got ", c.metrics_every);
+  collective::parse_fuse(c.fuse_update);  // throws on anything but auto|on|off
   RF_CHECK(c.weight_decay >= 0, "--weight-decay must be >= 0, got ", c.weight_decay);
   RF_CHECK(c.bucket_mb > 0, "--bucket-mb must be positive, got ", c.bucket_mb);
   RF_CHECK(c.check_every >= 0, "--check-every must be >= 0, got ", c.check_every);
@@ -316,6 +317,7 @@ nlohmann::json train(const TrainConfig& c) {
     ro.first_bucket_mb = std::min(1.0, c.bucket_mb);
     ro.timeline = timeline.get();
     ro.compress = compress;
+    ro.fuse = collective::parse_fuse(c.fuse_update);
     reducer = std::make_unique<collective::Reducer>(grad_comm, sess, t.vars, t.grads, ro);
     step_options = &reducer->run_options();
   } else if (timeline) {
@@ -452,6 +454,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["device"] = device.str();
   s["world_size"] = world;
   s["collective"] = world > 1 ? grad_comm.name() : "none";
+  s["fused_update"] = reducer && reducer->fused();
   s["threads"] = threads;
   s["dtype"] = c.dtype;
   s["optimizer"] = c.optimizer;

@@ -42,6 +42,7 @@ struct TrainConfig {
   int64_t compress_warmup = 0;      // powersgd/topk: plain allreduce steps first
   double compress_momentum = 0;     // topk: DGC momentum correction factor (0: off)
   bool cuda_graph = false;          // replay each training step as a captured CUDA graph
+  std::string fuse_update = "auto"; // auto | on | off: updates average the peers' gradients in place (one node)
 };
 
 // Validates the configuration (throws rf::Error with a one-line message on bad input), trains

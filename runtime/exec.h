@@ -4,6 +4,7 @@
 // itself; their rows here are never reached.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "runtime/graph.h"
 
@@ -13,6 +14,9 @@ struct ExecContext {
   Device device;
   Stream stream;
   uint64_t run_index = 0;  // how many times this plan has run: the Dropout counter
+  // Apply* nodes only, when set (RunOptions::update_grads): the update reads its gradient as
+  // the mean of these buffers (each of the gradient's shape and dtype) instead of its input.
+  const std::vector<const void*>* grad_sources = nullptr;
 };
 
 // in[i] is the tensor bound to node.inputs[i], out[j] to output j. For Apply* ops in[0] (and

@@ -340,17 +340,21 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       const double* hyper = in[n.inputs.size() - 1]->data<double>();
       const double lr = hyper[0];
       const i64 step = i64(hyper[1]);
+      const int gi = int(n.inputs.size()) - 2;  // the gradient: the input before the hyper-parameters
       with_float(n, in[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         const i64 cnt = in[0]->numel();
+        const std::vector<const void*>* src = ctx.grad_sources;
+        const kc::GradIn<T> g = src ? kc::GradIn<T>(reinterpret_cast<const T* const*>(src->data()), int(src->size()))
+                                    : kc::GradIn<T>(in[gi]->data<T>());
         if (n.op == Op::ApplySGD)
-          kc::sgd_update<T>(in[0]->data<T>(), in[1]->data<T>(), cnt, lr, a.weight_decay);
+          kc::sgd_update<T>(in[0]->data<T>(), g, cnt, lr, a.weight_decay);
         else if (n.op == Op::ApplyMomentum)
-          kc::momentum_update<T>(in[0]->data<T>(), in[1]->data<T>(), in[2]->data<T>(), cnt, lr, a.momentum,
-                                 a.weight_decay, a.nesterov);
+          kc::momentum_update<T>(in[0]->data<T>(), in[1]->data<T>(), g, cnt, lr, a.momentum, a.weight_decay,
+                                 a.nesterov);
         else
-          kc::adam_update<T>(in[0]->data<T>(), in[1]->data<T>(), in[2]->data<T>(), in[3]->data<T>(), cnt, lr,
-                             a.beta1, a.beta2, a.eps, a.weight_decay, a.decoupled, step);
+          kc::adam_update<T>(in[0]->data<T>(), in[1]->data<T>(), in[2]->data<T>(), g, cnt, lr, a.beta1, a.beta2,
+                             a.eps, a.weight_decay, a.decoupled, step);
       });
       return;
     }

@@ -378,6 +378,9 @@ const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const
 }
 
 void Session::execute(Plan& plan, const RunOptions* options) {
+  RF_CHECK(!(options && options->update_grads) || device_.is_cpu(),
+           "RunOptions::update_grads (averaging gradients inside the update) runs on CPU sessions only, not on ",
+           device_.str());
   ExecContext ctx{device_, stream_, plan.runs++};
   if (options && options->prologue) options->prologue(stream_.handle);
 #if RINGFLOW_CUDA
@@ -405,6 +408,8 @@ void Session::execute(Plan& plan, const RunOptions* options) {
     }
 #endif
     if (si >= plan.first_update && options && options->before_update) options->before_update(st.node->id);
+    ctx.grad_sources = si >= plan.first_update && options && options->update_grads
+                           ? options->update_grads(st.node->id) : nullptr;
     switch (st.kind) {
       case PlanStep::Kind::Feed:
       case PlanStep::Kind::Const:

@@ -23,6 +23,11 @@ struct RunOptions {
   // Called before each update (Apply*) node runs, with its id: the Reducer waits there for
   // the one bucket holding that Variable's gradient, so updates overlap later allreduces.
   std::function<void(int node)> before_update;
+  // CPU sessions: called for each update (Apply*) node after before_update; a non-null result
+  // makes the update read its gradient as the mean of those buffers (in that order) instead of
+  // its gradient input. The Reducer's fused update passes every replica's gradient, read in
+  // place from the shared-memory window, so no allreduce runs at all.
+  std::function<const std::vector<const void*>*(int node)> update_grads;
   // Records each kernel node's span (lane 0) when set.
   Timeline* timeline = nullptr;
   // Device work queued on the plan's stream (the cudaStream_t; null on the CPU) before the first
