@@ -63,6 +63,7 @@ struct WorkState {
   virtual ~WorkState() = default;
   virtual void wait() = 0;  // blocks; throws rf::Error when the collective failed
   virtual bool test() = 0;  // never blocks
+  virtual void wait_device() { wait(); }  // see Work::wait_device
 };
 }  // namespace detail
 
@@ -76,6 +77,11 @@ class Work {
     if (state_) state_->wait();
   }
   bool test() { return !state_ || state_->test(); }  // then wait() returns (or throws) at once
+  // Device backends (nccl): the device's compute stream waits for the collective (an event), the
+  // host does not, so kernels queued after this call see the result. Host backends: wait().
+  void wait_device() {
+    if (state_) state_->wait_device();
+  }
 
  private:
   std::shared_ptr<detail::WorkState> state_;

@@ -78,11 +78,10 @@ using cuda::DeviceGuard;
 struct NcclWork final : detail::WorkState {
   NcclWork(Event e, Stream compute) : done(std::move(e)), compute(compute) {}
   void wait() override {
-    done.wait(compute);  // later compute-stream work (which may reuse the buffers) comes after
-    // Work::wait is documented as blocking until the collective is done, so the host waits too.
-    // TODO P4: a stream-only wait (no host synchronisation) for the GPU Reducer.
-    done.synchronize();
+    wait_device();  // later compute-stream work (which may reuse the buffers) comes after
+    done.synchronize();  // and Work::wait blocks the host until the collective is done
   }
+  void wait_device() override { done.wait(compute); }
   bool test() override { return done.done(); }
 
   Event done;

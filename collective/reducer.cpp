@@ -287,8 +287,10 @@ void Reducer::wait_bucket(size_t b) {
     std::unique_lock<std::mutex> lk(mu_);
     cv_.wait(lk, [&] { return hook_done_[b] != 0; });
     if (!hook_error_.empty()) throw Error(hook_error_);
-  } else {
+  } else if (in_shm_) {
     work_[b].wait();
+  } else {
+    work_[b].wait_device();  // device buckets: the update kernels wait on the stream, the host goes on
   }
   waited_[b] = 1;
   if (opts_.timeline)

@@ -302,6 +302,26 @@ TEST_F(Nccl, OrderedAfterComputeStream) {
   }
 }
 
+// Work::wait_device queues the wait on the compute stream without blocking the host: a copy
+// queued on the compute stream right after it (copy_bytes runs there) sees the finished result of
+// a collective large enough to still be running when the host moves on.
+TEST_F(Nccl, WaitDeviceOrdersTheComputeStream) {
+  const size_t count = size_t(64) << 20;  // 256 MiB of f32
+  const DType t = DType::F32;
+  DevBuf a(count, t), b(count, t);
+  fill(a.h(), t, count, [&](size_t i) { return value(r, n, i); });
+  a.push();
+  for (int rep = 0; rep < 3; ++rep) {
+    cuda::memset_zero(b.dat(), b.dev.index, count * sizeof(float));
+    Work w = c->allreduce_async(a.dat(), b.dat(), count, t, ReduceOp::Sum);
+    w.wait_device();
+    EXPECT_EQ(check(b.pull(), t, count, [&](size_t i) { return expected(ReduceOp::Sum, n, i); },
+                    "allreduce read on the compute stream after wait_device"),
+              0u);
+    EXPECT_TRUE(w.test());  // the pull synchronised the compute stream, which waited for the event
+  }
+}
+
 // shm_buffer is private device memory here: written, reduced in place, grown.
 TEST_F(Nccl, ShmBuffer) {
   const Device dev = device();
