@@ -159,6 +159,31 @@ template <class T> __global__ void reduce_block_kernel(const T* x, T* y, ReduceP
   }
 }
 
+// Few outputs whose reduced elements are rows: reduced axes [rows (any stride), cols (stride 1)],
+// e.g. a convolution's bias gradient [N, C, H*W] -> [C]. As reduce_block_kernel, but the block
+// walks each row with coalesced loads and no index arithmetic (reduce_offset's 64-bit divisions
+// per element cost more than the loads).
+template <class T> __global__ void reduce_rows_kernel(const T* x, T* y, ReducePlan p, i64 rows, i64 row_stride,
+                                                      i64 cols, double scale) {
+  __shared__ double partial[kBlock];
+  for (i64 o = blockIdx.x; o < p.n_out; o += gridDim.x) {
+    const T* base = x + reduce_base(o, p);
+    double acc = 0;
+    for (i64 a = 0; a < rows; ++a) {
+      const T* row = base + a * row_stride;
+      for (i64 b = threadIdx.x; b < cols; b += blockDim.x) acc += double(row[b]);
+    }
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = kBlock / 2; s > 0; s >>= 1) {
+      if (int(threadIdx.x) < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) y[o] = T(partial[0] * scale);
+    __syncthreads();  // partial[] is reused by the next output
+  }
+}
+
 // ---- optimizers ----
 // The same arithmetic, in the same order, as kernels/optim_cpu.cpp (PyTorch's single-tensor
 // path): scalars formed in double on the host, the update in T. Weight decay is skipped, not
@@ -311,7 +336,13 @@ void reduce_sum(const T* x, const Shape& xs, T* y, const Shape& ys, double scale
   }
   // A block per output pays off when the reduction is long and there are too few outputs to
   // fill the GPU with one thread each.
-  if (p.n_red >= 64 && p.n_out < 32768) {
+  const bool contiguous_rows = p.red_rank >= 1 && p.red_rank <= 2 && p.red_stride[p.red_rank - 1] == 1 &&
+                              p.red_dims[p.red_rank - 1] >= kBlock / 2;
+  if (p.n_red >= 64 && p.n_out < 32768 && contiguous_rows) {
+    const i64 rows = p.red_rank == 2 ? p.red_dims[0] : 1, row_stride = p.red_rank == 2 ? p.red_stride[0] : 0;
+    reduce_rows_kernel<T><<<unsigned(std::min<i64>(p.n_out, kMaxGrid)), kBlock, 0, stream>>>(
+        x, y, p, rows, row_stride, p.red_dims[p.red_rank - 1], scale);
+  } else if (p.n_red >= 64 && p.n_out < 32768) {
     reduce_block_kernel<T><<<unsigned(std::min<i64>(p.n_out, kMaxGrid)), kBlock, 0, stream>>>(x, y, p, scale);
   } else {
     reduce_thread_kernel<T><<<grid_for(p.n_out), kBlock, 0, stream>>>(x, y, p, scale);

@@ -141,7 +141,8 @@ TEST(CudaKernels, ReduceSum) {
   struct Case {
     Shape x, y;
   };
-  // Both kernels: block per output (long reductions, few outputs) and thread per output.
+  // All three kernels: a block per output (long reductions, few outputs; contiguous rows or any
+  // layout) and a thread per output.
   const Case cases[] = {
       {{7, 9, 11}, {1, 9, 1}},   {{7, 9, 11}, {7, 1, 11}},   {{7, 9, 11}, {1, 1, 1}},
       {{1000, 3}, {1, 3}},       {{3, 100000}, {3, 1}},      {{40000, 2}, {40000, 1}},
@@ -181,7 +182,7 @@ TEST(CudaKernels, BiasAddAndGrad) {
   struct Case {
     i64 outer, C, inner;
   };
-  for (const Case& c : {Case{8, 16, 49}, Case{256, 10, 1}, Case{3, 5, 1000}}) {
+  for (const Case& c : {Case{8, 16, 49}, Case{256, 10, 1}, Case{3, 5, 1000}, Case{64, 32, 196}}) {
     const i64 n = c.outer * c.C * c.inner;
     const auto x = random_vec(n, 0.f, 1.f, 70), b = random_vec(c.C, -1.f, 1.f, 71);  // x >= 0: see ReduceSum
     std::vector<float> want(static_cast<size_t>(n)), want_db(static_cast<size_t>(c.C));
