@@ -396,8 +396,10 @@ void Session::execute(Plan& plan, const RunOptions* options) {
       for (size_t g = 0; g < fu.groups(); ++g) {
         if (options && options->before_update)
           for (int id : fu.nodes(g)) options->before_update(id);
+        if (options && options->timeline) stream_.synchronize();  // a blocking profile, as below
         const int64_t t0 = options && options->timeline ? options->timeline->now_us() : 0;
         fu.launch(g, ctx);
+        if (options && options->timeline) stream_.synchronize();
         if (options && options->timeline)
           options->timeline->span(graph_.node(fu.nodes(g)[0]).name, "FusedUpdate", 0, t0,
                                   options->timeline->now_us());
@@ -435,14 +437,20 @@ void Session::execute(Plan& plan, const RunOptions* options) {
         break;
       }
       case PlanStep::Kind::Kernel: {
-        const int64_t t0 = options && options->timeline ? options->timeline->now_us() : 0;
+        // On a CUDA device a traced run waits for each op, so its span is the op's device time
+        // (a blocking profile: slower than an untraced step, and no overlap between ops).
+        const bool traced = options && options->timeline;
+        if (traced && device_.is_cuda()) stream_.synchronize();
+        const int64_t t0 = traced ? options->timeline->now_us() : 0;
 #if RINGFLOW_CUDA
         if (device_.is_cuda()) exec_cuda(*st.node, st.in, st.out, ctx);
         else
 #endif
           exec_cpu(*st.node, st.in, st.out, ctx);
-        if (options && options->timeline)
+        if (traced) {
+          if (device_.is_cuda()) stream_.synchronize();
           options->timeline->span(st.node->name, op_name(st.node->op), 0, t0, options->timeline->now_us());
+        }
         break;
       }
     }

@@ -11,7 +11,7 @@
 #   --data-dir DIR   Fashion-MNIST IDX files (default: the first of ./data/fashion-mnist,
 #                    /usr/share/datasets/fashion-mnist that exists; none: synthetic data)
 #   --budget S       seconds for everything (default 540, under the device tool's 600 s per command)
-#   --only/--skip    stages by name: build tests diff sanitize bench
+#   --only/--skip    stages by name: build tests diff sanitize bench profile
 #   --build-dir DIR  (default build);  --deps-dir DIR  carried .deb files (default data/debs)
 # Stages (each time-boxed; a failing stage does not stop the later ones; the report is printed
 # and written at the end whatever happens, and after every stage):
@@ -29,6 +29,9 @@
 #             MLP and CNN on synthetic data: clean or the error count
 #   bench     bench/gpu_vs_torch.sh: ringflow (and --cuda-graph, when `ringflow train --help` lists
 #             it) vs PyTorch eager and torch.compile, batch 64 and 512, medians of 3 runs
+#   profile   where a CNN step at batch 512 spends its device time: 30 steps with --timeline (a
+#             blocking profile on the GPU), steps 11-30 summed per op type; the top ones in the
+#             report (PASS when the run and the trace are there: it measures, it does not judge)
 # Output: a table on stdout; report.txt, report.json and logs.tar.gz in $OUT when it is set,
 # else in BUILD/gpu_check/ (where the logs of every stage stay). Exit status: 0 when no stage
 # failed; 1 when one did; 3 without a CUDA device (one "no CUDA device: ..." line; no --dry-run).
@@ -42,12 +45,12 @@
 #   Without data/debs the build needs OpenBLAS, GoogleTest, CLI11 and nlohmann-json installed there;
 #   without data/fashion-mnist the loss comparison and the benchmark use synthetic data.
 # Expected time on an H100/H200: about 6-9 minutes in all (build ~1.5-3, tests <1, diff ~1,
-# sanitize ~1.5-2, bench ~3); the budget keeps it under 9 minutes, plus the machine's start.
+# sanitize ~1.5-2, bench ~3, profile <1); the budget keeps it under 9 minutes, plus the machine's start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SELF="$ROOT/scripts/gpu_check.sh"
-ALL_STAGES=(build tests diff sanitize bench)
+ALL_STAGES=(build tests diff sanitize bench profile)
 
 log() { echo "[gpu_check] $*" >&2; }
 now() { date +%s; }
@@ -514,6 +517,48 @@ json.dump({"status": "PASS" if rc == 0 and rows else "FAIL", "summary": summary,
 EOF
 }
 
+stage_profile() {
+  [[ -x "$GC_BUILD/ringflow" ]] || { result FAIL "$GC_BUILD/ringflow not built"; return; }
+  local data=(--data synthetic) dev=(--device cuda:0) batch=512 rc=0
+  [[ -n "$GC_DATA_DIR" ]] && data=(--data fashion-mnist --data-dir "$GC_DATA_DIR")
+  ((GC_DRY)) && { dev=(--device cpu --threads 1); batch=64; }
+  train_run profile "$(($(left) - 5))" --model cnn "${data[@]}" "${dev[@]}" --batch "$batch" --max-steps 30 \
+    --epochs 1000 --quiet --timeline "$GC_WORK/profile_trace.json" || rc=$?
+  python3 - "$GC_WORK/profile_trace.json" "$rc" "$batch" "$GC_WORK/profile.result.json" <<'EOF'
+import collections, json, sys
+path, rc, batch, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+try:
+    ev = json.load(open(path))
+    ev = ev["traceEvents"] if isinstance(ev, dict) else ev
+except (OSError, ValueError) as e:
+    json.dump({"status": "FAIL", "summary": f"ringflow exit {rc}, no trace ({e})"}, open(out, "w"))
+    sys.exit(0)
+ops = sorted((e for e in ev if e.get("ph") == "X" and e.get("pid") == 0 and e.get("tid") == 0), key=lambda e: e["ts"])
+first = ops[0]["name"] if ops else None
+steps, cur = [], []
+for e in ops:  # a step starts where the first op of the first step comes again
+    if e["name"] == first and cur:
+        steps.append(cur)
+        cur = []
+    cur.append(e)
+steps.append(cur)
+steps = steps[10:]
+per = collections.Counter()
+for s in steps:
+    for e in s:
+        per[e.get("cat", e["name"])] += e["dur"]
+total = sum(per.values())
+if not steps or total == 0:
+    json.dump({"status": "FAIL", "summary": f"ringflow exit {rc}, {len(steps)} steps in the trace"}, open(out, "w"))
+    sys.exit(0)
+top = per.most_common(6)
+summary = (f"CNN batch {batch}, {total / len(steps) / 1000:.2f} ms of ops per step: " +
+           ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in top))
+json.dump({"status": "PASS" if rc == 0 else "FAIL", "summary": summary,
+           "per_op_us_per_step": {k: v / len(steps) for k, v in per.most_common()}}, open(out, "w"))
+EOF
+}
+
 if [[ "${1:-}" == --stage ]]; then
   GC_STAGE="$2"
   export GC_STAGE
@@ -658,7 +703,7 @@ for s in "${ALL_STAGES[@]}"; do
   if [[ " $skip " == *" $s "* ]]; then continue; fi
   selected+=("$s")
 done
-declare -A stage_cap=([build]=300 [tests]=90 [diff]=150 [sanitize]=120 [bench]=270)
+declare -A stage_cap=([build]=300 [tests]=90 [diff]=150 [sanitize]=120 [bench]=270 [profile]=60)
 
 nvcc_ver="$(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' | head -n 1 || true)"
 torch_ver="$("${PYTHON:-python3}" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)"
