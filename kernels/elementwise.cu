@@ -140,22 +140,28 @@ template <class T> __global__ void reduce_thread_kernel(const T* x, T* y, Reduce
   }
 }
 
-// Few outputs, long reductions: one block per output, a tree over the block's partial sums
-// (deterministic: the summation order does not depend on scheduling).
+// The block's threads' partial sums, added in a fixed tree (deterministic: the order does not
+// depend on scheduling), scaled and stored by thread 0; partial[] may be reused on return.
+template <class T>
+__device__ __forceinline__ void block_sum_to(double* partial, double acc, T* y, double scale) {
+  partial[threadIdx.x] = acc;
+  __syncthreads();
+  for (int s = kBlock / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *y = T(partial[0] * scale);
+  __syncthreads();
+}
+
+// Few outputs, long reductions: one block per output, its partial sums added as above.
 template <class T> __global__ void reduce_block_kernel(const T* x, T* y, ReducePlan p, double scale) {
   __shared__ double partial[kBlock];
   for (i64 o = blockIdx.x; o < p.n_out; o += gridDim.x) {
     const i64 base = reduce_base(o, p);
     double acc = 0;
     for (i64 r = threadIdx.x; r < p.n_red; r += blockDim.x) acc += double(x[base + reduce_offset(r, p)]);
-    partial[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = kBlock / 2; s > 0; s >>= 1) {
-      if (int(threadIdx.x) < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) y[o] = T(partial[0] * scale);
-    __syncthreads();  // partial[] is reused by the next output
+    block_sum_to(partial, acc, y + o, scale);
   }
 }
 
@@ -173,14 +179,7 @@ template <class T> __global__ void reduce_rows_kernel(const T* x, T* y, ReducePl
       const T* row = base + a * row_stride;
       for (i64 b = threadIdx.x; b < cols; b += blockDim.x) acc += double(row[b]);
     }
-    partial[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = kBlock / 2; s > 0; s >>= 1) {
-      if (int(threadIdx.x) < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) y[o] = T(partial[0] * scale);
-    __syncthreads();  // partial[] is reused by the next output
+    block_sum_to(partial, acc, y + o, scale);
   }
 }
 
