@@ -50,6 +50,24 @@ bool tap(const ConvGeom& g, i64 p, i64 q, i64 r, i64 s, i64& h, i64& w) {
   return h >= 0 && h < g.H && w >= 0 && w < g.W;
 }
 
+// Every (input pixel, filter tap, output pixel) triple of the convolution that falls inside the
+// image: f(x index, w index, y index), flat NCHW / KCRS / NKPQ.
+template <class F>
+void for_each_tap(const ConvGeom& g, F&& f) {
+  for (i64 n = 0; n < g.N; ++n)
+    for (i64 kk = 0; kk < g.K; ++kk)
+      for (i64 p = 0; p < g.P; ++p)
+        for (i64 q = 0; q < g.Q; ++q)
+          for (i64 c = 0; c < g.C; ++c)
+            for (i64 r = 0; r < g.R; ++r)
+              for (i64 s = 0; s < g.S; ++s) {
+                i64 h, w;
+                if (!tap(g, p, q, r, s, h, w)) continue;
+                f(((n * g.C + c) * g.H + h) * g.W + w, ((kk * g.C + c) * g.R + r) * g.S + s,
+                  ((n * g.K + kk) * g.P + p) * g.Q + q);
+              }
+}
+
 // Naive references in double; `mag` gets the sum of |terms| of each output, which scales the
 // tolerance (a float sum of n terms is off by about eps * sqrt(n) * that).
 template <class T>
@@ -57,21 +75,11 @@ void ref_conv(const std::vector<T>& x, const std::vector<T>& wt, std::vector<dou
               const ConvGeom& g) {
   y.assign(g.N * g.K * g.P * g.Q, 0.0);
   mag.assign(y.size(), 0.0);
-  for (i64 n = 0; n < g.N; ++n)
-    for (i64 kk = 0; kk < g.K; ++kk)
-      for (i64 p = 0; p < g.P; ++p)
-        for (i64 q = 0; q < g.Q; ++q)
-          for (i64 c = 0; c < g.C; ++c)
-            for (i64 r = 0; r < g.R; ++r)
-              for (i64 s = 0; s < g.S; ++s) {
-                i64 h, w;
-                if (!tap(g, p, q, r, s, h, w)) continue;
-                const double t = double(x[((n * g.C + c) * g.H + h) * g.W + w]) *
-                                 double(wt[((kk * g.C + c) * g.R + r) * g.S + s]);
-                const i64 o = ((n * g.K + kk) * g.P + p) * g.Q + q;
-                y[o] += t;
-                mag[o] += std::fabs(t);
-              }
+  for_each_tap(g, [&](i64 xi, i64 wi, i64 yi) {
+    const double t = double(x[xi]) * double(wt[wi]);
+    y[yi] += t;
+    mag[yi] += std::fabs(t);
+  });
 }
 
 template <class T>
@@ -79,21 +87,11 @@ void ref_conv_grad_input(const std::vector<T>& dy, const std::vector<T>& wt, std
                          std::vector<double>& mag, const ConvGeom& g) {
   dx.assign(g.N * g.C * g.H * g.W, 0.0);
   mag.assign(dx.size(), 0.0);
-  for (i64 n = 0; n < g.N; ++n)
-    for (i64 kk = 0; kk < g.K; ++kk)
-      for (i64 p = 0; p < g.P; ++p)
-        for (i64 q = 0; q < g.Q; ++q)
-          for (i64 c = 0; c < g.C; ++c)
-            for (i64 r = 0; r < g.R; ++r)
-              for (i64 s = 0; s < g.S; ++s) {
-                i64 h, w;
-                if (!tap(g, p, q, r, s, h, w)) continue;
-                const double t = double(dy[((n * g.K + kk) * g.P + p) * g.Q + q]) *
-                                 double(wt[((kk * g.C + c) * g.R + r) * g.S + s]);
-                const i64 o = ((n * g.C + c) * g.H + h) * g.W + w;
-                dx[o] += t;
-                mag[o] += std::fabs(t);
-              }
+  for_each_tap(g, [&](i64 xi, i64 wi, i64 yi) {
+    const double t = double(dy[yi]) * double(wt[wi]);
+    dx[xi] += t;
+    mag[xi] += std::fabs(t);
+  });
 }
 
 template <class T>
@@ -101,21 +99,11 @@ void ref_conv_grad_filter(const std::vector<T>& x, const std::vector<T>& dy, std
                           std::vector<double>& mag, const ConvGeom& g) {
   dw.assign(g.K * g.C * g.R * g.S, 0.0);
   mag.assign(dw.size(), 0.0);
-  for (i64 n = 0; n < g.N; ++n)
-    for (i64 kk = 0; kk < g.K; ++kk)
-      for (i64 p = 0; p < g.P; ++p)
-        for (i64 q = 0; q < g.Q; ++q)
-          for (i64 c = 0; c < g.C; ++c)
-            for (i64 r = 0; r < g.R; ++r)
-              for (i64 s = 0; s < g.S; ++s) {
-                i64 h, w;
-                if (!tap(g, p, q, r, s, h, w)) continue;
-                const double t = double(x[((n * g.C + c) * g.H + h) * g.W + w]) *
-                                 double(dy[((n * g.K + kk) * g.P + p) * g.Q + q]);
-                const i64 o = ((kk * g.C + c) * g.R + r) * g.S + s;
-                dw[o] += t;
-                mag[o] += std::fabs(t);
-              }
+  for_each_tap(g, [&](i64 xi, i64 wi, i64 yi) {
+    const double t = double(x[xi]) * double(dy[yi]);
+    dw[wi] += t;
+    mag[wi] += std::fabs(t);
+  });
 }
 
 template <class T>
