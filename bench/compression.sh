@@ -20,7 +20,8 @@ cd "$(dirname "$0")/.."
 
 np=2 model=cnn epochs=3 timing_steps=300 timing_runs=3 skip_acc=0 skip_build=0
 compressors="none fp16 bf16 powersgd:4 topk:0.01"
-die() { echo "compression: error: $*" >&2; exit 1; }
+BENCH_NAME=compression
+source bench/lib.sh
 usage() { sed -n '6,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while (($#)); do
   case "$1" in

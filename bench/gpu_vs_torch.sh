@@ -39,9 +39,9 @@ time_limit=0
 compile=1
 rf=build/ringflow
 
-die() { echo "gpu_vs_torch: error: $*" >&2; exit 1; }
+BENCH_NAME=gpu_vs_torch
+source bench/lib.sh
 usage() { sed -n '4,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-is_posint() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 
 while (($#)); do
   case "$1" in

@@ -47,9 +47,9 @@ PYTHON="${PYTHON:-/usr/bin/python3}"
 DATA_DIR="${DATA_DIR:-/usr/share/datasets/fashion-mnist}"
 read -r -a mpirun_extra <<<"${MPIRUN_ARGS:-}"
 
-die() { echo "scaling: error: $*" >&2; exit 1; }
+BENCH_NAME=scaling
+source bench/lib.sh
 usage() { sed -n '4,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-is_posint() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 
 while (($#)); do
   case "$1" in
@@ -103,42 +103,7 @@ trap 'rm -rf "$tmp"' EXIT
 results="$tmp/results.tsv"  # model run ranks impl samples/s
 : >"$results"
 
-# json_field FILE KEY: KEY of the last JSON object line in FILE (fails if there is none).
-json_field() {
-  python3 - "$1" "$2" <<'EOF'
-import json, sys
-obj = None
-for line in open(sys.argv[1]):
-    line = line.strip()
-    if line.startswith("{"):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            pass
-if obj is None or sys.argv[2] not in obj:
-    sys.exit(1)
-print(obj[sys.argv[2]])
-EOF
-}
-
-# run_one NAME OUTFILE CMD...: runs CMD (at most $time_limit s; timeout signals its whole process
-# group), stdout to OUTFILE; on failure prints the output tails and exits.
-run_one() {
-  local name="$1" out="$2"
-  shift 2
-  local rc=0
-  timeout -k 10 "$time_limit" "$@" </dev/null >"$out" 2>"$out.err" || rc=$?
-  if ((rc)); then
-    local why="exit status $rc"
-    ((rc == 124 || rc == 137)) && why="timed out after $time_limit s"
-    echo "scaling: error: $name failed ($why): $*" >&2
-    tail -n 5 "$out" >&2
-    tail -n 20 "$out.err" >&2
-    exit 1
-  fi
-  json_field "$out" samples_per_second >/dev/null ||
-    die "$name printed no JSON line with samples_per_second: $*"$'\n'"$(tail -n 5 "$out")"
-}
+BENCH_TIME_LIMIT="$time_limit"
 
 # measure MODEL RUN N IMPL: one measurement, checked, appended to $results.
 measure() {

@@ -30,9 +30,9 @@ skip_build=0
 PYTHON="${PYTHON:-/usr/bin/python3}"
 DATA_DIR="${DATA_DIR:-/usr/share/datasets/fashion-mnist}"
 
-die() { echo "vs_pytorch: error: $*" >&2; exit 1; }
+BENCH_NAME=vs_pytorch
+source bench/lib.sh
 usage() { sed -n '4,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-is_posint() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 
 while (($#)); do
   case "$1" in
@@ -69,39 +69,6 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-
-# json_field FILE KEY: KEY of the last JSON object line in FILE (fails if there is none).
-json_field() {
-  python3 - "$1" "$2" <<'EOF'
-import json, sys
-obj = None
-for line in open(sys.argv[1]):
-    line = line.strip()
-    if line.startswith("{"):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            pass
-if obj is None or sys.argv[2] not in obj:
-    sys.exit(1)
-print(obj[sys.argv[2]])
-EOF
-}
-
-# run_one NAME OUTFILE CMD...: runs CMD, stdout to OUTFILE; on failure prints the stderr tail and exits.
-run_one() {
-  local name="$1" out="$2"
-  shift 2
-  local rc=0
-  "$@" >"$out" 2>"$out.err" || rc=$?
-  if ((rc)); then
-    echo "vs_pytorch: error: $name failed (exit status $rc): $*" >&2
-    tail -n 20 "$out.err" >&2
-    exit 1
-  fi
-  json_field "$out" samples_per_second >/dev/null ||
-    die "$name printed no JSON line with samples_per_second: $*"$'\n'"$(tail -n 5 "$out")"
-}
 
 echo "ringflow vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)'): batch 64, momentum SGD lr 0.05," \
      "1 thread each, $runs run(s), $ncpu CPU(s) visible"
