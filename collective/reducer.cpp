@@ -178,7 +178,10 @@ void Reducer::setup_fused(const Graph& g, const std::vector<int>& vars, const st
   };
   // Before this step writes a gradient: every peer has read the last step's.
   run_options_.prologue = [this](void*) {
-    if (step_ > 0) peers_->wait(kConsumed, uint64_t(step_), "fused update (peers reading the last step's gradients)");
+    if (step_ == 0) return;
+    const int64_t t0 = opts_.timeline ? timeline_->now_us() : 0;
+    peers_->wait(kConsumed, uint64_t(step_), "fused update (peers reading the last step's gradients)");
+    if (opts_.timeline) opts_.timeline->span("peers done reading", "allreduce", 1, t0, timeline_->now_us());
   };
 }
 

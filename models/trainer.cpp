@@ -390,12 +390,17 @@ nlohmann::json train(const TrainConfig& c) {
     it.start_epoch(epoch);
     const auto epoch_start = Clock::now();
     int64_t epoch_steps = 0;
-    while (step < total_steps && next_batch()) {
+    while (step < total_steps) {
+      const int64_t tb0 = timeline ? timeline->now_us() : 0;
+      if (!next_batch()) break;
+      if (timeline) timeline->span("next batch", "host", 2, tb0, timeline->now_us());
       const double lr = sched.at(step);
       hyper.data<double>()[0] = lr;
       hyper.data<double>()[1] = double(step + 1);
       const auto t0 = Clock::now();
+      const int64_t tr0 = timeline ? timeline->now_us() : 0;
       const auto& out = sess.run(fetches, feeds, t.updates, step_options);
+      if (timeline) timeline->span("step", "host", 2, tr0, timeline->now_us());
       double loss;
 #if RINGFLOW_CUDA
       if (gpu) {  // the step's one wait, for 16 bytes: {loss, correct}

@@ -30,8 +30,8 @@ void Timeline::write(const std::string& path) const {
       events.push_back({{"name", e.name}, {"cat", e.category}, {"ph", "X"}, {"pid", pid_}, {"tid", e.tid},
                         {"ts", e.start}, {"dur", e.dur}});
   }
-  const char* lanes[] = {"compute", "communication"};
-  for (int tid = 0; tid < 2; ++tid)
+  const char* lanes[] = {"compute", "communication", "host"};
+  for (int tid = 0; tid < 3; ++tid)
     events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid_}, {"tid", tid}, {"args", {{"name", lanes[tid]}}}});
   events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid_}, {"args", {{"name", "rank " + std::to_string(pid_)}}}});
   const std::string tmp = path + ".tmp." + std::to_string(getpid());

@@ -16,7 +16,8 @@ class Timeline {
   int64_t now_us() const {
     return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - origin_).count();
   }
-  // A complete span ("ph":"X") on thread lane `tid` (0 compute, 1 communication, ...).
+  // A complete span ("ph":"X") on thread lane `tid` (0 compute, 1 communication, 2 host: the
+  // trainer's batch preparation and whole Session::run calls).
   void span(const std::string& name, const char* category, int tid, int64_t start_us, int64_t end_us);
   size_t size() const;
   // Writes {"traceEvents": [...]} to path (via a temporary file and rename).
