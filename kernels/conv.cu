@@ -100,7 +100,6 @@ void choose(ConvPlan& p, ConvPass pass, bool allow_tensor_op, cudnnHandle_t h) {
       const auto& best = pick(perf, count, allow_tensor_op, "forward");
       p.algo[k] = best.algo;
       math = best.mathType;
-      CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p.x, p.w, c, p.y, best.algo, &p.workspace[k]));
       break;
     }
     case ConvPass::BackwardData: {
@@ -110,7 +109,6 @@ void choose(ConvPlan& p, ConvPass pass, bool allow_tensor_op, cudnnHandle_t h) {
       const auto& best = pick(perf, count, allow_tensor_op, "backward-data");
       p.algo[k] = best.algo;
       math = best.mathType;
-      CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, p.w, p.y, c, p.x, best.algo, &p.workspace[k]));
       break;
     }
     case ConvPass::BackwardFilter: {
@@ -120,13 +118,27 @@ void choose(ConvPlan& p, ConvPass pass, bool allow_tensor_op, cudnnHandle_t h) {
       const auto& best = pick(perf, count, allow_tensor_op, "backward-filter");
       p.algo[k] = best.algo;
       math = best.mathType;
-      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x, p.y, c, p.w, best.algo, &p.workspace[k]));
       break;
     }
   }
   // Where tensor ops are allowed, run with the math type the heuristic ranked the algorithm for;
-  // otherwise the descriptor keeps FMA_MATH / DEFAULT_MATH.
+  // otherwise the descriptor keeps FMA_MATH / DEFAULT_MATH. The workspace is sized after that,
+  // with the descriptor as it will run.
   if (allow_tensor_op) CUDNN_CHECK(cudnnSetConvolutionMathType(c, math));
+  switch (pass) {
+    case ConvPass::Forward:
+      CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p.x, p.w, c, p.y, cudnnConvolutionFwdAlgo_t(p.algo[k]),
+                                                          &p.workspace[k]));
+      break;
+    case ConvPass::BackwardData:
+      CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+          h, p.w, p.y, c, p.x, cudnnConvolutionBwdDataAlgo_t(p.algo[k]), &p.workspace[k]));
+      break;
+    case ConvPass::BackwardFilter:
+      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+          h, p.x, p.y, c, p.w, cudnnConvolutionBwdFilterAlgo_t(p.algo[k]), &p.workspace[k]));
+      break;
+  }
   p.chosen[k] = true;
 }
 
