@@ -378,16 +378,20 @@ void HostCommunicator::timeout_abort(const Task& t, const std::vector<int>& wait
   }
   std::vector<int> late;
 #if RINGFLOW_MPI
-  // Reading the board calls MPI; from the watchdog that needs MPI_THREAD_MULTIPLE.
+  // Reading the board calls MPI; from the watchdog that needs MPI_THREAD_MULTIPLE. Waits outside
+  // the collective sequence (seq 0: the fused update's flags, on the compute thread) name the
+  // ranks they waited for instead.
   const bool on_watchdog = std::this_thread::get_id() == wd_thread_.get_id();
-  if (!on_watchdog || mpi_env().thread_level >= MPI_THREAD_MULTIPLE) late = ranks_not_started(t.seq);
+  if (t.seq > 0 && (!on_watchdog || mpi_env().thread_level >= MPI_THREAD_MULTIPLE)) late = ranks_not_started(t.seq);
 #endif
   if (late.empty()) late = waiting_for;
   std::ostringstream os;
   for (size_t i = 0; i < late.size(); ++i) os << (i ? "," : "") << late[i];
   const std::string who = late.empty() ? "unknown" : os.str();
-  std::fprintf(stderr, "ringflow: error: %s #%" PRIu64 " timed out after %g s waiting for rank(s) %s (from rank %d)\n",
-               t.what ? t.what : coll_kind_name(t.kind), t.seq, opts_.timeout_seconds, who.c_str(), rank_);
+  const std::string what = t.seq > 0 ? std::string(t.what ? t.what : coll_kind_name(t.kind)) + " #" + std::to_string(t.seq)
+                                     : std::string(t.what ? t.what : coll_kind_name(t.kind));
+  std::fprintf(stderr, "ringflow: error: %s timed out after %g s waiting for rank(s) %s (from rank %d)\n",
+               what.c_str(), opts_.timeout_seconds, who.c_str(), rank_);
   std::fflush(stderr);
 #if RINGFLOW_MPI
   MPI_Abort(MPI_COMM_WORLD, 1);

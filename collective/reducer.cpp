@@ -179,6 +179,12 @@ void Reducer::setup_fused(const Graph& g, const std::vector<int>& vars, const st
   // Before this step writes a gradient: every peer has read the last step's.
   run_options_.prologue = [this](void*) {
     if (step_ == 0) return;
+    // A step that ran without all of its update ops never told the peers it was done reading
+    // (nor read theirs): waiting would hang. Every rank ran the same plan, so every rank stops.
+    bool all_waited = updates_left_in_step_ == updates_per_step_;
+    for (char w : waited_) all_waited = all_waited && w;
+    RF_CHECK(all_waited, "Reducer: the previous step ran without all of its update ops; with the fused update "
+             "(--fuse-update) every step passed the Reducer's RunOptions must be a full training step");
     const int64_t t0 = opts_.timeline ? timeline_->now_us() : 0;
     peers_->wait(kConsumed, uint64_t(step_), "fused update (peers reading the last step's gradients)");
     if (opts_.timeline) opts_.timeline->span("peers done reading", "allreduce", 1, t0, timeline_->now_us());
@@ -186,6 +192,15 @@ void Reducer::setup_fused(const Graph& g, const std::vector<int>& vars, const st
 }
 
 Reducer::~Reducer() {
+  // The fused update's last step: the peers may still be reading this rank's window, which the
+  // next user of shm_buffer would overwrite. Wait for them (only when this rank finished its step,
+  // as the peers then will; a step abandoned by an exception leaves nothing to wait for).
+  if (peers_ && step_ > 0 && peers_->flag(kConsumed) == uint64_t(step_)) {
+    try {
+      peers_->wait(kConsumed, uint64_t(step_), "fused update (peers reading the last step's gradients)");
+    } catch (...) {  // never throw from a destructor
+    }
+  }
   if (!hook_.joinable()) return;
   {
     std::lock_guard<std::mutex> lk(mu_);

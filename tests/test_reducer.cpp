@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "autodiff/optimizer.h"
 #include "collective/reducer.h"
@@ -121,6 +123,67 @@ TEST(Reducer, FusedUpdateIsBitIdenticalToAllreduceThenUpdate) {
   EXPECT_NO_THROW(check_replicas(sb, *comm_b, 4));
   // Each rank's gradients are read by the other ranks once per step.
   EXPECT_EQ(rb.bytes_sent_last_step(), size_t(world - 1) * rb.bytes_per_step());
+}
+
+// A step that skips the updates (here: fetching gradients only) cannot hand the window back to
+// the peers; the next step stops on every rank with the reason instead of waiting forever.
+TEST(Reducer, FusedStepWithoutUpdatesStopsTheNextStep) {
+  auto comm = make_communicator("ring");
+  const int rank = comm->rank(), world = comm->size();
+  if (world == 1) GTEST_SKIP() << "the fused update needs two ranks (ctest reducer_np2 runs this at np=2)";
+  Graph g(3);
+  const Model m = build_model(g, "mlp");
+  const TrainOp t = minimize(m.loss, OptimizerConfig{});
+  Session s(g);
+  s.run({}, {}, g.initializers());
+  ReducerOptions ro;
+  ro.fuse = ReducerOptions::Fuse::On;
+  Reducer r(*comm, s, t.vars, t.grads, ro);
+  Tensor x(Shape{16, 1, 28, 28}, DType::F32), y(Shape{16}, DType::I32);
+  fill_batch(x, y, rank);
+  Tensor hyper = Tensor::from_vector<double>({0.1, 1.0}, Shape{2});
+  const std::vector<Session::Feed> feeds{{m.images, x}, {m.labels, y}, {t.hyper, hyper}};
+  s.run({m.loss}, feeds, t.updates, &r.run_options());
+  s.run(t.grads, {{m.images, x}, {m.labels, y}}, {}, &r.run_options());  // no updates
+  try {
+    s.run({m.loss}, feeds, t.updates, &r.run_options());
+    FAIL() << "a step after one without updates ran";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("without all of its update ops"), std::string::npos) << e.what();
+  }
+}
+
+// A fused Reducer's last step: a peer may still be averaging from this rank's window when the
+// Reducer goes away; the next one must not overwrite the window before it is done (rank 1's last
+// updates are slowed down to make that window wide). The replicas then still agree.
+TEST(Reducer, FusedReducerLetsPeersFinishBeforeItsWindowIsReused) {
+  auto comm = make_communicator("ring");
+  const int rank = comm->rank(), world = comm->size();
+  if (world == 1) GTEST_SKIP() << "the fused update needs two ranks (ctest reducer_np2 runs this at np=2)";
+  Graph g(3);
+  const Model m = build_model(g, "mlp");
+  const TrainOp t = minimize(m.loss, OptimizerConfig{});
+  Session s(g);
+  s.run({}, {}, g.initializers());
+  Tensor x(Shape{16, 1, 28, 28}, DType::F32), y(Shape{16}, DType::I32);
+  Tensor hyper = Tensor::from_vector<double>({0.1, 1.0}, Shape{2});
+  const std::vector<Session::Feed> feeds{{m.images, x}, {m.labels, y}, {t.hyper, hyper}};
+  ReducerOptions ro;
+  ro.fuse = ReducerOptions::Fuse::On;
+  {
+    Reducer r(*comm, s, t.vars, t.grads, ro);
+    RunOptions slow = r.run_options();
+    slow.before_update = [&, inner = slow.before_update](int node) {
+      inner(node);
+      if (rank == 1) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    };
+    for (int step = 0; step < 2; ++step) {
+      fill_batch(x, y, rank + world * step);
+      s.run({m.loss}, feeds, t.updates, step == 1 ? &slow : &r.run_options());
+    }
+  }
+  Reducer next(*comm, s, t.vars, t.grads, ro);  // zeroes this rank's window
+  EXPECT_NO_THROW(check_replicas(s, *comm, 2));
 }
 
 // --fuse-update on where it cannot run says why (here: the mpi backend has no shared window).
