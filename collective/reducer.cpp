@@ -139,17 +139,19 @@ std::string Reducer::fuse_blocker(const Graph& g, const std::vector<int>& vars, 
     return std::to_string(comm_.size()) + " ranks (the fused update reads every rank's gradient on every rank)";
   std::vector<int> index_of(size_t(g.size()), -1);  // Variable node -> its index in vars
   for (size_t k = 0; k < vars.size(); ++k) index_of[size_t(vars[k])] = int(k);
+  std::vector<char> updated(vars.size(), 0);
   for (const Node& n : g.nodes()) {
     if (update_bucket_[size_t(n.id)] < 0) continue;
     const int k = index_of[size_t(n.inputs[0].node)];
     const Value grad = n.inputs[n.inputs.size() - 2];
     if (grad.node != grads[size_t(k)].node || grad.index != grads[size_t(k)].index)
       return "update '" + n.name + "' does not read the raw gradient of '" + g.node(vars[size_t(k)]).name + "'";
+    updated[size_t(k)] = 1;
   }
-  for (size_t b = 0; b < buckets_.size(); ++b)
-    if (updates_left_[b] == 0)
-      return "bucket " + std::to_string(b) + "'s gradients are not consumed by update ops (the fused update leaves "
-             "gradients unaveraged)";
+  for (size_t k = 0; k < vars.size(); ++k)
+    if (!updated[k])
+      return "the gradient of '" + g.node(vars[k]).name + "' is not consumed by an update op (the fused update "
+             "averages gradients only inside updates)";
   return "";
 }
 
