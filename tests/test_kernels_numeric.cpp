@@ -40,39 +40,48 @@ TYPED_TEST_SUITE(KernelsNumT, FloatTypes);
 
 // An update reading the mean of several gradient buffers (GradIn with count > 1: the Reducer's
 // fused update) equals the same update of one buffer holding ((g0 + g1) + g2) / 3 formed in T,
-// bit for bit, for every optimizer; n spans several of the kernel's tiles and a ragged end.
+// bit for bit, for every optimizer; n spans several of the kernel's tiles and a ragged end, and
+// (the second size) the OpenMP split into per-thread ranges.
 TYPED_TEST(KernelsNumT, UpdateOfMeanGradientEqualsUpdateOfAveragedBuffer) {
   using T = TypeParam;
-  const i64 n = 2500;
-  std::mt19937 rng(11);
-  std::normal_distribution<double> nd(0.0, 1.0);
-  std::vector<std::vector<T>> g(3, std::vector<T>(size_t(n)));
-  for (auto& v : g)
-    for (T& x : v) x = T(nd(rng));
-  std::vector<T> mean(static_cast<size_t>(n));
-  for (size_t i = 0; i < mean.size(); ++i) mean[i] = ((g[0][i] + g[1][i]) + g[2][i]) / T(3);
-  const T* srcs[3] = {g[0].data(), g[1].data(), g[2].data()};
-  const cpu::GradIn<T> fused(srcs, 3);
-  std::vector<T> w0(static_cast<size_t>(n)), s0(static_cast<size_t>(n), T(0.01));
-  for (T& x : w0) x = T(nd(rng));
-  for (int opt = 0; opt < 3; ++opt) {
-    std::vector<T> wa = w0, wb = w0, ma = s0, mb = s0, va = s0, vb = s0;
-    for (int t = 1; t <= 2; ++t) {
-      if (opt == 0) {
-        cpu::sgd_update(wa.data(), mean.data(), n, 0.1, 0.01);
-        cpu::sgd_update(wb.data(), fused, n, 0.1, 0.01);
-      } else if (opt == 1) {
-        cpu::momentum_update(wa.data(), ma.data(), mean.data(), n, 0.1, 0.9, 0.01, true);
-        cpu::momentum_update(wb.data(), mb.data(), fused, n, 0.1, 0.9, 0.01, true);
-      } else {
-        cpu::adam_update(wa.data(), ma.data(), va.data(), mean.data(), n, 1e-3, 0.9, 0.999, 1e-8, 0.01, true, t);
-        cpu::adam_update(wb.data(), mb.data(), vb.data(), fused, n, 1e-3, 0.9, 0.999, 1e-8, 0.01, true, t);
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+#endif
+  for (const i64 n : {i64(2500), i64(200003)}) {
+    std::mt19937 rng(11);
+    std::normal_distribution<double> nd(0.0, 1.0);
+    std::vector<std::vector<T>> g(3, std::vector<T>(size_t(n)));
+    for (auto& v : g)
+      for (T& x : v) x = T(nd(rng));
+    std::vector<T> mean(static_cast<size_t>(n));
+    for (size_t i = 0; i < mean.size(); ++i) mean[i] = ((g[0][i] + g[1][i]) + g[2][i]) / T(3);
+    const T* srcs[3] = {g[0].data(), g[1].data(), g[2].data()};
+    const cpu::GradIn<T> fused(srcs, 3);
+    std::vector<T> w0(static_cast<size_t>(n)), s0(static_cast<size_t>(n), T(0.01));
+    for (T& x : w0) x = T(nd(rng));
+    for (int opt = 0; opt < 3; ++opt) {
+      std::vector<T> wa = w0, wb = w0, ma = s0, mb = s0, va = s0, vb = s0;
+      for (int t = 1; t <= 2; ++t) {
+        if (opt == 0) {
+          cpu::sgd_update(wa.data(), mean.data(), n, 0.1, 0.01);
+          cpu::sgd_update(wb.data(), fused, n, 0.1, 0.01);
+        } else if (opt == 1) {
+          cpu::momentum_update(wa.data(), ma.data(), mean.data(), n, 0.1, 0.9, 0.01, true);
+          cpu::momentum_update(wb.data(), mb.data(), fused, n, 0.1, 0.9, 0.01, true);
+        } else {
+          cpu::adam_update(wa.data(), ma.data(), va.data(), mean.data(), n, 1e-3, 0.9, 0.999, 1e-8, 0.01, true, t);
+          cpu::adam_update(wb.data(), mb.data(), vb.data(), fused, n, 1e-3, 0.9, 0.999, 1e-8, 0.01, true, t);
+        }
       }
+      EXPECT_EQ(std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(T)), 0) << "optimizer " << opt << ", n " << n;
+      EXPECT_EQ(std::memcmp(ma.data(), mb.data(), ma.size() * sizeof(T)), 0) << "optimizer " << opt << ", n " << n;
+      EXPECT_EQ(std::memcmp(va.data(), vb.data(), va.size() * sizeof(T)), 0) << "optimizer " << opt << ", n " << n;
     }
-    EXPECT_EQ(std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(T)), 0) << "optimizer " << opt;
-    EXPECT_EQ(std::memcmp(ma.data(), mb.data(), ma.size() * sizeof(T)), 0) << "optimizer " << opt;
-    EXPECT_EQ(std::memcmp(va.data(), vb.data(), va.size() * sizeof(T)), 0) << "optimizer " << opt;
   }
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
 }
 
 // Closed forms for three steps with a constant gradient.
