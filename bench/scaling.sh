@@ -2,8 +2,8 @@
 # Data-parallel scaling, ringflow (mpirun, ring/mpi collectives) vs PyTorch DDP (gloo): samples/s and scaling per rank count.
 #
 # usage: bench/scaling.sh [--runs R] [--models "mlp cnn"] [--steps-mlp N] [--steps-cnn N]
-#                         [--ranks "1 2"] [--batch B] [--warmup W] [--no-mpi] [--timeout S]
-#                         [--skip-build]
+#                         [--ranks "1 2"] [--batch B] [--warmup W] [--no-mpi] [--ceiling]
+#                         [--timeout S] [--skip-build]
 #   --runs R        runs per model; a run measures every rank count once (default 3)
 #   --models LIST   models to benchmark, space separated (default "mlp cnn")
 #   --steps-mlp N   timed training steps for the MLP (default 1500)
@@ -12,6 +12,8 @@
 #   --batch B       GLOBAL batch, split over the ranks (default 64; must divide by every rank count)
 #   --warmup W      untimed PyTorch warm-up steps before the timed ones (default 10)
 #   --no-mpi        skip ringflow's --collective mpi runs (ring only)
+#   --ceiling       also run ringflow with --no-gradient-exchange at N > 1 (replicas diverge): the
+#                   step without communication, which the real runs can at best approach
 #   --timeout S     fail if one program run takes longer than S seconds (default 600)
 #   --skip-build    do not run scripts/install_deps.sh --bench and scripts/build.sh first
 # Environment: PYTHON (default /usr/bin/python3, Debian's python3-torch), DATA_DIR (default
@@ -41,6 +43,7 @@ for ((n = 4; n <= ncpu; n *= 2)); do ranks+=" $n"; done
 batch=64
 warmup=10
 use_mpi=1
+use_ceiling=0
 time_limit=600
 skip_build=0
 PYTHON="${PYTHON:-/usr/bin/python3}"
@@ -49,7 +52,7 @@ read -r -a mpirun_extra <<<"${MPIRUN_ARGS:-}"
 
 BENCH_NAME=scaling
 source bench/lib.sh
-usage() { sed -n '4,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 while (($#)); do
   case "$1" in
@@ -61,6 +64,7 @@ while (($#)); do
     --batch) (($# >= 2)) || usage; batch="$2"; shift 2 ;;
     --warmup) (($# >= 2)) || usage; warmup="$2"; shift 2 ;;
     --no-mpi) use_mpi=0; shift ;;
+    --ceiling) use_ceiling=1; shift ;;
     --timeout) (($# >= 2)) || usage; time_limit="$2"; shift 2 ;;
     --skip-build) skip_build=1; shift ;;
     -h|--help) usage ;;
@@ -113,11 +117,12 @@ measure() {
     cmd=("$PYTHON" bench/ddp_train.py --model "$m" --world-size "$n" --batch "$batch" --steps "$steps"
          --warmup "$warmup" --threads 1 --lr 0.05 --momentum 0.9 --data-dir "$DATA_DIR")
   else
-    local coll="${impl#ringflow-}" mpi=(mpirun --allow-run-as-root -np "$n")
+    local coll="${impl#ringflow-}" mpi=(mpirun --allow-run-as-root -np "$n") extra=()
     ((n > ncpu)) && mpi+=(--oversubscribe)
+    [[ "$coll" == nocomm ]] && { coll=ring; extra=(--no-gradient-exchange); }
     cmd=("${mpi[@]}" "${mpirun_extra[@]}" build/ringflow train --model "$m" --data fashion-mnist
          --data-dir "$DATA_DIR" --batch "$batch" --max-steps "$steps" --epochs 1000 --optimizer momentum
-         --lr 0.05 --momentum 0.9 --threads 1 --device cpu --quiet --collective "$coll")
+         --lr 0.05 --momentum 0.9 --threads 1 --device cpu --quiet --collective "$coll" "${extra[@]}")
   fi
   run_one "$impl (model $m, $n rank(s))" "$out" "${cmd[@]}"
   local got_steps got_world sps
@@ -145,6 +150,7 @@ for m in "${model_list[@]}"; do
     for n in "${rank_list[@]}"; do
       jobs+=("$n ringflow-ring" "$n pytorch")
       ((use_mpi && n > 1)) && jobs+=("$n ringflow-mpi")
+      ((use_ceiling && n > 1)) && jobs+=("$n ringflow-nocomm")
     done
     k=$(((r - 1) % ${#jobs[@]}))
     for ((j = 0; j < ${#jobs[@]}; j++)); do
@@ -156,10 +162,10 @@ done
 
 echo "scaling: load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (the benchmark itself adds up to max(ranks))"
 echo
-python3 - "$results" "$runs" "$batch" "$steps_mlp" "$steps_cnn" "$use_mpi" <<'EOF'
+python3 - "$results" "$runs" "$batch" "$steps_mlp" "$steps_cnn" "$use_mpi" "$use_ceiling" <<'EOF'
 import collections, json, statistics, sys
 
-path, runs, batch, steps_mlp, steps_cnn, use_mpi = sys.argv[1], *map(int, sys.argv[2:7])
+path, runs, batch, steps_mlp, steps_cnn, use_mpi, use_ceiling = sys.argv[1], *map(int, sys.argv[2:8])
 sps = {}  # (model, run, ranks, impl) -> samples/s
 models, ranks = [], []
 for line in open(path):
@@ -217,12 +223,19 @@ for m in models:
             row["ringflow_mpi_sps_median"] = rnd(med(per_run(m, n, mpi_impl)), 1)
             row["ringflow_mpi_scaling_median"] = (
                 rnd(med(per_run(m, n, mpi_impl, 1, "ringflow-ring")), 3) if has1 else None)
+        if use_ceiling:
+            nc_impl = "ringflow-nocomm" if n > 1 else "ringflow-ring"
+            row["ringflow_nocomm_sps_median"] = rnd(med(per_run(m, n, nc_impl)), 1)
+            row["ringflow_nocomm_scaling_median"] = (
+                rnd(med(per_run(m, n, nc_impl, 1, "ringflow-ring")), 3) if has1 else None)
         rows.append(row)
 
 hdr = "%-6s %5s %13s %13s %9s %9s %9s %9s %8s" % (
     "model", "ranks", "ringflow_sps", "pytorch_sps", "rf_scale", "pt_scale", "rf_eff", "pt_eff", "rf/pt")
 if use_mpi:
     hdr += " %13s %9s" % ("rf_mpi_sps", "mpi_scale")
+if use_ceiling:
+    hdr += " %13s %9s" % ("rf_nocomm_sps", "nc_scale")
 print(hdr + "   (medians over %d run(s))" % runs)
 for row in rows:
     line = "%-6s %5d %13s %13s %9s %9s %9s %9s %8s" % (
@@ -233,9 +246,13 @@ for row in rows:
     if use_mpi:
         line += " %13s %9s" % (fmt(row["ringflow_mpi_sps_median"], "13.1f"),
                                fmt(row["ringflow_mpi_scaling_median"], "9.3f"))
+    if use_ceiling:
+        line += " %13s %9s" % (fmt(row["ringflow_nocomm_sps_median"], "13.1f"),
+                               fmt(row["ringflow_nocomm_scaling_median"], "9.3f"))
     print(line)
 print("scale = samples/s at N ranks / samples/s at 1 rank (per run, then median); eff = scale / N;"
-      " rf/pt = ringflow / PyTorch samples/s at the same N; rf_mpi = ringflow --collective mpi")
+      " rf/pt = ringflow / PyTorch samples/s at the same N; rf_mpi = ringflow --collective mpi;"
+      " rf_nocomm = ringflow --no-gradient-exchange (the ceiling: no communication, replicas diverge)")
 print()
 for row in rows:
     print(json.dumps(row, separators=(",", ":")))

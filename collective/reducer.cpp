@@ -12,6 +12,8 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
   RF_CHECK(vars.size() == grads.size() && !vars.empty(), "Reducer: ", vars.size(), " variables but ", grads.size(),
            " gradients");
   RF_CHECK(opts_.bucket_mb > 0 && opts_.first_bucket_mb > 0, "--bucket-mb must be positive, got ", opts_.bucket_mb);
+  RF_CHECK(!opts_.skip_exchange || !opts_.compress.compressing(),
+           "--no-gradient-exchange measures the step without any collective: it does not combine with --compress");
   const Graph& g = session.graph();
   dtype_ = g.spec(grads[0]).dtype;
   RF_CHECK(dtype_ == DType::F32 || dtype_ == DType::F64, "Reducer: gradients must be F32 or F64");
@@ -92,7 +94,7 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
   run_options_.timeline = opts_.timeline;
   bytes_sent_.assign(buckets_.size(), 0);
 
-  if (opts_.fuse != ReducerOptions::Fuse::Off && comm_.size() > 1) {
+  if (opts_.fuse != ReducerOptions::Fuse::Off && comm_.size() > 1 && !opts_.skip_exchange) {
     const std::string blocker = fuse_blocker(g, vars, grads);
     RF_CHECK(blocker.empty() || opts_.fuse == ReducerOptions::Fuse::Auto, "--fuse-update on: ", blocker);
     if (blocker.empty()) setup_fused(g, vars, grad_offset);
@@ -278,7 +280,9 @@ void Reducer::launch_ready() {
     const int64_t now = timeline_->now_us();
     if (current_.first_launch < 0) current_.first_launch = now;
     launched_at_[next_launch_] = now;
-    if (peers_) {
+    if (opts_.skip_exchange) {
+      work_[next_launch_] = Work();  // done: nothing is exchanged
+    } else if (peers_) {
       ready_at_[next_launch_] = uint64_t(step_) * buckets_.size() + next_launch_ + 1;
       peers_->publish(kReady, ready_at_[next_launch_]);
       bytes_sent_[next_launch_] = size_t(comm_.size() - 1) * b.elements * dtype_size(dtype_);  // read by the peers

@@ -47,6 +47,10 @@ struct ReducerOptions {
   // the raw gradient, and there are at most kFuseMaxRanks ranks. On: the same conditions, an error
   // naming the one that fails. Off: always allreduce.
   enum class Fuse : uint8_t { Auto, On, Off } fuse = Fuse::Auto;
+  // Diagnostics only: buckets are never reduced (each replica trains on its own gradients and the
+  // replicas drift apart), so a run measures the step without its gradient exchange: the ceiling
+  // that communication can approach (bench/scaling.sh --ceiling).
+  bool skip_exchange = false;
 };
 constexpr int kFuseMaxRanks = 4;
 const char* fuse_name(ReducerOptions::Fuse f);

@@ -67,6 +67,10 @@ int main(int argc, char** argv) {
                  "memory instead of an allreduce (auto: where possible with at most 4 ranks)")
       ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
+  tr->add_flag("--no-gradient-exchange", c.no_gradient_exchange,
+               "diagnostics: skip the gradient exchange, so replicas drift apart; measures the step without "
+               "communication (bench/scaling.sh --ceiling)")
+      ->group("Diagnostics");
   tr->add_flag("--cuda-graph", c.cuda_graph,
                "CUDA, one replica: capture a training step as a CUDA graph after two warm-up steps and replay it");
 

@@ -45,6 +45,8 @@ void validate(const TrainConfig& c) {
   RF_CHECK(c.eval_batch > 0, "--eval-batch must be positive, got ", c.eval_batch);
   RF_CHECK(c.metrics_every > 0, "--metrics-every must be positive, got ", c.metrics_every);
   collective::parse_fuse(c.fuse_update);  // throws on anything but auto|on|off
+  RF_CHECK(!c.no_gradient_exchange || c.check_every == 0,
+           "--no-gradient-exchange lets the replicas drift apart: it does not combine with --check-every");
   RF_CHECK(c.weight_decay >= 0, "--weight-decay must be >= 0, got ", c.weight_decay);
   RF_CHECK(c.bucket_mb > 0, "--bucket-mb must be positive, got ", c.bucket_mb);
   RF_CHECK(c.check_every >= 0, "--check-every must be >= 0, got ", c.check_every);
@@ -318,6 +320,7 @@ nlohmann::json train(const TrainConfig& c) {
     ro.timeline = timeline.get();
     ro.compress = compress;
     ro.fuse = collective::parse_fuse(c.fuse_update);
+    ro.skip_exchange = c.no_gradient_exchange;
     reducer = std::make_unique<collective::Reducer>(grad_comm, sess, t.vars, t.grads, ro);
     step_options = &reducer->run_options();
   } else if (timeline) {
@@ -449,7 +452,7 @@ nlohmann::json train(const TrainConfig& c) {
   }
   progress.done();
   final_loss = global_mean(final_loss, 0, 1).first;
-  if (world > 1) collective::check_replicas(sess, *comm, step);
+  if (world > 1 && !c.no_gradient_exchange) collective::check_replicas(sess, *comm, step);
   if (lead && !c.save_path.empty()) save_checkpoint(sess, g, c.save_path);
   if (timeline) write_timeline(*timeline, c.timeline_path, *comm);
 
@@ -460,6 +463,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["world_size"] = world;
   s["collective"] = world > 1 ? grad_comm.name() : "none";
   s["fused_update"] = reducer && reducer->fused();
+  if (c.no_gradient_exchange) s["gradient_exchange"] = false;  // a diagnostic run: replicas diverged
   s["threads"] = threads;
   s["dtype"] = c.dtype;
   s["optimizer"] = c.optimizer;

@@ -43,6 +43,7 @@ struct TrainConfig {
   double compress_momentum = 0;     // topk: DGC momentum correction factor (0: off)
   bool cuda_graph = false;          // replay each training step as a captured CUDA graph
   std::string fuse_update = "auto"; // auto | on | off: updates average the peers' gradients in place (one node)
+  bool no_gradient_exchange = false; // diagnostics: replicas skip the gradient exchange (and drift apart)
 };
 
 // Validates the configuration (throws rf::Error with a one-line message on bad input), trains

@@ -60,6 +60,7 @@ expect_error "powersgd without rank" "powersgd" "${common[@]}" --data-dir "$tmp/
 expect_error "topk ratio out of range" "topk" "${common[@]}" --data-dir "$tmp/good" --compress topk:2
 expect_error "compress needs f32" "dtype f32" "${common[@]}" --data-dir "$tmp/good" --compress fp16 --dtype f64
 expect_error "bad --fuse-update" "fuse-update" "${common[@]}" --data-dir "$tmp/good" --fuse-update maybe
+expect_error "no exchange with a replica check" "check-every" "${common[@]}" --data-dir "$tmp/good" --no-gradient-exchange --check-every 5
 expect_error "unknown collective" "gloo" "${common[@]}" --data-dir "$tmp/good" --collective gloo
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
   expect_error "cuda without a GPU" "no CUDA device" "${common[@]}" --data-dir "$tmp/good" --device cuda
