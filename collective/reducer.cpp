@@ -131,6 +131,17 @@ ReducerOptions::Fuse parse_fuse(const std::string& s) {
   throw Error("--fuse-update must be auto, on or off, got '" + s + "'");
 }
 
+namespace {
+const char* const kConsumedWait = "fused update (peers reading the last step's gradients)";
+
+// Variable node id -> its index in vars (-1: not a trained Variable).
+std::vector<int> index_of_vars(const Graph& g, const std::vector<int>& vars) {
+  std::vector<int> index_of(size_t(g.size()), -1);
+  for (size_t k = 0; k < vars.size(); ++k) index_of[size_t(vars[k])] = int(k);
+  return index_of;
+}
+}  // namespace
+
 std::string Reducer::fuse_blocker(const Graph& g, const std::vector<int>& vars, const std::vector<Value>& grads) const {
   if (!in_shm_) return "the fused update runs on CPU sessions only";
   if (!comm_.peer_window())
@@ -139,8 +150,7 @@ std::string Reducer::fuse_blocker(const Graph& g, const std::vector<int>& vars, 
   if (opts_.compress.compressing()) return "the fused update reads raw gradients; --compress needs the allreduce";
   if (opts_.fuse == ReducerOptions::Fuse::Auto && comm_.size() > kFuseMaxRanks)
     return std::to_string(comm_.size()) + " ranks (the fused update reads every rank's gradient on every rank)";
-  std::vector<int> index_of(size_t(g.size()), -1);  // Variable node -> its index in vars
-  for (size_t k = 0; k < vars.size(); ++k) index_of[size_t(vars[k])] = int(k);
+  const std::vector<int> index_of = index_of_vars(g, vars);
   std::vector<char> updated(vars.size(), 0);
   for (const Node& n : g.nodes()) {
     if (update_bucket_[size_t(n.id)] < 0) continue;
@@ -160,8 +170,7 @@ std::string Reducer::fuse_blocker(const Graph& g, const std::vector<int>& vars, 
 void Reducer::setup_fused(const Graph& g, const std::vector<int>& vars, const std::vector<size_t>& grad_offset) {
   peers_ = comm_.peer_window();
   const size_t es = dtype_size(dtype_);
-  std::vector<int> index_of(size_t(g.size()), -1);
-  for (size_t k = 0; k < vars.size(); ++k) index_of[size_t(vars[k])] = int(k);
+  const std::vector<int> index_of = index_of_vars(g, vars);
   sources_.assign(size_t(g.size()), {});
   for (const Node& n : g.nodes()) {
     if (update_bucket_[size_t(n.id)] < 0) continue;
@@ -190,7 +199,7 @@ void Reducer::setup_fused(const Graph& g, const std::vector<int>& vars, const st
     RF_CHECK(all_waited, "Reducer: the previous step ran without all of its update ops; with the fused update "
              "(--fuse-update) every step passed the Reducer's RunOptions must be a full training step");
     const int64_t t0 = opts_.timeline ? timeline_->now_us() : 0;
-    peers_->wait(kConsumed, uint64_t(step_), "fused update (peers reading the last step's gradients)");
+    peers_->wait(kConsumed, uint64_t(step_), kConsumedWait);
     if (opts_.timeline) opts_.timeline->span("peers done reading", "allreduce", 1, t0, timeline_->now_us());
   };
 }
@@ -201,7 +210,7 @@ Reducer::~Reducer() {
   // as the peers then will; a step abandoned by an exception leaves nothing to wait for).
   if (peers_ && step_ > 0 && peers_->flag(kConsumed) == uint64_t(step_)) {
     try {
-      peers_->wait(kConsumed, uint64_t(step_), "fused update (peers reading the last step's gradients)");
+      peers_->wait(kConsumed, uint64_t(step_), kConsumedWait);
     } catch (...) {  // never throw from a destructor
     }
   }

@@ -88,7 +88,8 @@ ShmNode::~ShmNode() {
 
 ShmNode::Counters& ShmNode::ctr(int q) const {
   static_assert(sizeof(Counters) <= kCtrlBytes, "the counters must fit in front of the staging slots");
-  return *reinterpret_cast<Counters*>(ctrl_[q]); }
+  return *reinterpret_cast<Counters*>(ctrl_[q]);
+}
 
 char* ShmNode::slot(int q, uint64_t j) const {
   return ctrl_[q] + kCtrlBytes + (j % kSlots) * static_cast<size_t>(L_) * block_bytes_;

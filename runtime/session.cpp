@@ -399,10 +399,11 @@ void Session::execute(Plan& plan, const RunOptions* options) {
         if (options && options->timeline) stream_.synchronize();  // a blocking profile, as below
         const int64_t t0 = options && options->timeline ? options->timeline->now_us() : 0;
         fu.launch(g, ctx);
-        if (options && options->timeline) stream_.synchronize();
-        if (options && options->timeline)
+        if (options && options->timeline) {
+          stream_.synchronize();
           options->timeline->span(graph_.node(fu.nodes(g)[0]).name, "FusedUpdate", 0, t0,
                                   options->timeline->now_us());
+        }
         if (options && options->on_node_done)
           for (int id : fu.nodes(g)) options->on_node_done(id);
       }
