@@ -7,6 +7,7 @@
 #include <cmath>
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <thread>
 
 #include "autodiff/optimizer.h"
@@ -26,6 +27,22 @@ void fill_batch(Tensor& x, Tensor& y, int rank) {
   int32_t* py = y.data<int32_t>();
   for (i64 i = 0; i < y.numel(); ++i) py[i] = int32_t((i + rank * 3) % 10);
 }
+// The MLP with momentum SGD (0.9), its initialised session and a feed list for batches of 16
+// (fill x and y, and hyper = {lr, step}, before each step), as every rank builds them.
+struct MlpStep {
+  Graph g{3};
+  Model m = build_model(g, "mlp");
+  TrainOp t = minimize(m.loss, OptimizerConfig{});
+  Tensor x{Shape{16, 1, 28, 28}, DType::F32}, y{Shape{16}, DType::I32};
+  Tensor hyper = Tensor::from_vector<double>({0.1, 1.0}, Shape{2});
+  std::vector<Session::Feed> feeds{{m.images, x}, {m.labels, y}, {t.hyper, hyper}};
+  std::unique_ptr<Session> session() {
+    auto s = std::make_unique<Session>(g);
+    s->run({}, {}, g.initializers());
+    return s;
+  }
+};
+constexpr const char* kNeedsTwo = "the fused update needs two ranks (ctest reducer_np2 runs this at np=2)";
 }  // namespace
 
 TEST(Reducer, BucketsOverlapBackwardAndAverageGradients) {
@@ -87,40 +104,34 @@ TEST(Reducer, FusedUpdateIsBitIdenticalToAllreduceThenUpdate) {
   auto comm_a = make_communicator("ring");
   auto comm_b = make_communicator("ring");
   const int rank = comm_a->rank(), world = comm_a->size();
-  if (world == 1) GTEST_SKIP() << "the fused update needs two ranks (ctest reducer_np2 runs this at np=2)";
-  Graph g(3);
-  const Model m = build_model(g, "mlp");
-  const TrainOp t = minimize(m.loss, OptimizerConfig{});  // momentum 0.9
-  Session sa(g), sb(g);
-  for (Session* s : {&sa, &sb}) s->run({}, {}, g.initializers());
+  if (world == 1) GTEST_SKIP() << kNeedsTwo;
+  MlpStep p;
+  auto sa = p.session(), sb = p.session();
+  const TrainOp& t = p.t;
   ReducerOptions ro;
   ro.bucket_mb = 0.3;  // several buckets, so updates wait for each in turn
   ro.first_bucket_mb = 0.05;
   ro.fuse = ReducerOptions::Fuse::Off;
-  Reducer ra(*comm_a, sa, t.vars, t.grads, ro);
+  Reducer ra(*comm_a, *sa, t.vars, t.grads, ro);
   ro.fuse = ReducerOptions::Fuse::On;
-  Reducer rb(*comm_b, sb, t.vars, t.grads, ro);
+  Reducer rb(*comm_b, *sb, t.vars, t.grads, ro);
   EXPECT_FALSE(ra.fused());
   ASSERT_TRUE(rb.fused());
 
-  Tensor x(Shape{16, 1, 28, 28}, DType::F32), y(Shape{16}, DType::I32);
-  Tensor hyper(Shape{2}, DType::F64);
-  const std::vector<Session::Feed> feeds{{m.images, x}, {m.labels, y}, {t.hyper, hyper}};
   for (int step = 0; step < 4; ++step) {
-    fill_batch(x, y, rank + world * step);
-    hyper.data<double>()[0] = 0.1;
-    hyper.data<double>()[1] = step + 1;
-    sa.run({m.loss}, feeds, t.updates, &ra.run_options());
-    sb.run({m.loss}, feeds, t.updates, &rb.run_options());
+    fill_batch(p.x, p.y, rank + world * step);
+    p.hyper.data<double>()[1] = step + 1;
+    sa->run({p.m.loss}, p.feeds, t.updates, &ra.run_options());
+    sb->run({p.m.loss}, p.feeds, t.updates, &rb.run_options());
   }
-  for (int id : g.variables()) {
-    const Tensor& a = sa.variable(id);
-    const Tensor& b = sb.variable(id);
+  for (int id : p.g.variables()) {
+    const Tensor& a = sa->variable(id);
+    const Tensor& b = sb->variable(id);
     ASSERT_EQ(a.numel(), b.numel());
     EXPECT_EQ(std::memcmp(a.raw(), b.raw(), size_t(a.numel()) * dtype_size(a.dtype())), 0)
-        << "Variable '" << g.node(id).name << "' differs between the fused update and allreduce-then-update";
+        << "Variable '" << p.g.node(id).name << "' differs between the fused update and allreduce-then-update";
   }
-  EXPECT_NO_THROW(check_replicas(sb, *comm_b, 4));
+  EXPECT_NO_THROW(check_replicas(*sb, *comm_b, 4));
   // Each rank's gradients are read by the other ranks once per step.
   EXPECT_EQ(rb.bytes_sent_last_step(), size_t(world - 1) * rb.bytes_per_step());
 }
@@ -129,24 +140,17 @@ TEST(Reducer, FusedUpdateIsBitIdenticalToAllreduceThenUpdate) {
 // the peers; the next step stops on every rank with the reason instead of waiting forever.
 TEST(Reducer, FusedStepWithoutUpdatesStopsTheNextStep) {
   auto comm = make_communicator("ring");
-  const int rank = comm->rank(), world = comm->size();
-  if (world == 1) GTEST_SKIP() << "the fused update needs two ranks (ctest reducer_np2 runs this at np=2)";
-  Graph g(3);
-  const Model m = build_model(g, "mlp");
-  const TrainOp t = minimize(m.loss, OptimizerConfig{});
-  Session s(g);
-  s.run({}, {}, g.initializers());
+  if (comm->size() == 1) GTEST_SKIP() << kNeedsTwo;
+  MlpStep p;
+  auto s = p.session();
   ReducerOptions ro;
   ro.fuse = ReducerOptions::Fuse::On;
-  Reducer r(*comm, s, t.vars, t.grads, ro);
-  Tensor x(Shape{16, 1, 28, 28}, DType::F32), y(Shape{16}, DType::I32);
-  fill_batch(x, y, rank);
-  Tensor hyper = Tensor::from_vector<double>({0.1, 1.0}, Shape{2});
-  const std::vector<Session::Feed> feeds{{m.images, x}, {m.labels, y}, {t.hyper, hyper}};
-  s.run({m.loss}, feeds, t.updates, &r.run_options());
-  s.run(t.grads, {{m.images, x}, {m.labels, y}}, {}, &r.run_options());  // no updates
+  Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
+  fill_batch(p.x, p.y, comm->rank());
+  s->run({p.m.loss}, p.feeds, p.t.updates, &r.run_options());
+  s->run(p.t.grads, {{p.m.images, p.x}, {p.m.labels, p.y}}, {}, &r.run_options());  // no updates
   try {
-    s.run({m.loss}, feeds, t.updates, &r.run_options());
+    s->run({p.m.loss}, p.feeds, p.t.updates, &r.run_options());
     FAIL() << "a step after one without updates ran";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("without all of its update ops"), std::string::npos) << e.what();
@@ -159,45 +163,37 @@ TEST(Reducer, FusedStepWithoutUpdatesStopsTheNextStep) {
 TEST(Reducer, FusedReducerLetsPeersFinishBeforeItsWindowIsReused) {
   auto comm = make_communicator("ring");
   const int rank = comm->rank(), world = comm->size();
-  if (world == 1) GTEST_SKIP() << "the fused update needs two ranks (ctest reducer_np2 runs this at np=2)";
-  Graph g(3);
-  const Model m = build_model(g, "mlp");
-  const TrainOp t = minimize(m.loss, OptimizerConfig{});
-  Session s(g);
-  s.run({}, {}, g.initializers());
-  Tensor x(Shape{16, 1, 28, 28}, DType::F32), y(Shape{16}, DType::I32);
-  Tensor hyper = Tensor::from_vector<double>({0.1, 1.0}, Shape{2});
-  const std::vector<Session::Feed> feeds{{m.images, x}, {m.labels, y}, {t.hyper, hyper}};
+  if (world == 1) GTEST_SKIP() << kNeedsTwo;
+  MlpStep p;
+  auto s = p.session();
   ReducerOptions ro;
   ro.fuse = ReducerOptions::Fuse::On;
   {
-    Reducer r(*comm, s, t.vars, t.grads, ro);
+    Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
     RunOptions slow = r.run_options();
     slow.before_update = [&, inner = slow.before_update](int node) {
       inner(node);
       if (rank == 1) std::this_thread::sleep_for(std::chrono::milliseconds(20));
     };
     for (int step = 0; step < 2; ++step) {
-      fill_batch(x, y, rank + world * step);
-      s.run({m.loss}, feeds, t.updates, step == 1 ? &slow : &r.run_options());
+      fill_batch(p.x, p.y, rank + world * step);
+      s->run({p.m.loss}, p.feeds, p.t.updates, step == 1 ? &slow : &r.run_options());
     }
   }
-  Reducer next(*comm, s, t.vars, t.grads, ro);  // zeroes this rank's window
-  EXPECT_NO_THROW(check_replicas(s, *comm, 2));
+  Reducer next(*comm, *s, p.t.vars, p.t.grads, ro);  // zeroes this rank's window
+  EXPECT_NO_THROW(check_replicas(*s, *comm, 2));
 }
 
 // --fuse-update on where it cannot run says why (here: the mpi backend has no shared window).
 TEST(Reducer, FuseOnNamesWhatPreventsIt) {
   auto comm = make_communicator("mpi");
   if (comm->size() == 1) GTEST_SKIP() << "nothing is reduced at world size 1";
-  Graph g(3);
-  const Model m = build_model(g, "mlp");
-  const TrainOp t = minimize(m.loss, OptimizerConfig{});
-  Session s(g);
+  MlpStep p;
+  Session s(p.g);
   ReducerOptions ro;
   ro.fuse = ReducerOptions::Fuse::On;
   try {
-    Reducer r(*comm, s, t.vars, t.grads, ro);
+    Reducer r(*comm, s, p.t.vars, p.t.grads, ro);
     FAIL() << "--fuse-update on was accepted with the mpi backend";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("one node with the ring backend"), std::string::npos) << e.what();
