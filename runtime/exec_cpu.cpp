@@ -344,9 +344,15 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       with_float(n, in[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         const i64 cnt = in[0]->numel();
+        // Several sources (the fused update): typed copies of the pointers, on the stack up to 16.
         const std::vector<const void*>* src = ctx.grad_sources;
-        const kc::GradIn<T> g = src ? kc::GradIn<T>(reinterpret_cast<const T* const*>(src->data()), int(src->size()))
-                                    : kc::GradIn<T>(in[gi]->data<T>());
+        const T* inline_src[16];
+        std::vector<const T*> heap_src;
+        const T** typed = inline_src;
+        if (src && src->size() > std::size(inline_src)) typed = (heap_src.resize(src->size()), heap_src.data());
+        if (src)
+          for (size_t i = 0; i < src->size(); ++i) typed[i] = static_cast<const T*>((*src)[i]);
+        const kc::GradIn<T> g = src ? kc::GradIn<T>(typed, int(src->size())) : kc::GradIn<T>(in[gi]->data<T>());
         if (n.op == Op::ApplySGD)
           kc::sgd_update<T>(in[0]->data<T>(), g, cnt, lr, a.weight_decay);
         else if (n.op == Op::ApplyMomentum)
