@@ -27,12 +27,14 @@ void fill_batch(Tensor& x, Tensor& y, int rank) {
   int32_t* py = y.data<int32_t>();
   for (i64 i = 0; i < y.numel(); ++i) py[i] = int32_t((i + rank * 3) % 10);
 }
-// The MLP with momentum SGD (0.9), its initialised session and a feed list for batches of 16
-// (fill x and y, and hyper = {lr, step}, before each step), as every rank builds them.
+// The MLP with an optimizer (default: momentum SGD 0.9), its initialised sessions and a feed
+// list for batches of 16 (fill x and y, and hyper = {lr, step}, before each step), as every rank
+// builds them.
 struct MlpStep {
+  explicit MlpStep(const OptimizerConfig& oc = {}) : t(minimize(m.loss, oc)) {}
   Graph g{3};
   Model m = build_model(g, "mlp");
-  TrainOp t = minimize(m.loss, OptimizerConfig{});
+  TrainOp t;
   Tensor x{Shape{16, 1, 28, 28}, DType::F32}, y{Shape{16}, DType::I32};
   Tensor hyper = Tensor::from_vector<double>({0.1, 1.0}, Shape{2});
   std::vector<Session::Feed> feeds{{m.images, x}, {m.labels, y}, {t.hyper, hyper}};
@@ -99,13 +101,18 @@ TEST(Reducer, BucketsOverlapBackwardAndAverageGradients) {
 
 // The fused update (each update averages every rank's gradient, read in place from the shared
 // window) against allreduce-then-update on a second communicator: the same bits in every
-// Variable and momentum slot after several steps with per-rank batches, on every rank.
-TEST(Reducer, FusedUpdateIsBitIdenticalToAllreduceThenUpdate) {
+// Variable and optimizer slot after several steps with per-rank batches, on every rank, for
+// momentum SGD and for AdamW with weight decay.
+class FusedVsAllreduce : public ::testing::TestWithParam<OptimizerConfig::Kind> {};
+TEST_P(FusedVsAllreduce, BitIdenticalAfterSteps) {
   auto comm_a = make_communicator("ring");
   auto comm_b = make_communicator("ring");
   const int rank = comm_a->rank(), world = comm_a->size();
   if (world == 1) GTEST_SKIP() << kNeedsTwo;
-  MlpStep p;
+  OptimizerConfig oc;
+  oc.kind = GetParam();
+  if (oc.kind == OptimizerConfig::Kind::AdamW) oc.weight_decay = 0.01;
+  MlpStep p(oc);
   auto sa = p.session(), sb = p.session();
   const TrainOp& t = p.t;
   ReducerOptions ro;
@@ -135,6 +142,8 @@ TEST(Reducer, FusedUpdateIsBitIdenticalToAllreduceThenUpdate) {
   // Each rank's gradients are read by the other ranks once per step.
   EXPECT_EQ(rb.bytes_sent_last_step(), size_t(world - 1) * rb.bytes_per_step());
 }
+INSTANTIATE_TEST_SUITE_P(Reducer, FusedVsAllreduce,
+                         ::testing::Values(OptimizerConfig::Kind::Momentum, OptimizerConfig::Kind::AdamW));
 
 // A step that skips the updates (here: fetching gradients only) cannot hand the window back to
 // the peers; the next step stops on every rank with the reason instead of waiting forever.
