@@ -71,6 +71,14 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   fail("nccl: unknown reduce op");
 }
 
+// The op to hand NCCL. On one rank the average is the sum (x / 1 == x, exactly), and NCCL before
+// 2.29.7 loses the tail of an out-of-place one-rank ncclAvg (NVIDIA/nccl#1950: its oneRankReduce
+// kernel splits the count over the blocks with floor division; seen here on an H200 with 2.28.9,
+// count 2^20 + 3: the last 3 elements unwritten). ncclSum on one rank is a plain copy.
+ncclRedOp_t nccl_op(ReduceOp op, int world_size) {
+  return op == ReduceOp::Avg && world_size == 1 ? ncclSum : nccl_op(op);
+}
+
 using cuda::DeviceGuard;
 
 // Completion of one collective: an event recorded on the communication stream after it. It
@@ -248,14 +256,14 @@ void NcclCommunicator::enqueue(const Collective& c) {
   // Zero elements: nothing to move (every rank skips alike, the counts being the same).
   switch (c.kind) {
     case CollKind::Allreduce:
-      if (c.count) NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, t, nccl_op(c.op), comm_, s));
+      if (c.count) NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, t, nccl_op(c.op, size_), comm_, s));
       return;
     case CollKind::AllreduceShm:
       RF_CHECK((c.offset + c.count) * es <= shm_bytes_, "allreduce_shm of ", c.count * es, " bytes at offset ",
                c.offset * es, ", but shm_buffer holds ", shm_bytes_);
       if (c.count) {
         char* region = static_cast<char*>(shm_) + c.offset * es;
-        NCCL_CHECK(ncclAllReduce(region, region, c.count, t, nccl_op(c.op), comm_, s));
+        NCCL_CHECK(ncclAllReduce(region, region, c.count, t, nccl_op(c.op, size_), comm_, s));
       }
       return;
     case CollKind::Broadcast:
@@ -285,7 +293,7 @@ void NcclCommunicator::enqueue(const Collective& c) {
       return;
     }
     case CollKind::ReduceScatter:
-      if (c.count) NCCL_CHECK(ncclReduceScatter(c.send, c.recv, c.count, t, nccl_op(c.op), comm_, s));
+      if (c.count) NCCL_CHECK(ncclReduceScatter(c.send, c.recv, c.count, t, nccl_op(c.op, size_), comm_, s));
       return;
     case CollKind::Barrier:
       // Every rank's allreduce must have started before any finishes; blocking waits then sync.

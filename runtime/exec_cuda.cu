@@ -314,7 +314,9 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
                " channels");
       dispatch(node, db.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        kc::bias_grad<T>(dy.data<T>(), db.data<T>(), outer, C, inner, st);
+        const size_t ws = kc::bias_grad_workspace_bytes(outer, C, inner);
+        kc::bias_grad<T>(dy.data<T>(), db.data<T>(), outer, C, inner, ws ? cuda::workspace(ctx.device.index, ws) : nullptr,
+                         ws, st);
       });
       return;
     }

@@ -182,7 +182,9 @@ TEST(CudaKernels, BiasAddAndGrad) {
   struct Case {
     i64 outer, C, inner;
   };
-  for (const Case& c : {Case{8, 16, 49}, Case{256, 10, 1}, Case{3, 5, 1000}, Case{64, 32, 196}}) {
+  // The last three take the slab path (a workspace): the CNN's conv1 bias at batch 512, uneven slabs.
+  for (const Case& c : {Case{8, 16, 49}, Case{256, 10, 1}, Case{3, 5, 1000}, Case{64, 32, 196}, Case{512, 32, 784},
+                        Case{37, 3, 33}, Case{1000, 1, 4096}}) {
     const i64 n = c.outer * c.C * c.inner;
     const auto x = random_vec(n, 0.f, 1.f, 70), b = random_vec(c.C, -1.f, 1.f, 71);  // x >= 0: see ReduceSum
     std::vector<float> want(static_cast<size_t>(n)), want_db(static_cast<size_t>(c.C));
@@ -190,7 +192,10 @@ TEST(CudaKernels, BiasAddAndGrad) {
     cpu::bias_grad<float>(x.data(), want_db.data(), c.outer, c.C, c.inner);
     Tensor xd = to_gpu(x, {n}), bd = to_gpu(b, {c.C}), yd = gpu_empty({n}), dbd = gpu_empty({c.C});
     kc::bias_add<float>(xd.data<float>(), bd.data<float>(), yd.data<float>(), c.outer, c.C, c.inner, stream());
-    kc::bias_grad<float>(xd.data<float>(), dbd.data<float>(), c.outer, c.C, c.inner, stream());
+    const size_t ws = kc::bias_grad_workspace_bytes(c.outer, c.C, c.inner);
+    Tensor wsd = gpu_empty({i64(std::max<size_t>(ws, 1))});  // floats: more bytes than ws asks for
+    kc::bias_grad<float>(xd.data<float>(), dbd.data<float>(), c.outer, c.C, c.inner, ws ? wsd.raw() : nullptr, ws,
+                         stream());
     const std::string what = std::to_string(c.outer) + "x" + std::to_string(c.C) + "x" + std::to_string(c.inner);
     expect_close(host(yd), want, 1e-5, "bias_add " + what);
     expect_close(host(dbd), want_db, 1e-5, "bias_grad " + what);
