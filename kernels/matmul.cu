@@ -24,13 +24,13 @@ struct BlasArgs {
 };
 
 BlasArgs check(bool ta, bool tb, i64 m, i64 n, i64 k, i64 lda, i64 ldb, i64 ldc) {
-  BlasArgs r{to_blas_int(m, "m"), to_blas_int(n, "n"), to_blas_int(k, "k"),
-             to_blas_int(lda, "lda"), to_blas_int(ldb, "ldb"), to_blas_int(ldc, "ldc")};
-  // Row-major leading dimensions must cover a stored row (cuBLAS would only say "invalid value").
-  if (lda < std::max<i64>(1, ta ? m : k)) throw std::invalid_argument("gemm: lda too small");
-  if (ldb < std::max<i64>(1, tb ? k : n)) throw std::invalid_argument("gemm: ldb too small");
-  if (ldc < std::max<i64>(1, n)) throw std::invalid_argument("gemm: ldc too small");
-  return r;
+  // Row-major leading dimensions must cover a stored row (cuBLAS would only say "invalid value");
+  // a row of length 0 (k == 0: C = beta C) may have ld 0, handed to cuBLAS as 1, as it wants.
+  if (lda < (ta ? m : k)) throw std::invalid_argument("gemm: lda too small");
+  if (ldb < (tb ? k : n)) throw std::invalid_argument("gemm: ldb too small");
+  if (ldc < n) throw std::invalid_argument("gemm: ldc too small");
+  return {to_blas_int(m, "m"), to_blas_int(n, "n"), to_blas_int(k, "k"), to_blas_int(std::max<i64>(1, lda), "lda"),
+          to_blas_int(std::max<i64>(1, ldb), "ldb"), to_blas_int(std::max<i64>(1, ldc), "ldc")};
 }
 
 // The handle is shared by everything on the device; it normally already sits on `stream`.

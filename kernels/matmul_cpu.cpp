@@ -30,13 +30,20 @@ template <class T>
 void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda, const T* b, i64 ldb,
           T beta, T* c, i64 ldc) {
   const int M = to_blas_int(m, "m"), N = to_blas_int(n, "n"), K = to_blas_int(k, "k");
-  const int LDA = to_blas_int(lda, "lda"), LDB = to_blas_int(ldb, "ldb"), LDC = to_blas_int(ldc, "ldc");
   // BLAS reports these through xerbla, which prints and carries on without computing; an
-  // exception tells the caller instead.
-  if (lda < std::max<i64>(1, trans_a ? m : k)) throw std::invalid_argument("gemm: lda smaller than a row of A");
-  if (ldb < std::max<i64>(1, trans_b ? k : n)) throw std::invalid_argument("gemm: ldb smaller than a row of B");
-  if (ldc < std::max<i64>(1, n)) throw std::invalid_argument("gemm: ldc smaller than a row of C");
+  // exception tells the caller instead. A row of length 0 (an empty inner dimension, k == 0: C =
+  // beta C) may have ld 0, which BLAS would refuse (it wants ld >= 1): it is handed 1.
+  if (lda < (trans_a ? m : k)) throw std::invalid_argument("gemm: lda smaller than a row of A");
+  if (ldb < (trans_b ? k : n)) throw std::invalid_argument("gemm: ldb smaller than a row of B");
+  if (ldc < n) throw std::invalid_argument("gemm: ldc smaller than a row of C");
+  const int LDA = to_blas_int(std::max<i64>(1, lda), "lda"), LDB = to_blas_int(std::max<i64>(1, ldb), "ldb"),
+            LDC = to_blas_int(std::max<i64>(1, ldc), "ldc");
   if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta C (oneDNN's sgemm refuses K == 0); beta == 0 writes zeros, as BLAS does
+    for (i64 i = 0; i < m; ++i)
+      for (i64 j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
   const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>) {
 #if RINGFLOW_DNNL

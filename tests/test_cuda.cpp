@@ -225,6 +225,19 @@ TEST(CudaKernels, GemmAllTransposes) {
       }
 }
 
+TEST(CudaKernels, GemmEmptyInnerDimensionScalesC) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  auto handle = static_cast<cublasHandle_t>(rf::cuda::cublas_handle(0));
+  const std::vector<float> c0 = {1, 2, 3, 4, 5, 6};
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      Tensor cd = to_gpu(c0, {6});
+      kc::gemm<float>(ta, tb, 2, 3, 0, 1.f, nullptr, ta ? 2 : 0, nullptr, tb ? 0 : 3, 0.5f, cd.data<float>(), 3, handle,
+                      stream());
+      EXPECT_EQ(host(cd), (std::vector<float>{0.5f, 1, 1.5f, 2, 2.5f, 3})) << "ta=" << ta << " tb=" << tb;
+    }
+}
+
 TEST(CudaKernels, GemmTf32IsOptIn) {
   if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
   EXPECT_FALSE(rf::cuda::allow_tf32());

@@ -150,6 +150,25 @@ TEST(Session, TargetsRunUpdatesAfterEveryRead) {
   EXPECT_EQ(s.variable("w").to_vector<double>(), std::vector<double>(3, 0.5));
 }
 
+TEST(Session, MatMulWithAnEmptyInnerDimensionIsZeros) {
+  // [3, 0] x [0, 4]: a sum over nothing, as in NumPy and PyTorch; BLAS wants ld >= 1 for the
+  // empty rows, which the kernel must not pass on as an error.
+  for (bool tb : {false, true}) {
+    Graph g;
+    Value x = g.placeholder("x", DType::F32, Shape{3, 0});
+    Value w = g.placeholder("w", DType::F32, tb ? Shape{4, 0} : Shape{0, 4});
+    Value y = ops::matmul(x, w, false, tb);
+    const auto grads = gradients(ops::sum(y), {x, w});
+    Session s(g);
+    const Tensor xe(Shape{3, 0}, DType::F32), we(tb ? Shape{4, 0} : Shape{0, 4}, DType::F32);
+    const auto& got = s.run({y, grads[0], grads[1]}, {{x, xe}, {w, we}});
+    EXPECT_EQ(got[0].shape(), (Shape{3, 4}));
+    EXPECT_EQ(got[0].to_vector<float>(), std::vector<float>(12, 0.f)) << "tb=" << tb;
+    EXPECT_EQ(got[1].shape(), (Shape{3, 0}));
+    EXPECT_EQ(got[2].numel(), 0);
+  }
+}
+
 TEST(Session, BoundOutputsAreWrittenInPlace) {
   // Two gradients written straight into slots of one flat buffer, as the Reducer's buckets do.
   Graph g;

@@ -317,6 +317,23 @@ TYPED_TEST(GemmTest, BetaZeroIgnoresNaNInC) {
   EXPECT_EQ(c, (std::vector<T>{19, 22, 43, 50}));
 }
 
+TYPED_TEST(GemmTest, EmptyInnerDimensionScalesC) {
+  using T = TypeParam;
+  std::vector<T> c(6, std::numeric_limits<T>::quiet_NaN()), d = {1, 2, 3, 4, 5, 6};
+  const T* none = nullptr;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      // k == 0: the stored rows of A (not transposed) and of B (transposed) have length 0.
+      const i64 lda = ta ? 2 : 0, ldb = tb ? 0 : 3;
+      std::fill(c.begin(), c.end(), std::numeric_limits<T>::quiet_NaN());
+      k::gemm<T>(ta, tb, 2, 3, 0, T(1), none, lda, none, ldb, T(0), c.data(), 3);
+      EXPECT_EQ(c, std::vector<T>(6, T(0))) << "ta=" << ta << " tb=" << tb;
+      std::vector<T> e = d;
+      k::gemm<T>(ta, tb, 2, 3, 0, T(1), none, lda, none, ldb, T(0.5), e.data(), 3);
+      EXPECT_EQ(e, (std::vector<T>{0.5, 1, 1.5, 2, 2.5, 3}));
+    }
+}
+
 TEST(Gemm, RejectsShortLeadingDimension) {
   std::vector<float> a(64), b(64), c(64);
   EXPECT_THROW(k::gemm<float>(false, false, 4, 4, 4, 1.f, a.data(), 3, b.data(), 4, 0.f, c.data(), 4),
