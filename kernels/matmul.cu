@@ -54,6 +54,10 @@ void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, 
           T beta, T* c, i64 ldc, cublasHandle_t handle, cudaStream_t stream) {
   const BlasArgs r = check(trans_a, trans_b, m, n, k, lda, ldb, ldc);
   if (m == 0 || n == 0) return;
+  if (k == 0 && beta == T(0)) {  // a sum over nothing: zeros, without relying on cuBLAS's k == 0 case
+    CUDA_CHECK(cudaMemset2DAsync(c, size_t(ldc) * sizeof(T), 0, size_t(n) * sizeof(T), size_t(m), stream));
+    return;
+  }
   bind(handle, stream);
   if constexpr (std::is_same_v<T, float>) {
     CUBLAS_CHECK(cublasSgemm(handle, op_of(trans_b), op_of(trans_a), r.n, r.m, r.k, &alpha, b, r.ldb, a, r.lda,

@@ -235,6 +235,10 @@ TEST(CudaKernels, GemmEmptyInnerDimensionScalesC) {
       kc::gemm<float>(ta, tb, 2, 3, 0, 1.f, nullptr, ta ? 2 : 0, nullptr, tb ? 0 : 3, 0.5f, cd.data<float>(), 3, handle,
                       stream());
       EXPECT_EQ(host(cd), (std::vector<float>{0.5f, 1, 1.5f, 2, 2.5f, 3})) << "ta=" << ta << " tb=" << tb;
+      Tensor nan = to_gpu(std::vector<float>(6, std::nanf("")), {6});
+      kc::gemm<float>(ta, tb, 2, 3, 0, 1.f, nullptr, ta ? 2 : 0, nullptr, tb ? 0 : 3, 0.f, nan.data<float>(), 3,
+                      handle, stream());
+      EXPECT_EQ(host(nan), std::vector<float>(6, 0.f)) << "beta 0, ta=" << ta << " tb=" << tb;
     }
 }
 
