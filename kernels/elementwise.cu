@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <cub/block/block_reduce.cuh>
+
 #include "kernels/cuda.h"
 #include "kernels/launch.cuh"
 #include "runtime/error.h"
@@ -88,8 +90,10 @@ template <class T> __global__ void bias_add_kernel(const T* x, const T* b, T* y,
 }
 
 // ---- reduction ----
-// P1: direct kernels (a thread or a block per output element, double accumulators). P4 replaces
-// them with CUB segmented reductions.
+// A thread per output (many short reductions), a block per output (few long ones), or slabs of
+// an output's rows (bias gradients, below); double accumulators; a block's partial sums are added
+// by CUB's BlockReduce. (CUB's device-wide segmented reduce wants each segment contiguous; ours are
+// strided, and a block per output already reads them coalesced.)
 
 // The kept axes of the output (input strides; reduced axes have output size 1 and drop out of
 // the offset) and the reduced axes (sizes and input strides).
@@ -140,23 +144,20 @@ template <class T> __global__ void reduce_thread_kernel(const T* x, T* y, Reduce
   }
 }
 
-// The block's threads' partial sums, added in a fixed tree (deterministic: the order does not
-// depend on scheduling), scaled and stored by thread 0; partial[] may be reused on return.
+// The block's threads' partial sums, added by CUB's BlockReduce (deterministic for a fixed block
+// size), scaled and stored by thread 0; the temp storage may be reused on return.
+using BlockSum = cub::BlockReduce<double, kBlock>;
+
 template <class T>
-__device__ __forceinline__ void block_sum_to(double* partial, double acc, T* y, double scale) {
-  partial[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = kBlock / 2; s > 0; s >>= 1) {
-    if (int(threadIdx.x) < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *y = T(partial[0] * scale);
+__device__ __forceinline__ void block_sum_to(BlockSum::TempStorage& tmp, double acc, T* y, double scale) {
+  const double total = BlockSum(tmp).Sum(acc);
+  if (threadIdx.x == 0) *y = T(total * scale);
   __syncthreads();
 }
 
 // Few outputs, long reductions: one block per output, its partial sums added as above.
 template <class T> __global__ void reduce_block_kernel(const T* x, T* y, ReducePlan p, double scale) {
-  __shared__ double partial[kBlock];
+  __shared__ BlockSum::TempStorage partial;
   for (i64 o = blockIdx.x; o < p.n_out; o += gridDim.x) {
     const i64 base = reduce_base(o, p);
     double acc = 0;
@@ -171,7 +172,7 @@ template <class T> __global__ void reduce_block_kernel(const T* x, T* y, ReduceP
 // per element cost more than the loads).
 template <class T> __global__ void reduce_rows_kernel(const T* x, T* y, ReducePlan p, i64 rows, i64 row_stride,
                                                       i64 cols, double scale) {
-  __shared__ double partial[kBlock];
+  __shared__ BlockSum::TempStorage partial;
   for (i64 o = blockIdx.x; o < p.n_out; o += gridDim.x) {
     const T* base = x + reduce_base(o, p);
     double acc = 0;
@@ -191,7 +192,7 @@ template <class T> __global__ void reduce_rows_kernel(const T* x, T* y, ReducePl
 // in order. Deterministic (no atomics); the partials live in the caller's workspace.
 template <class T>
 __global__ void bias_grad_partial_kernel(const T* dy, double* part, i64 outer, i64 C, i64 inner, int S) {
-  __shared__ double partial[kBlock];
+  __shared__ BlockSum::TempStorage partial;
   const i64 c = blockIdx.y, s = blockIdx.x;
   const i64 r0 = outer * s / S, r1 = outer * (s + 1) / S;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, nwarps = int(blockDim.x) / 32;
