@@ -1,7 +1,12 @@
 // Single-thread f32 gemm on the dense layers' products of the Fashion-MNIST MLP, at the batch of
 // one replica (64) and of a two-rank shard (32): OpenBLAS's cblas_sgemm against ringflow's gemm
 // (oneDNN's sgemm when built with RINGFLOW_DNNL). Medians of --iters calls, microseconds and
-// GFLOP/s, and the ratio. usage: gemm_micro [--iters N]
+// GFLOP/s, and the ratio. Then, per rank of two (global batch 64), the weight-gradient product plus
+// the momentum update of fc1 and fc2 done as now (each rank: its shard's gradient, K = 32, all
+// rows, then an update averaging two gradients) against a sufficient-factor split (each rank: half
+// of the rows from both shards' factors, K = 64, then an update of those rows): the compute side of
+// the proposal in docs/ARCHITECTURE.md ("Next: sufficient factors"); the cross-core bytes are not
+// in it. usage: gemm_micro [--iters N]
 #include <cblas.h>
 #include <omp.h>
 
@@ -10,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cpu.h"
@@ -75,5 +81,32 @@ int main(int argc, char** argv) {
                   gf / blas, ours, gf / ours, blas / ours);
     }
   }
+
+  // Sufficient factors: dW = dY^T X with dY [B, out], X [B, in], W [out, in].
+  std::printf("\nper rank of 2, global batch 64: weight gradient + momentum update (us, medians)\n");
+  std::printf("%-8s %12s %12s %8s\n", "layer", "now", "factors", "saved");
+  double total_now = 0, total_sfb = 0;
+  for (const auto& [name, out, in] : {std::tuple{"fc1", 256, 784}, std::tuple{"fc2", 256, 256}}) {
+    const int B = 64, half = out / 2;
+    const size_t nw = size_t(out) * in;
+    std::vector<float> dy(size_t(B) * out), x(size_t(B) * in), g(nw), peer(nw), w(nw, 0.1f), v(nw, 0.f);
+    for (size_t i = 0; i < dy.size(); ++i) dy[i] = float(i % 11) * 0.001f;
+    for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 7) * 0.01f;
+    std::fill(peer.begin(), peer.end(), 0.001f);
+    const float* srcs[2] = {g.data(), peer.data()};
+    const double now = median_us(iters, [&] {
+      kernels::cpu::gemm<float>(true, false, out, in, B / 2, 1.0f, dy.data(), out, x.data(), in, 0.0f, g.data(), in);
+      kernels::cpu::momentum_update<float>(w.data(), v.data(), kernels::cpu::GradIn<float>(srcs, 2), i64(nw), 0.05,
+                                           0.9, 0.0, false);
+    });
+    const double sfb = median_us(iters, [&] {
+      kernels::cpu::gemm<float>(true, false, half, in, B, 0.5f, dy.data(), out, x.data(), in, 0.0f, g.data(), in);
+      kernels::cpu::momentum_update<float>(w.data(), v.data(), g.data(), i64(half) * in, 0.05, 0.9, 0.0, false);
+    });
+    total_now += now;
+    total_sfb += sfb;
+    std::printf("%-8s %12.1f %12.1f %8.1f\n", name, now, sfb, now - sfb);
+  }
+  std::printf("%-8s %12.1f %12.1f %8.1f\n", "total", total_now, total_sfb, total_now - total_sfb);
   return 0;
 }

@@ -2,11 +2,47 @@
 // and a non-zero exit status.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <iostream>
+#include <string>
 
 #include "collective/mpi_env.h"
 #include "models/trainer.h"
 #include "runtime/error.h"
+
+namespace {
+
+// This process's rank and the job's size as the launcher tells them (Open MPI, then MPICH/PMI),
+// readable before MPI is initialised; 0 and 1 outside mpirun.
+int launcher_value(const char* ompi, const char* pmi, int fallback) {
+  for (const char* name : {ompi, pmi})
+    if (const char* v = std::getenv(name)) return std::atoi(v);
+  return fallback;
+}
+int launcher_rank() { return launcher_value("OMPI_COMM_WORLD_RANK", "PMI_RANK", 0); }
+int launcher_size() { return launcher_value("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", 1); }
+
+// With several ranks an error during training must end the whole job from where it was thrown:
+// unwinding would run destructors that wait for the peers (a shared window's collective free, a
+// fused update's flag), while the peers wait for this rank. So main catches only JobError there
+// (which every rank raises alike), an exception nothing catches is not unwound, and this handler
+// prints its one line and aborts the job.
+[[noreturn]] void report_and_abort() {
+  std::string what = "unknown error";
+  if (const std::exception_ptr ep = std::current_exception()) {
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+  }
+  std::fprintf(stderr, "ringflow: error: %s\n", what.c_str());
+  rf::collective::abort_job(1);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"ringflow: a data-parallel deep-learning trainer (graph runtime, autodiff, ring-allreduce)"};
@@ -80,19 +116,31 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "ringflow: error: %s (see ringflow train --help)\n", e.what());
+  } catch (const CLI::ParseError& e) {  // every rank parses the same arguments: rank 0 says it
+    if (launcher_rank() == 0) std::fprintf(stderr, "ringflow: error: %s (see ringflow train --help)\n", e.what());
     return 2;
   }
   c.shuffle = !no_shuffle;
   c.progress = !quiet;
-  try {
+  auto run = [&] {
     const nlohmann::json summary = rf::train(c);
     if (summary["rank"].get<int>() == 0) std::cout << summary.dump() << std::endl;
+  };
+  if (launcher_size() > 1) {
+    std::set_terminate(report_and_abort);
+    try {
+      run();
+    } catch (const rf::JobError& e) {  // raised on every rank: one line, and a normal exit
+      if (e.print) std::fprintf(stderr, "ringflow: error: %s\n", e.what());
+      return 1;
+    }  // anything else has no handler: report_and_abort, from the throw site
+    return 0;
+  }
+  try {
+    run();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ringflow: error: %s\n", e.what());
-    // Peers may be waiting in a collective for this rank: end the whole job now.
-    rf::collective::abort_job(1);
+    return 1;
   }
   return 0;
 }

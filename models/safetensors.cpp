@@ -127,11 +127,11 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
          " (check that the directory exists and is writable)");
   // From here on every failure removes the temp file.
   auto fail_io = [&](const char* what) {
-    std::string err = std::strerror(errno);
+    const int code = errno;
     if (fd.get() >= 0) fd.close();
     ::unlink(tmp.c_str());
-    fail("cannot save checkpoint ", path, ": ", what, " ", tmp, " failed: ", err,
-         " (is the disk full?)");
+    fail("cannot save checkpoint ", path, ": ", what, " ", tmp, " failed: ", std::strerror(code),
+         code == ENOSPC || code == EDQUOT ? " (the disk is full)" : "");
   };
   if (!write_all(fd.get(), len_le, 8) || !write_all(fd.get(), text.data(), text.size()))
     fail_io("writing");

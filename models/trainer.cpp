@@ -9,7 +9,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <thread>
 
@@ -32,6 +34,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// A synthetic set of more samples than this would not fit in memory as floats (7.8 GB).
+constexpr int64_t kMaxSynthetic = 2'500'000;
+
 void validate(const TrainConfig& c) {
   RF_CHECK(c.model == "mlp" || c.model == "cnn", "unknown model '", c.model, "': expected mlp or cnn");
   RF_CHECK(c.data == "fashion-mnist" || c.data == "synthetic", "unknown data set '", c.data,
@@ -47,7 +52,20 @@ void validate(const TrainConfig& c) {
   collective::parse_fuse(c.fuse_update);  // throws on anything but auto|on|off
   RF_CHECK(!c.no_gradient_exchange || c.check_every == 0,
            "--no-gradient-exchange lets the replicas drift apart: it does not combine with --check-every");
-  RF_CHECK(c.weight_decay >= 0, "--weight-decay must be >= 0, got ", c.weight_decay);
+  RF_CHECK(c.weight_decay >= 0 && std::isfinite(c.weight_decay), "--weight-decay must be >= 0, got ", c.weight_decay);
+  RF_CHECK(c.momentum >= 0 && std::isfinite(c.momentum), "--momentum must be >= 0, got ", c.momentum);
+  RF_CHECK(c.warmup_steps >= 0, "--warmup-steps must be >= 0, got ", c.warmup_steps);
+  RF_CHECK(c.data != "synthetic" || (c.synthetic_train > 0 && c.synthetic_train <= kMaxSynthetic),
+           "--synthetic-train must be in [1, ", kMaxSynthetic, "], got ", c.synthetic_train);
+  RF_CHECK(c.compress_momentum == 0 || c.optimizer == "sgd",
+           "--compress-momentum is the optimizer's momentum (DGC's correction): use it with --optimizer sgd, not ",
+           c.optimizer);
+  const std::pair<const char*, const std::string*> outputs[] = {
+      {"--metrics", &c.metrics_path}, {"--timeline", &c.timeline_path}, {"--save", &c.save_path}};
+  for (size_t i = 0; i < 3; ++i)
+    for (size_t j = i + 1; j < 3; ++j)
+      RF_CHECK(outputs[i].second->empty() || *outputs[i].second != *outputs[j].second, outputs[i].first, " and ",
+               outputs[j].first, " name the same file ", *outputs[i].second);
   RF_CHECK(c.bucket_mb > 0, "--bucket-mb must be positive, got ", c.bucket_mb);
   RF_CHECK(c.check_every >= 0, "--check-every must be >= 0, got ", c.check_every);
   collective::parse_compress(c.compress);
@@ -60,13 +78,47 @@ void validate(const TrainConfig& c) {
   parse_schedule(c.schedule);
 }
 
+// Why no file can be written at `path` ("" when one can): a directory in its place, a missing
+// parent, or whatever creating (and removing) a probe file next to it says.
+std::string output_problem(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) return "it is a directory";
+  const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
+  if (!fs::is_directory(parent, ec)) return "no directory " + parent.string();
+  const std::string probe = path + ".probe." + std::to_string(::getpid());
+  std::FILE* f = std::fopen(probe.c_str(), "wb");
+  if (!f) return std::strerror(errno);
+  std::fclose(f);
+  std::remove(probe.c_str());
+  return "";
+}
+
+void check_writable(const std::string& path, const char* flag) {
+  const std::string why = output_problem(path);
+  RF_CHECK(why.empty(), "cannot write ", flag, " ", path, ": ", why);
+}
+
+// Every rank's set-up outcome, agreed: where any rank failed, every rank throws the lowest
+// failing rank's message as a JobError (printed by rank 0 only).
+void agree_or_throw(collective::Communicator& comm, const std::string& error) {
+  if (comm.size() == 1) {
+    if (!error.empty()) throw JobError(error, true);
+    return;
+  }
+  int64_t first = error.empty() ? comm.size() : comm.rank();
+  comm.allreduce(&first, 1, DType::I64, collective::ReduceOp::Min);
+  if (first == comm.size()) return;
+  int64_t len = comm.rank() == first ? int64_t(error.size()) : 0;
+  comm.broadcast(&len, 1, DType::I64, int(first));
+  std::string msg = comm.rank() == first ? error : std::string(size_t(len), '\0');
+  if (len > 0) comm.broadcast(msg.data(), size_t(len), DType::U8, int(first));
+  throw JobError(first == 0 ? msg : "rank " + std::to_string(first) + ": " + msg, comm.rank() == 0);
+}
+
 // Gathers every rank's trace to rank 0, which writes one file with the ranks as pids.
 void write_timeline(const Timeline& tl, const std::string& path, collective::Communicator& comm) {
-  const std::string tmp = path + ".rank" + std::to_string(comm.rank()) + ".tmp";
-  tl.write(tmp);
-  std::ifstream in(tmp);
-  std::string mine((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::remove(tmp.c_str());
+  const std::string mine = tl.json();
   std::vector<size_t> counts(size_t(comm.size()));
   size_t n = mine.size();
   comm.allgather(&n, counts.data(), 1, DType::I64);
@@ -82,13 +134,18 @@ void write_timeline(const Timeline& tl, const std::string& path, collective::Com
     for (const auto& e : part_json["traceEvents"]) merged["traceEvents"].push_back(e);
     off += k;
   }
-  const std::string part = path + ".tmp";
+  const std::string part = path + ".tmp." + std::to_string(::getpid());
+  bool written = false;
   {
     std::ofstream out(part);
     out << merged.dump() << '\n';
-    RF_CHECK(out.good(), "cannot write timeline ", part);
+    written = out.good();
   }
-  RF_CHECK(std::rename(part.c_str(), path.c_str()) == 0, "cannot rename ", part, " to ", path);
+  const int code = written && std::rename(part.c_str(), path.c_str()) != 0 ? errno : 0;
+  if (!written || code) {
+    std::remove(part.c_str());  // no half-written file stays behind
+    fail("cannot write --timeline ", path, ": ", written ? std::strerror(code) : output_problem(path));
+  }
 }
 
 // Sum of squares of every trainable Variable, accumulated in double.
@@ -239,40 +296,73 @@ class Progress {
 }  // namespace
 
 nlohmann::json train(const TrainConfig& c) {
-  validate(c);
+  // Set-up: everything that can fail on bad input (flags, data, output paths) is found here,
+  // before the first collective of training, and agreed on by every rank (agree_or_throw), so a
+  // bad value ends every rank alike with one message instead of leaving the others waiting.
+  std::string setup_error;
+  try {
+    validate(c);
+  } catch (const std::exception& e) {
+    setup_error = e.what();
+  }
   // `comm` (ring or mpi, host memory) carries the metrics, checksums, evaluation sums and the
   // timeline, and the gradients of host replicas; replicas on GPUs reduce their gradients with
   // NCCL (`grad_comm`, made below once the device is known).
-  const std::string host_backend = c.collective == "auto" || c.collective == "nccl" ? "ring" : c.collective;
+  const std::string host_backend = c.collective == "ring" || c.collective == "mpi" ? c.collective : "ring";
   auto comm = collective::make_communicator(host_backend, collective::options_from_env());
   const int rank = comm->rank(), world = comm->size();
-  // Default: this node's cores shared evenly by the ranks on it.
-  const int threads = c.threads > 0 ? c.threads
-                                    : std::max(1, int(std::thread::hardware_concurrency()) / comm->local_size());
-  set_num_threads(threads);
-  RF_CHECK(c.batch % world == 0, "--batch ", c.batch, " does not split evenly over ", world, " ranks");
-  const int64_t local_batch = c.batch / world;
-  collective::CompressSpec compress = collective::parse_compress(c.compress);
-  compress.warmup_steps = c.compress_warmup;
-  compress.momentum = c.compress_momentum;
-  compress.seed = c.seed;
-  RF_CHECK(!compress.compressing() || c.dtype == "f32", "--compress ", c.compress, " needs --dtype f32");
-  Device device = Device::parse(c.device);
-  if (device.is_cuda() && world > 1) device = Device::cuda(comm->local_rank() % cuda_device_count());
-  RF_CHECK(!c.cuda_graph || device.is_cuda(), "--cuda-graph needs a CUDA device (--device cuda)");
-  RF_CHECK(!c.cuda_graph || world == 1, "--cuda-graph supports one replica for now");
-  RF_CHECK(!c.cuda_graph || c.timeline_path.empty(),
-           "--cuda-graph cannot record a --timeline (a replayed step has no per-op spans)");
-
+  const bool lead = rank == 0;
+  int threads = 1;
+  int64_t local_batch = 0;
+  collective::CompressSpec compress;
+  Device device = Device::cpu();
   FashionMnist data;
-  if (c.data == "fashion-mnist") {
-    data = load_fashion_mnist(c.data_dir);
-  } else {
-    data.train = make_synthetic(c.synthetic_train, c.seed);
-    data.test = make_synthetic(c.synthetic_test, c.seed + 1);
+  std::ofstream metrics;
+  if (setup_error.empty()) {
+    try {
+      // Default: this node's cores shared evenly by the ranks on it.
+      threads = c.threads > 0 ? c.threads : std::max(1, int(std::thread::hardware_concurrency()) / comm->local_size());
+      set_num_threads(threads);
+      RF_CHECK(c.batch % world == 0, "--batch ", c.batch, " does not split evenly over ", world, " ranks");
+      local_batch = c.batch / world;
+      compress = collective::parse_compress(c.compress);
+      compress.warmup_steps = c.compress_warmup;
+      compress.momentum = c.compress_momentum;
+      compress.seed = c.seed;
+      RF_CHECK(!compress.compressing() || c.dtype == "f32", "--compress ", c.compress, " needs --dtype f32");
+      RF_CHECK(world > 1 || collective::parse_fuse(c.fuse_update) != collective::ReducerOptions::Fuse::On,
+               "--fuse-update on needs 2 or more ranks (one replica exchanges no gradients)");
+      device = Device::parse(c.device);
+      if (device.is_cuda() && world > 1) device = Device::cuda(comm->local_rank() % cuda_device_count());
+      RF_CHECK(!c.cuda_graph || device.is_cuda(), "--cuda-graph needs a CUDA device (--device cuda)");
+      RF_CHECK(!c.cuda_graph || world == 1, "--cuda-graph supports one replica for now");
+      RF_CHECK(!c.cuda_graph || c.timeline_path.empty(),
+               "--cuda-graph cannot record a --timeline (a replayed step has no per-op spans)");
+      if (c.data == "fashion-mnist") {
+        data = load_fashion_mnist(c.data_dir);
+        for (const Dataset* d : {&data.train, &data.test})
+          RF_CHECK(d->channels == 1 && d->height == 28 && d->width == 28, "the images in ", c.data_dir, " are ",
+                   d->height, "x", d->width, "; the models take Fashion-MNIST's 28x28");
+      } else {
+        data.train = make_synthetic(c.synthetic_train, c.seed);
+        data.test = make_synthetic(c.synthetic_test, c.seed + 1);
+      }
+      RF_CHECK(c.batch <= data.train.n, "--batch ", c.batch, " is larger than the training set (", data.train.n,
+               " samples)");
+      if (lead) {  // rank 0 writes every output file: each one is known writable before training
+        if (!c.metrics_path.empty()) {
+          metrics.open(c.metrics_path);
+          RF_CHECK(metrics.good(), "cannot open metrics file ", c.metrics_path, " for writing: ",
+                   output_problem(c.metrics_path));
+        }
+        if (!c.timeline_path.empty()) check_writable(c.timeline_path, "--timeline");
+        if (!c.save_path.empty()) check_writable(c.save_path, "--save");
+      }
+    } catch (const std::exception& e) {
+      setup_error = e.what();
+    }
   }
-  RF_CHECK(c.batch <= data.train.n, "--batch ", c.batch, " is larger than the training set (", data.train.n,
-           " samples)");
+  agree_or_throw(*comm, setup_error);
 
   Graph g(c.seed);
   const Model m = build_model(g, c.model, c.dtype == "f64" ? DType::F64 : DType::F32);
@@ -330,8 +420,9 @@ nlohmann::json train(const TrainConfig& c) {
 
   BatchIterator it(data.train, local_batch, c.seed, c.shuffle, rank, world);
   const int64_t steps_per_epoch = it.steps_per_epoch();
-  const int64_t total_steps =
-      c.max_steps > 0 ? std::min(c.max_steps, c.epochs * steps_per_epoch) : c.epochs * steps_per_epoch;
+  int64_t all_epochs = 0;  // epochs * steps_per_epoch, saturated (--epochs may be huge with --max-steps)
+  if (__builtin_mul_overflow(c.epochs, steps_per_epoch, &all_epochs)) all_epochs = std::numeric_limits<int64_t>::max();
+  const int64_t total_steps = c.max_steps > 0 ? std::min(c.max_steps, all_epochs) : all_epochs;
   LrSchedule sched;
   sched.kind = parse_schedule(c.schedule);
   sched.base_lr = c.lr;
@@ -339,12 +430,6 @@ nlohmann::json train(const TrainConfig& c) {
   sched.total_steps = total_steps;
   sched.step_size = std::max<int64_t>(1, total_steps / 3);
 
-  const bool lead = rank == 0;
-  std::ofstream metrics;
-  if (lead && !c.metrics_path.empty()) {
-    metrics.open(c.metrics_path);
-    RF_CHECK(metrics.good(), "cannot open metrics file ", c.metrics_path, " for writing");
-  }
   auto emit = [&](nlohmann::json j) {
     if (metrics.is_open()) metrics << j.dump() << '\n' << std::flush;
   };
@@ -473,11 +558,11 @@ nlohmann::json train(const TrainConfig& c) {
   s["steps"] = step;
   s["train_seconds"] = train_seconds;
   s["samples_per_second"] = double(step * c.batch) / std::max(train_seconds, 1e-9);
-  s["test_accuracy"] = eval_json.value("test_accuracy", 0.0);
-  s["test_loss"] = eval_json.value("test_loss", 0.0);
+  s["test_accuracy"] = eval_json.is_object() ? eval_json.value("test_accuracy", 0.0) : 0.0;
+  s["test_loss"] = eval_json.is_object() ? eval_json.value("test_loss", 0.0) : 0.0;
   s["final_loss"] = final_loss;
   s["param_norm"] = param_norm(sess, g);
-  s["compress"] = compress.str();
+  s["compress"] = world > 1 ? compress.str() : "none";  // one replica exchanges no gradients
   s["cuda_graph"] = c.cuda_graph;
   // What this rank sent per step (mean over the run), as a bandwidth-optimal ring sends it, and
   // what the uncompressed allreduce would send.

@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/error.h"
+
 namespace rf {
 
 struct TrainConfig {
@@ -46,7 +48,15 @@ struct TrainConfig {
   bool no_gradient_exchange = false; // diagnostics: replicas skip the gradient exchange (and drift apart)
 };
 
-// Validates the configuration (throws rf::Error with a one-line message on bad input), trains
+// A set-up error (flags, data, output paths) that train() found before training and agreed on
+// across the ranks, so every rank throws it alike: the caller prints it once (where `print`, on
+// rank 0) and every rank exits normally; no peer is left waiting.
+struct JobError : Error {
+  JobError(const std::string& what, bool print_it) : Error(what), print(print_it) {}
+  bool print;
+};
+
+// Validates the configuration (throws JobError with a one-line message on bad input), trains
 // and returns the summary (model, device, world_size, steps, train_seconds, samples_per_second,
 // test_accuracy, final_loss, param_norm, ...).
 nlohmann::json train(const TrainConfig& cfg);

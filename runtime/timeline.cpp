@@ -1,14 +1,7 @@
-// Timeline storage and the Chrome trace JSON writer.
+// Timeline storage and its Chrome trace JSON.
 #include "runtime/timeline.h"
 
-#include <unistd.h>
-
-#include <cstdio>
-#include <fstream>
-
 #include <nlohmann/json.hpp>
-
-#include "runtime/error.h"
 
 namespace rf {
 
@@ -22,7 +15,7 @@ size_t Timeline::size() const {
   return events_.size();
 }
 
-void Timeline::write(const std::string& path) const {
+std::string Timeline::json() const {
   nlohmann::json events = nlohmann::json::array();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -34,21 +27,7 @@ void Timeline::write(const std::string& path) const {
   for (int tid = 0; tid < 3; ++tid)
     events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid_}, {"tid", tid}, {"args", {{"name", lanes[tid]}}}});
   events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid_}, {"args", {{"name", "rank " + std::to_string(pid_)}}}});
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream out(tmp);
-    RF_CHECK(out.good(), "cannot write timeline ", tmp);
-    out << nlohmann::json{{"traceEvents", events}, {"displayTimeUnit", "ms"}}.dump() << '\n';
-    out.close();
-    if (!out.good()) {
-      std::remove(tmp.c_str());
-      fail("cannot write timeline ", path);
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail("cannot rename ", tmp, " to ", path);
-  }
+  return nlohmann::json{{"traceEvents", events}, {"displayTimeUnit", "ms"}}.dump();
 }
 
 }  // namespace rf

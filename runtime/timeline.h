@@ -20,8 +20,8 @@ class Timeline {
   // trainer's batch preparation and whole Session::run calls).
   void span(const std::string& name, const char* category, int tid, int64_t start_us, int64_t end_us);
   size_t size() const;
-  // Writes {"traceEvents": [...]} to path (via a temporary file and rename).
-  void write(const std::string& path) const;
+  // {"traceEvents": [...], "displayTimeUnit": "ms"}: this process's spans and lane names.
+  std::string json() const;
 
  private:
   struct Event {

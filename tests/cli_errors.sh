@@ -29,14 +29,15 @@ d = sys.argv[1]
 def write(path, magic, dims, payload):
     with gzip.open(path, "wb") as f:
         f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", x) for x in dims) + payload)
-for name, n in (("good", 100), ("badmagic", 100), ("short", 100)):
+for name, n in (("good", 100), ("badmagic", 100), ("short", 100), ("small", 100)):
     os.makedirs(f"{d}/{name}")
+    side = 14 if name == "small" else 28
     for split in ("train", "t10k"):
         img_magic = 0x00000804 if name == "badmagic" and split == "train" else 0x00000803
-        pixels = bytes((i * 7) % 256 for i in range(n * 784))
+        pixels = bytes((i * 7) % 256 for i in range(n * side * side))
         if name == "short" and split == "train":
             pixels = pixels[: len(pixels) // 2]
-        write(f"{d}/{name}/{split}-images-idx3-ubyte.gz", img_magic, (n, 28, 28), pixels)
+        write(f"{d}/{name}/{split}-images-idx3-ubyte.gz", img_magic, (n, side, side), pixels)
         write(f"{d}/{name}/{split}-labels-idx1-ubyte.gz", 0x00000801, (n,), bytes(i % 10 for i in range(n)))
 PY
 
@@ -62,6 +63,55 @@ expect_error "compress needs f32" "dtype f32" "${common[@]}" --data-dir "$tmp/go
 expect_error "bad --fuse-update" "fuse-update" "${common[@]}" --data-dir "$tmp/good" --fuse-update maybe
 expect_error "no exchange with a replica check" "check-every" "${common[@]}" --data-dir "$tmp/good" --no-gradient-exchange --check-every 5
 expect_error "unknown collective" "gloo" "${common[@]}" --data-dir "$tmp/good" --collective gloo
+expect_error "images not 28x28" "14x14" "${common[@]}" --data-dir "$tmp/small"
+expect_error "negative momentum" "--momentum" "${common[@]}" --data-dir "$tmp/good" --momentum -5
+expect_error "infinite weight decay" "--weight-decay" "${common[@]}" --data-dir "$tmp/good" --weight-decay inf
+expect_error "negative warmup" "--warmup-steps" "${common[@]}" --data-dir "$tmp/good" --warmup-steps -10
+expect_error "huge synthetic set" "--synthetic-train" "${common[@]}" --data synthetic --synthetic-train 1000000000
+expect_error "compress momentum with momentum" "--optimizer sgd" "${common[@]}" --data-dir "$tmp/good" --compress topk:0.1 --compress-momentum 0.9
+expect_error "fuse on with one replica" "2 or more ranks" "${common[@]}" --data-dir "$tmp/good" --fuse-update on
+expect_error "metrics and timeline one file" "same file" "${common[@]}" --data-dir "$tmp/good" --metrics "$tmp/x.json" --timeline "$tmp/x.json"
+expect_error "metrics in a missing directory" "no directory" "${common[@]}" --data-dir "$tmp/good" --metrics "$tmp/nodir/m.jsonl"
+expect_error "save in a missing directory" "no directory" "${common[@]}" --data-dir "$tmp/good" --save "$tmp/nodir/c.safetensors"
+mkdir -p "$tmp/adir"
+expect_error "timeline is a directory" "is a directory" "${common[@]}" --data-dir "$tmp/good" --timeline "$tmp/adir"
+if ls "$tmp" | grep -qE '\.(tmp|probe)'; then
+  echo "FAIL output checks left a file: $(ls "$tmp")"; fails=$((fails + 1))
+else
+  echo "ok   output checks left no file behind"; passes=$((passes + 1))
+fi
+if timeout 60 "$bin" train --quiet --model mlp --max-steps 2 --data-dir "$tmp/good" --batch 10 \
+     --epochs 9223372036854775807 >"$tmp/out" 2>"$tmp/err" &&
+   grep -q '"steps":2' "$tmp/out"; then
+  echo "ok   --epochs at its maximum with --max-steps"; passes=$((passes + 1))
+else
+  echo "FAIL --epochs at its maximum: $(head -c 300 "$tmp/err")"; fails=$((fails + 1))
+fi
+
+# Under mpirun: a bad value found by every rank, or an output path only rank 0 writes, ends the
+# job promptly with one "ringflow: error" line (mpirun adds its own banner), not one per rank or
+# a hang.
+expect_mpi_error() {
+  local name="$1" pattern="$2"; shift 2
+  timeout 90 mpirun --allow-run-as-root -np 2 "$bin" "$@" >"$tmp/out" 2>"$tmp/err"
+  local rc=$? n
+  n=$(grep -c "^ringflow: error" "$tmp/err")
+  if [[ $rc -eq 0 || $rc -eq 124 || $n -ne 1 ]] || grep -q '"test_accuracy"' "$tmp/out" ||
+     ! grep -qE "^ringflow: error: .*$pattern" "$tmp/err"; then
+    echo "FAIL mpirun $name: rc=$rc, error lines=$n, stderr: $(head -c 400 "$tmp/err")"
+    fails=$((fails + 1))
+  else
+    echo "ok   mpirun $name: $(grep '^ringflow: error' "$tmp/err")"
+    passes=$((passes + 1))
+  fi
+}
+if command -v mpirun >/dev/null && [[ "$(nproc)" -ge 2 ]]; then
+  mpi_common=(train --quiet --epochs 1 --max-steps 2 --model mlp --threads 1 --data-dir "$tmp/good")
+  expect_mpi_error "batch does not split" "split evenly" "${mpi_common[@]}" --batch 9
+  expect_mpi_error "metrics in a missing directory" "no directory" "${mpi_common[@]}" --batch 10 --metrics "$tmp/nodir/m.jsonl"
+  expect_mpi_error "bad flag value" "--lr" "${mpi_common[@]}" --batch 10 --lr -1
+fi
+
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
   expect_error "cuda without a GPU" "no CUDA device" "${common[@]}" --data-dir "$tmp/good" --device cuda
 fi
