@@ -4,6 +4,21 @@
 die() { echo "$BENCH_NAME: error: $*" >&2; exit 1; }
 is_posint() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 
+# check_run_args: the options scaling.sh and vs_pytorch.sh share ($runs, $steps_mlp, $steps_cnn,
+# $warmup, $models), checked; fills the array model_list.
+check_run_args() {
+  is_posint "$runs" || die "--runs must be a positive integer, got '$runs'"
+  is_posint "$steps_mlp" || die "--steps-mlp must be a positive integer, got '$steps_mlp'"
+  is_posint "$steps_cnn" || die "--steps-cnn must be a positive integer, got '$steps_cnn'"
+  [[ "$warmup" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer, got '$warmup'"
+  read -r -a model_list <<<"$models"
+  ((${#model_list[@]})) || die "--models is empty"
+  local m
+  for m in "${model_list[@]}"; do
+    [[ "$m" == mlp || "$m" == cnn ]] || die "unknown model '$m' (expected mlp or cnn)"
+  done
+}
+
 # json_field FILE KEY: KEY of the last JSON object line in FILE (fails if there is none).
 json_field() {
   python3 - "$1" "$2" <<'EOF'

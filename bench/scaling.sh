@@ -71,17 +71,9 @@ while (($#)); do
     *) echo "scaling: unknown argument '$1'" >&2; usage ;;
   esac
 done
-is_posint "$runs" || die "--runs must be a positive integer, got '$runs'"
-is_posint "$steps_mlp" || die "--steps-mlp must be a positive integer, got '$steps_mlp'"
-is_posint "$steps_cnn" || die "--steps-cnn must be a positive integer, got '$steps_cnn'"
+check_run_args
 is_posint "$time_limit" || die "--timeout must be a positive integer, got '$time_limit'"
 is_posint "$batch" || die "--batch must be a positive integer, got '$batch'"
-[[ "$warmup" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer, got '$warmup'"
-read -r -a model_list <<<"$models"
-((${#model_list[@]})) || die "--models is empty"
-for m in "${model_list[@]}"; do
-  [[ "$m" == mlp || "$m" == cnn ]] || die "unknown model '$m' (expected mlp or cnn)"
-done
 read -r -a rank_list <<<"$ranks"
 ((${#rank_list[@]})) || die "--ranks is empty"
 for n in "${rank_list[@]}"; do

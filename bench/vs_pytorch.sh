@@ -46,15 +46,7 @@ while (($#)); do
     *) echo "vs_pytorch: unknown argument '$1'" >&2; usage ;;
   esac
 done
-is_posint "$runs" || die "--runs must be a positive integer, got '$runs'"
-is_posint "$steps_mlp" || die "--steps-mlp must be a positive integer, got '$steps_mlp'"
-is_posint "$steps_cnn" || die "--steps-cnn must be a positive integer, got '$steps_cnn'"
-[[ "$warmup" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer, got '$warmup'"
-read -r -a model_list <<<"$models"
-((${#model_list[@]})) || die "--models is empty"
-for m in "${model_list[@]}"; do
-  [[ "$m" == mlp || "$m" == cnn ]] || die "unknown model '$m' (expected mlp or cnn)"
-done
+check_run_args
 
 if ((!skip_build)); then
   scripts/install_deps.sh --bench || die "scripts/install_deps.sh --bench failed"
