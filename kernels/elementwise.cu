@@ -89,6 +89,18 @@ template <class T> __global__ void bias_add_kernel(const T* x, const T* b, T* y,
   for (i64 i = global_index(); i < n; i += grid_stride()) y[i] = x[i] + b[(i / inner) % C];
 }
 
+// Long rows (a convolution's [N, C, H*W]): blocks along a row, rows along y; one division per
+// row, not two 64-bit ones per element.
+template <class T>
+__global__ void bias_add_rows_kernel(const T* x, const T* b, T* y, i64 C, i64 inner, i64 rows) {
+  for (i64 r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T bias = b[r % C];
+    const i64 base = r * inner;
+    for (i64 j = i64(blockIdx.x) * blockDim.x + threadIdx.x; j < inner; j += i64(gridDim.x) * blockDim.x)
+      y[base + j] = x[base + j] + bias;
+  }
+}
+
 // ---- reduction ----
 // A thread per output (many short reductions), a block per output (few long ones), or slabs of
 // an output's rows (bias gradients, below); double accumulators; a block's partial sums are added
@@ -403,7 +415,13 @@ template <class T> void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C,
   if (outer < 0 || C < 0 || inner < 0) throw std::invalid_argument("bias_add: negative dimension");
   const i64 n = outer * C * inner;
   if (n == 0) return;
-  bias_add_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(x, b, y, C, inner, n);
+  if (inner >= 32) {
+    const i64 rows = outer * C;
+    const dim3 grid(unsigned(std::min<i64>((inner + kBlock - 1) / kBlock, 64)), unsigned(std::min<i64>(rows, 65535)));
+    bias_add_rows_kernel<T><<<grid, kBlock, 0, stream>>>(x, b, y, C, inner, rows);
+  } else {
+    bias_add_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(x, b, y, C, inner, n);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
