@@ -89,8 +89,8 @@ template <class T> __global__ void bias_add_kernel(const T* x, const T* b, T* y,
   for (i64 i = global_index(); i < n; i += grid_stride()) y[i] = x[i] + b[(i / inner) % C];
 }
 
-// Long rows (a convolution's [N, C, H*W]): blocks along a row, rows along y; one division per
-// row, not two 64-bit ones per element.
+// Long rows (a convolution's [N, C, H*W], H*W >= 128): blocks along a row, rows along y; one
+// division per row, not two 64-bit ones per element.
 template <class T>
 __global__ void bias_add_rows_kernel(const T* x, const T* b, T* y, i64 C, i64 inner, i64 rows) {
   for (i64 r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -415,7 +415,7 @@ template <class T> void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C,
   if (outer < 0 || C < 0 || inner < 0) throw std::invalid_argument("bias_add: negative dimension");
   const i64 n = outer * C * inner;
   if (n == 0) return;
-  if (inner >= 32) {
+  if (inner >= 128) {  // at least half of a block's threads busy on a row
     const i64 rows = outer * C;
     const dim3 grid(unsigned(std::min<i64>((inner + kBlock - 1) / kBlock, 64)), unsigned(std::min<i64>(rows, 65535)));
     bias_add_rows_kernel<T><<<grid, kBlock, 0, stream>>>(x, b, y, C, inner, rows);

@@ -54,7 +54,7 @@ void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, 
           T beta, T* c, i64 ldc, cublasHandle_t handle, cudaStream_t stream) {
   const BlasArgs r = check(trans_a, trans_b, m, n, k, lda, ldb, ldc);
   if (m == 0 || n == 0) return;
-  if (k == 0 && beta == T(0)) {  // a sum over nothing: zeros, without relying on cuBLAS's k == 0 case
+  if (k == 0 && beta == T(0)) {  // a sum over nothing: zeros (beta != 0 takes cuBLAS's own k == 0 case: C = beta C)
     CUDA_CHECK(cudaMemset2DAsync(c, size_t(ldc) * sizeof(T), 0, size_t(n) * sizeof(T), size_t(m), stream));
     return;
   }

@@ -13,15 +13,13 @@
 
 namespace {
 
-// This process's rank and the job's size as the launcher tells them (Open MPI, then MPICH/PMI),
-// readable before MPI is initialised; 0 and 1 outside mpirun.
-int launcher_value(const char* ompi, const char* pmi, int fallback) {
-  for (const char* name : {ompi, pmi})
+// This process's rank as the launcher tells it (Open MPI, PMI, PMIx), readable before MPI is
+// initialised; 0 outside a launcher.
+int launcher_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"})
     if (const char* v = std::getenv(name)) return std::atoi(v);
-  return fallback;
+  return 0;
 }
-int launcher_rank() { return launcher_value("OMPI_COMM_WORLD_RANK", "PMI_RANK", 0); }
-int launcher_size() { return launcher_value("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", 1); }
 
 // With several ranks an error during training must end the whole job from where it was thrown:
 // unwinding would run destructors that wait for the peers (a shared window's collective free, a
@@ -38,7 +36,7 @@ int launcher_size() { return launcher_value("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", 
     } catch (...) {
     }
   }
-  std::fprintf(stderr, "ringflow: error: %s\n", what.c_str());
+  std::fprintf(stderr, "ringflow: error: rank %d: %s\n", launcher_rank(), what.c_str());
   rf::collective::abort_job(1);
 }
 
@@ -126,7 +124,7 @@ int main(int argc, char** argv) {
     const nlohmann::json summary = rf::train(c);
     if (summary["rank"].get<int>() == 0) std::cout << summary.dump() << std::endl;
   };
-  if (launcher_size() > 1) {
+  if (rf::collective::started_by_mpi_launcher()) {
     std::set_terminate(report_and_abort);
     try {
       run();
@@ -140,7 +138,7 @@ int main(int argc, char** argv) {
     run();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ringflow: error: %s\n", e.what());
-    return 1;
+    rf::collective::abort_job(1);  // one process: a plain exit
   }
   return 0;
 }

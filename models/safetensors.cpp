@@ -131,7 +131,7 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
     if (fd.get() >= 0) fd.close();
     ::unlink(tmp.c_str());
     fail("cannot save checkpoint ", path, ": ", what, " ", tmp, " failed: ", std::strerror(code),
-         code == ENOSPC || code == EDQUOT ? " (the disk is full)" : "");
+         code == ENOSPC || code == EDQUOT ? " (no space left, or the quota is used up)" : "");
   };
   if (!write_all(fd.get(), len_le, 8) || !write_all(fd.get(), text.data(), text.size()))
     fail_io("writing");

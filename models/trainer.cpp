@@ -318,6 +318,9 @@ nlohmann::json train(const TrainConfig& c) {
   Device device = Device::cpu();
   FashionMnist data;
   std::ofstream metrics;
+  Graph g(c.seed);
+  Model m;
+  TrainOp t;
   if (setup_error.empty()) {
     try {
       // Default: this node's cores shared evenly by the ranks on it.
@@ -349,12 +352,41 @@ nlohmann::json train(const TrainConfig& c) {
       }
       RF_CHECK(c.batch <= data.train.n, "--batch ", c.batch, " is larger than the training set (", data.train.n,
                " samples)");
+      // The model, and where it runs: --device auto falls back to the CPU for ops without a
+      // CUDA kernel, which decides the collectives that can serve.
+      m = build_model(g, c.model, c.dtype == "f64" ? DType::F64 : DType::F32);
+      OptimizerConfig oc;
+      oc.kind = parse_optimizer(c.optimizer);
+      oc.nesterov = c.optimizer == "nesterov";
+      oc.momentum = c.momentum;
+      oc.weight_decay = c.weight_decay;
+      t = minimize(m.loss, oc);
+      if (device.is_cuda() && c.device == "auto") {
+        for (const Node& n : g.nodes())
+          if (!cuda_has_kernel(n.op)) {
+            if (lead)
+              std::fprintf(stderr, "ringflow: note: no CUDA kernel for %s yet, so --device auto trains on the CPU\n",
+                           op_name(n.op));
+            device = Device::cpu();
+            break;
+          }
+      }
+      if (world > 1 && device.is_cuda()) {
+        RF_CHECK(c.collective == "auto" || c.collective == "nccl", "--collective ", c.collective,
+                 " reduces host memory; replicas on GPUs use --collective nccl (or auto)");
+      } else {
+        RF_CHECK(c.collective != "nccl" || world == 1, "--collective nccl needs CUDA devices (--device cuda)");
+      }
+      const auto fuse = collective::parse_fuse(c.fuse_update);
+      RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || !compress.compressing(),
+               "--fuse-update on averages full-precision gradients in place: it does not combine with --compress");
+      RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || !device.is_cuda(),
+               "--fuse-update on is for CPU replicas on one node (GPU replicas reduce with NCCL)");
+      if (!c.init_from.empty())
+        RF_CHECK(std::ifstream(c.init_from).good(), "cannot read --init-from ", c.init_from, ": ",
+                 std::strerror(errno));
       if (lead) {  // rank 0 writes every output file: each one is known writable before training
-        if (!c.metrics_path.empty()) {
-          metrics.open(c.metrics_path);
-          RF_CHECK(metrics.good(), "cannot open metrics file ", c.metrics_path, " for writing: ",
-                   output_problem(c.metrics_path));
-        }
+        if (!c.metrics_path.empty()) check_writable(c.metrics_path, "--metrics");
         if (!c.timeline_path.empty()) check_writable(c.timeline_path, "--timeline");
         if (!c.save_path.empty()) check_writable(c.save_path, "--save");
       }
@@ -363,34 +395,13 @@ nlohmann::json train(const TrainConfig& c) {
     }
   }
   agree_or_throw(*comm, setup_error);
-
-  Graph g(c.seed);
-  const Model m = build_model(g, c.model, c.dtype == "f64" ? DType::F64 : DType::F32);
-  OptimizerConfig oc;
-  oc.kind = parse_optimizer(c.optimizer);
-  oc.nesterov = c.optimizer == "nesterov";
-  oc.momentum = c.momentum;
-  oc.weight_decay = c.weight_decay;
-  const TrainOp t = minimize(m.loss, oc);
-  if (device.is_cuda() && c.device == "auto") {
-    for (const Node& n : g.nodes())
-      if (!cuda_has_kernel(n.op)) {
-        if (rank == 0)
-          std::fprintf(stderr, "ringflow: note: no CUDA kernel for %s yet, so --device auto trains on the CPU\n",
-                       op_name(n.op));
-        device = Device::cpu();
-        break;
-      }
+  if (lead && !c.metrics_path.empty()) {  // probed above; opened (and truncated) only now
+    metrics.open(c.metrics_path);
+    RF_CHECK(metrics.good(), "cannot open --metrics ", c.metrics_path, " for writing");
   }
 
   std::unique_ptr<collective::Communicator> nccl;
-  if (world > 1 && device.is_cuda()) {
-    RF_CHECK(c.collective == "auto" || c.collective == "nccl", "--collective ", c.collective,
-             " reduces host memory; replicas on GPUs use --collective nccl (or auto)");
-    nccl = collective::make_communicator("nccl", collective::options_from_env());
-  } else {
-    RF_CHECK(c.collective != "nccl" || world == 1, "--collective nccl needs CUDA devices (--device cuda)");
-  }
+  if (world > 1 && device.is_cuda()) nccl = collective::make_communicator("nccl", collective::options_from_env());
   collective::Communicator& grad_comm = nccl ? *nccl : *comm;
 
   Session sess(g, device);

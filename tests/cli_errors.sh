@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Bad input to `ringflow train` gives exactly one "ringflow: error: ..." line on stderr, nothing
-# on stdout, a non-zero exit and no hang. Usage: tests/cli_errors.sh path/to/ringflow
+# on stdout, a non-zero exit and no hang. Usage: tests/cli_errors.sh path/to/ringflow [mpi]
+# (with "mpi", for a build with MPI and Open MPI's mpirun, the same under mpirun -np 2)
 set -uo pipefail
 bin="$1"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fails=0; passes=0
 
+mpi="${2:-}"  # "mpi" when ringflow was built with MPI: the mpirun cases run
 # expect_error NAME PATTERN ARGS...: the one stderr line must match PATTERN (grep -E).
 expect_error() {
   local name="$1" pattern="$2"; shift 2
@@ -75,7 +77,10 @@ expect_error "metrics in a missing directory" "no directory" "${common[@]}" --da
 expect_error "save in a missing directory" "no directory" "${common[@]}" --data-dir "$tmp/good" --save "$tmp/nodir/c.safetensors"
 mkdir -p "$tmp/adir"
 expect_error "timeline is a directory" "is a directory" "${common[@]}" --data-dir "$tmp/good" --timeline "$tmp/adir"
-if ls "$tmp" | grep -qE '\.(tmp|probe)'; then
+# Passes the output probes (which create and remove a file), then fails: nothing may stay.
+expect_error "missing --init-from after the probes" "--init-from" "${common[@]}" --data-dir "$tmp/good" \
+  --timeline "$tmp/t.json" --metrics "$tmp/m.jsonl" --init-from "$tmp/none.safetensors"
+if ls "$tmp" | grep -qE '\.(tmp|probe)|^t\.json|^m\.jsonl'; then
   echo "FAIL output checks left a file: $(ls "$tmp")"; fails=$((fails + 1))
 else
   echo "ok   output checks left no file behind"; passes=$((passes + 1))
@@ -105,11 +110,23 @@ expect_mpi_error() {
     passes=$((passes + 1))
   fi
 }
-if command -v mpirun >/dev/null && [[ "$(nproc)" -ge 2 ]]; then
+if [[ "$mpi" == mpi ]] && mpirun --version 2>/dev/null | grep -q "Open MPI" && [[ "$(nproc)" -ge 2 ]]; then
   mpi_common=(train --quiet --epochs 1 --max-steps 2 --model mlp --threads 1 --data-dir "$tmp/good")
   expect_mpi_error "batch does not split" "split evenly" "${mpi_common[@]}" --batch 9
   expect_mpi_error "metrics in a missing directory" "no directory" "${mpi_common[@]}" --batch 10 --metrics "$tmp/nodir/m.jsonl"
   expect_mpi_error "bad flag value" "--lr" "${mpi_common[@]}" --batch 10 --lr -1
+  expect_mpi_error "missing --init-from" "--init-from" "${mpi_common[@]}" --batch 10 --init-from "$tmp/none.safetensors"
+  # An error during training (every rank's loss overflows): the job ends promptly from the throw
+  # site, each line names its rank, and nothing is unwound into a wait for the peers.
+  timeout 90 mpirun --allow-run-as-root -np 2 "$bin" train --quiet --epochs 1 --max-steps 20 --model mlp --threads 1 \
+    --data-dir "$tmp/good" --batch 10 --lr 1e30 >"$tmp/out" 2>"$tmp/err"
+  rc=$?
+  if [[ $rc -ne 0 && $rc -ne 124 ]] && grep -qE "^ringflow: error: rank [01]: loss became" "$tmp/err" &&
+     ! grep -q "terminate called" "$tmp/err"; then
+    echo "ok   mpirun error during training: $(grep -m1 '^ringflow: error' "$tmp/err")"; passes=$((passes + 1))
+  else
+    echo "FAIL mpirun error during training: rc=$rc, stderr: $(head -c 400 "$tmp/err")"; fails=$((fails + 1))
+  fi
 fi
 
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then

@@ -182,9 +182,10 @@ TEST(CudaKernels, BiasAddAndGrad) {
   struct Case {
     i64 outer, C, inner;
   };
-  // The last three take the slab path (a workspace): the CNN's conv1 bias at batch 512, uneven slabs.
+  // 64x32x196 (3 slabs of 21-22 rows), 512x32x784 (the CNN's conv1 at batch 512) and 1000x1x4096
+  // take bias_grad's slab path (a workspace); 70000x1x256 has more rows than a grid's y (bias_add).
   for (const Case& c : {Case{8, 16, 49}, Case{256, 10, 1}, Case{3, 5, 1000}, Case{64, 32, 196}, Case{512, 32, 784},
-                        Case{37, 3, 33}, Case{1000, 1, 4096}}) {
+                        Case{37, 3, 33}, Case{1000, 1, 4096}, Case{70000, 1, 256}}) {
     const i64 n = c.outer * c.C * c.inner;
     const auto x = random_vec(n, 0.f, 1.f, 70), b = random_vec(c.C, -1.f, 1.f, 71);  // x >= 0: see ReduceSum
     std::vector<float> want(static_cast<size_t>(n)), want_db(static_cast<size_t>(c.C));
