@@ -1,6 +1,7 @@
 // MPI initialisation on demand and finalisation at exit (see mpi_env.h).
 #include "collective/mpi_env.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 
@@ -77,6 +78,21 @@ void abort_job(int code) {
   }
 #endif
   std::exit(code);
+}
+
+void abort_job_now(int code) {
+  std::fflush(stderr);
+#if RINGFLOW_MPI
+  int initialised = 0, finalized = 0;
+  MPI_Initialized(&initialised);
+  MPI_Finalized(&finalized);
+  if (initialised && !finalized) {
+    int size = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  }
+#endif
+  std::_Exit(code);
 }
 
 }  // namespace rf::collective

@@ -22,5 +22,8 @@ const MpiEnv& mpi_env();
 // Ends the process with `code`. In a multi-rank job it calls MPI_Abort, because peers may be
 // blocked in a collective waiting for this rank; MPI_Finalize would hang instead.
 [[noreturn]] void abort_job(int code);
+// The same from any thread while others run (a watchdog): MPI_Abort, or std::_Exit (no atexit
+// handlers, no static destructors) for one process. stderr is flushed first.
+[[noreturn]] void abort_job_now(int code);
 
 }  // namespace rf::collective

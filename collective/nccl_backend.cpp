@@ -4,6 +4,7 @@
 // communicator's own, ordered after the work already queued on the device's compute stream
 // (an event, no host wait). Without NCCL in the build, make_nccl_communicator says why.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -11,6 +12,7 @@
 #include <string>
 
 #include "collective/backends.h"
+#include "collective/watchdog.h"
 #include "runtime/device.h"
 #include "runtime/error.h"
 
@@ -131,6 +133,8 @@ class NcclCommunicator final : public Communicator {
   void* shm_ = nullptr;          // shm_buffer: private device memory
   size_t shm_bytes_ = 0;
   std::mutex mu_;  // one NCCL call sequence at a time (NCCL communicators are not thread-safe)
+  uint64_t seq_ = 0;  // collectives submitted
+  std::unique_ptr<Watchdog> watchdog_;  // RINGFLOW_COLLECTIVE_TIMEOUT and NCCL's async errors
 };
 
 NcclCommunicator::NcclCommunicator(const CommOptions& opts) : opts_(opts) {
@@ -197,17 +201,38 @@ void NcclCommunicator::init() {
   barrier_buf_ = allocator_for(dev_).allocate(sizeof(int32_t));
   CUDA_CHECK(cudaMemsetAsync(barrier_buf_, 0, sizeof(int32_t), s));
 
-  // TODO: RINGFLOW_CHECK_COLLECTIVES and RINGFLOW_COLLECTIVE_TIMEOUT are not enforced here. A
-  // mismatched or missing collective hangs inside NCCL (network failures surface through NCCL's
-  // own async error handling, ncclCommGetAsyncError); the fix is the host engine's descriptor
-  // check over MPI before enqueueing plus a watchdog that polls the events and calls
-  // ncclCommAbort past the deadline.
+  // A collective that never finishes (a rank missing, ranks calling different collectives) would
+  // hang the step's final synchronisation: the host only queued a stream wait for it. The
+  // watchdog polls every collective's completion event and NCCL's asynchronous error; past
+  // RINGFLOW_COLLECTIVE_TIMEOUT, or on an NCCL error, it ends the job with one line, as the host
+  // backends' timeout does. TODO: RINGFLOW_CHECK_COLLECTIVES (the descriptor check over MPI
+  // before enqueueing) is not enforced here.
+  const int dev = dev_.index;
+  watchdog_ = std::make_unique<Watchdog>(
+      std::chrono::milliseconds(100),
+      [this](const std::string& why, bool timed_out) {
+        std::fprintf(stderr, "ringflow: error: rank %d: nccl: %s%s\n", rank_, why.c_str(),
+                     timed_out ? (" did not finish in " + std::to_string(int(opts_.timeout_seconds)) +
+                                  " s (RINGFLOW_COLLECTIVE_TIMEOUT): a rank never called it, or the ranks called "
+                                  "different collectives")
+                                     .c_str()
+                               : "");
+        std::fflush(stderr);
+        abort_job_now(1);
+      },
+      [this, dev]() -> std::string {
+        DeviceGuard guard(dev);
+        ncclResult_t r = ncclSuccess;
+        if (ncclCommGetAsyncError(comm_, &r) != ncclSuccess) return "";  // the query itself: no verdict
+        return r == ncclSuccess || r == ncclInProgress ? "" : std::string("asynchronous error: ") + ncclGetErrorString(r);
+      });
   if (opts_.check_mismatch && size_ > 1 && rank_ == 0)
     std::fprintf(stderr, "ringflow: warning: the nccl backend does not check collectives for mismatches "
                          "(RINGFLOW_CHECK_COLLECTIVES is ignored)\n");
 }
 
 void NcclCommunicator::release() noexcept {
+  watchdog_.reset();  // before the events and the communicator it polls go
   if (comm_stream_.handle) {
     const cudaError_t e = cudaStreamSynchronize(stream());
     if (e != cudaSuccess) warn("cudaStreamSynchronize", cudaGetErrorString(e));
@@ -243,6 +268,15 @@ Work NcclCommunicator::submit(Collective c, bool blocking) {
     enqueue(c);
     w = std::make_shared<NcclWork>(Event(dev_), compute_);
     w->done.record(comm_stream_);
+    const int dev = dev_.index;
+    watchdog_->watch(std::string(coll_kind_name(c.kind)) + " #" + std::to_string(++seq_) + " (" +
+                         std::to_string(c.count * dtype_size(c.dtype)) + " B)",
+                     [w, dev] {
+                       DeviceGuard guard(dev);
+                       return w->test();
+                     },
+                     Watchdog::Clock::now() + std::chrono::duration_cast<Watchdog::Clock::duration>(
+                                                  std::chrono::duration<double>(opts_.timeout_seconds)));
   }
   if (!blocking) return Work(std::move(w));
   w->wait();
