@@ -392,11 +392,7 @@ void HostCommunicator::timeout_abort(const Task& t, const std::vector<int>& wait
                                      : std::string(t.what ? t.what : coll_kind_name(t.kind));
   std::fprintf(stderr, "ringflow: error: %s timed out after %g s waiting for rank(s) %s (from rank %d)\n",
                what.c_str(), opts_.timeout_seconds, who.c_str(), rank_);
-  std::fflush(stderr);
-#if RINGFLOW_MPI
-  MPI_Abort(MPI_COMM_WORLD, 1);
-#endif
-  std::_Exit(1);
+  abort_job_now(1);
 }
 
 void HostCommunicator::arm_watchdog(const Task* t) {

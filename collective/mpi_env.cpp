@@ -1,9 +1,11 @@
 // MPI initialisation on demand and finalisation at exit (see mpi_env.h).
 #include "collective/mpi_env.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <thread>
 
 #include "collective/mpi_check.h"
 #include "runtime/error.h"
@@ -66,21 +68,11 @@ const MpiEnv& mpi_env() {
   return env;
 }
 
-void abort_job(int code) {
-#if RINGFLOW_MPI
-  int initialised = 0, finalized = 0;
-  MPI_Initialized(&initialised);
-  MPI_Finalized(&finalized);
-  if (initialised && !finalized) {
-    int size = 1;
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
-  }
-#endif
-  std::exit(code);
-}
-
-void abort_job_now(int code) {
+namespace {
+// MPI_Abort where this process is one of several ranks; returns otherwise. The pause first lets
+// the launcher forward the error line just written to stderr: Open MPI tears the job down on
+// MPI_Abort and can drop output still in flight (seen: a job that ended with only its banner).
+void abort_ranks(int code) {
   std::fflush(stderr);
 #if RINGFLOW_MPI
   int initialised = 0, finalized = 0;
@@ -89,9 +81,24 @@ void abort_job_now(int code) {
   if (initialised && !finalized) {
     int size = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+    if (size > 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      MPI_Abort(MPI_COMM_WORLD, code);
+    }
   }
+#else
+  (void)code;
 #endif
+}
+}  // namespace
+
+void abort_job(int code) {
+  abort_ranks(code);
+  std::exit(code);
+}
+
+void abort_job_now(int code) {
+  abort_ranks(code);
   std::_Exit(code);
 }
 
