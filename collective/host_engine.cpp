@@ -13,6 +13,7 @@
 #include <tuple>
 #include <sstream>
 
+#include "collective/mismatch.h"
 #include "collective/mpi_env.h"
 #include "runtime/error.h"
 #if defined(__x86_64__)
@@ -58,71 +59,6 @@ namespace {
 // at the same time: they take turns on this lock.
 std::mutex g_serial_mpi;
 
-std::string rank_list(const std::vector<int>& ranks) {
-  std::ostringstream os;
-  os << (ranks.size() == 1 ? "rank " : "ranks ");
-  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? "," : "") << ranks[i];
-  return os.str();
-}
-
-std::string lower(std::string s) {
-  for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return s;
-}
-
-// What the mismatch check compares: the same on every rank that called the same collective.
-struct Desc {
-  uint64_t seq, count, counts_hash;
-  uint8_t kind, dtype, op, pad;
-  int32_t root;
-  bool operator==(const Desc& o) const {
-    return count == o.count && counts_hash == o.counts_hash && kind == o.kind && dtype == o.dtype &&
-           op == o.op && root == o.root;
-  }
-  bool operator<(const Desc& o) const {
-    return std::tie(kind, count, dtype, op, root, counts_hash) <
-           std::tie(o.kind, o.count, o.dtype, o.op, o.root, o.counts_hash);
-  }
-};
-
-Desc describe(const Task& t) {
-  Desc d{};
-  d.seq = t.seq;
-  d.kind = static_cast<uint8_t>(t.kind);
-  d.dtype = static_cast<uint8_t>(t.dtype);
-  d.count = t.count;
-  d.counts_hash = 1469598103934665603ull;  // FNV-1a over the allgatherv counts
-  for (size_t c : t.counts) d.counts_hash = (d.counts_hash ^ c) * 1099511628211ull;
-  d.count = t.kind == CollKind::Allgatherv ? 0 : t.count;
-  for (size_t c : t.counts) d.count += c;
-  const bool reduces = t.kind == CollKind::Allreduce || t.kind == CollKind::ReduceScatter ||
-                       t.kind == CollKind::AllreduceShm;
-  d.op = reduces ? static_cast<uint8_t>(t.op) : 0;
-  d.root = t.kind == CollKind::Broadcast ? t.root : 0;
-  if (t.kind == CollKind::Barrier) d.count = d.dtype = 0;
-  return d;
-}
-
-std::string to_string(const Desc& d) {
-  const auto kind = static_cast<CollKind>(d.kind);
-  std::ostringstream os;
-  os << coll_kind_name(kind) << "(";
-  switch (kind) {
-    case CollKind::Barrier: break;
-    case CollKind::ShmAlloc: os << "bytes=" << d.count; break;
-    case CollKind::Allgatherv:
-      os << "total=" << d.count << ", counts#" << std::hex << (d.counts_hash & 0xffff) << std::dec << ", "
-         << lower(dtype_name(static_cast<DType>(d.dtype)));
-      break;
-    default:
-      os << "count=" << d.count << ", " << lower(dtype_name(static_cast<DType>(d.dtype)));
-      if (kind == CollKind::Broadcast) os << ", root=" << d.root;
-      if (kind == CollKind::Allreduce || kind == CollKind::ReduceScatter || kind == CollKind::AllreduceShm)
-        os << ", " << reduce_op_name(static_cast<ReduceOp>(d.op));
-  }
-  os << ")";
-  return os.str();
-}
 
 }  // namespace
 
@@ -304,36 +240,18 @@ void* HostCommunicator::shm_buffer_impl(size_t bytes) {
 
 void HostCommunicator::check_mismatch(Task& t) {
 #if RINGFLOW_MPI
-  const Desc mine = describe(t);
-  std::vector<Desc> all(static_cast<size_t>(size_));
+  const CollDesc mine = describe(t, t.seq);
+  std::vector<CollDesc> all(static_cast<size_t>(size_));
   MPI_Request req;
-  MPI_CHECK(MPI_Iallgather(&mine, sizeof(Desc), MPI_BYTE, all.data(), sizeof(Desc), MPI_BYTE, world_, &req));
+  MPI_CHECK(MPI_Iallgather(&mine, sizeof(CollDesc), MPI_BYTE, all.data(), sizeof(CollDesc), MPI_BYTE, world_, &req));
   Poller poll(*this, t);
   for (int done = 0;;) {
     MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
     if (done) break;
     poll.idle([] { return std::vector<int>{}; });
   }
-  // Group the ranks by what they called; the biggest group (ties: the one with rank 0 or the
-  // lowest rank) is the reference the others are reported against.
-  std::map<Desc, std::vector<int>> groups;
-  for (int r = 0; r < size_; ++r) groups[all[static_cast<size_t>(r)]].push_back(r);
-  if (groups.size() == 1) return;
-  auto ref = groups.begin();
-  for (auto it = groups.begin(); it != groups.end(); ++it)
-    if (it->second.size() > ref->second.size() ||
-        (it->second.size() == ref->second.size() && it->second[0] < ref->second[0]))
-      ref = it;
-  std::ostringstream os;
-  os << "collective #" << t.seq << " mismatch: ";
-  bool first = true;
-  for (auto it = groups.begin(); it != groups.end(); ++it) {
-    if (it == ref) continue;
-    os << (first ? "" : "; ") << rank_list(it->second) << " called " << to_string(it->first);
-    first = false;
-  }
-  os << " but " << rank_list(ref->second) << " called " << to_string(ref->first);
-  throw Error(os.str());
+  const std::string report = mismatch_report(all, t.seq);
+  if (!report.empty()) throw Error(report);
 #else
   (void)t;
 #endif

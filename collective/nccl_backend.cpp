@@ -10,8 +10,11 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "collective/backends.h"
+#include "collective/mismatch.h"
 #include "collective/watchdog.h"
 #include "runtime/device.h"
 #include "runtime/error.h"
@@ -118,6 +121,7 @@ class NcclCommunicator final : public Communicator {
 
  private:
   void init();
+  void check_mismatch(const Collective& c, uint64_t seq);
   void enqueue(const Collective& c);
   void release() noexcept;  // destructor and failed constructor: log, never throw
   cudaStream_t stream() const { return static_cast<cudaStream_t>(comm_stream_.handle); }
@@ -134,6 +138,7 @@ class NcclCommunicator final : public Communicator {
   size_t shm_bytes_ = 0;
   std::mutex mu_;  // one NCCL call sequence at a time (NCCL communicators are not thread-safe)
   uint64_t seq_ = 0;  // collectives submitted
+  bool check_ = false;  // RINGFLOW_CHECK_COLLECTIVES, where MPI allows it
   std::unique_ptr<Watchdog> watchdog_;  // RINGFLOW_COLLECTIVE_TIMEOUT and NCCL's async errors
 };
 
@@ -205,8 +210,7 @@ void NcclCommunicator::init() {
   // hang the step's final synchronisation: the host only queued a stream wait for it. The
   // watchdog polls every collective's completion event and NCCL's asynchronous error; past
   // RINGFLOW_COLLECTIVE_TIMEOUT, or on an NCCL error, it ends the job with one line, as the host
-  // backends' timeout does. TODO: RINGFLOW_CHECK_COLLECTIVES (the descriptor check over MPI
-  // before enqueueing) is not enforced here.
+  // backends' timeout does.
   const int dev = dev_.index;
   watchdog_ = std::make_unique<Watchdog>(
       std::chrono::milliseconds(100),
@@ -226,9 +230,15 @@ void NcclCommunicator::init() {
         if (ncclCommGetAsyncError(comm_, &r) != ncclSuccess) return "";  // the query itself: no verdict
         return r == ncclSuccess || r == ncclInProgress ? "" : std::string("asynchronous error: ") + ncclGetErrorString(r);
       });
-  if (opts_.check_mismatch && size_ > 1 && rank_ == 0)
-    std::fprintf(stderr, "ringflow: warning: the nccl backend does not check collectives for mismatches "
-                         "(RINGFLOW_CHECK_COLLECTIVES is ignored)\n");
+  // RINGFLOW_CHECK_COLLECTIVES: each collective's descriptor is compared over MPI before it is
+  // enqueued (check_mismatch), which needs MPI_THREAD_MULTIPLE (the host communicator's thread
+  // calls MPI too).
+#if RINGFLOW_MPI
+  check_ = opts_.check_mismatch && size_ > 1 && mpi_env().thread_level >= MPI_THREAD_MULTIPLE;
+#endif
+  if (opts_.check_mismatch && size_ > 1 && !check_ && rank_ == 0)
+    std::fprintf(stderr, "ringflow: warning: the nccl backend checks collectives for mismatches only with "
+                         "MPI_THREAD_MULTIPLE (RINGFLOW_CHECK_COLLECTIVES is ignored)\n");
 }
 
 void NcclCommunicator::release() noexcept {
@@ -262,6 +272,8 @@ Work NcclCommunicator::submit(Collective c, bool blocking) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     DeviceGuard guard(dev_.index);
+    const uint64_t seq = ++seq_;
+    if (check_) check_mismatch(c, seq);
     // After the compute stream's work so far (which produced the inputs), without a host wait.
     ready_.record(compute_);
     ready_.wait(comm_stream_);
@@ -269,7 +281,7 @@ Work NcclCommunicator::submit(Collective c, bool blocking) {
     w = std::make_shared<NcclWork>(Event(dev_), compute_);
     w->done.record(comm_stream_);
     const int dev = dev_.index;
-    watchdog_->watch(std::string(coll_kind_name(c.kind)) + " #" + std::to_string(++seq_) + " (" +
+    watchdog_->watch(std::string(coll_kind_name(c.kind)) + " #" + std::to_string(seq) + " (" +
                          std::to_string(c.count * dtype_size(c.dtype)) + " B)",
                      [w, dev] {
                        DeviceGuard guard(dev);
@@ -281,6 +293,36 @@ Work NcclCommunicator::submit(Collective c, bool blocking) {
   if (!blocking) return Work(std::move(w));
   w->wait();
   return Work();
+}
+
+// Every rank's descriptor of collective `seq`, compared before NCCL sees it: a mismatch throws
+// the same one-line report on every rank (collective/mismatch.h); a rank that never arrives ends
+// the job after RINGFLOW_COLLECTIVE_TIMEOUT.
+void NcclCommunicator::check_mismatch(const Collective& c, uint64_t seq) {
+#if RINGFLOW_MPI
+  const CollDesc mine = describe(c, seq);
+  std::vector<CollDesc> all(static_cast<size_t>(size_));
+  MPI_Request req;
+  MPI_CHECK(MPI_Iallgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, MPI_COMM_WORLD, &req));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                                std::chrono::duration<double>(opts_.timeout_seconds));
+  for (int done = 0;;) {
+    MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+    if (done) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::fprintf(stderr, "ringflow: error: rank %d: nccl: %s #%llu was not called by every rank within %d s "
+                           "(RINGFLOW_COLLECTIVE_TIMEOUT)\n",
+                   rank_, coll_kind_name(c.kind), static_cast<unsigned long long>(seq), int(opts_.timeout_seconds));
+      abort_job_now(1);
+    }
+    std::this_thread::yield();
+  }
+  const std::string report = mismatch_report(all, seq);
+  if (!report.empty()) fail(report);
+#else
+  (void)c;
+  (void)seq;
+#endif
 }
 
 void NcclCommunicator::enqueue(const Collective& c) {
