@@ -4,6 +4,7 @@
 // options and the asynchronous Work handle. Buffers are pointers + element count + DType: host
 // memory for ring and mpi, device memory for nccl.
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -33,6 +34,11 @@ struct CommOptions {
   // Testing only: pretend nodes of this many consecutive ranks (0 = the real nodes), so the
   // hierarchical path runs on one machine. Env RINGFLOW_RANKS_PER_NODE.
   int ranks_per_node = 0;
+  // now + timeout_seconds: when a collective started now gives up.
+  std::chrono::steady_clock::time_point deadline() const {
+    return std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                  std::chrono::duration<double>(timeout_seconds));
+  }
 };
 
 // `base` with the RINGFLOW_* environment variables above applied over it; throws rf::Error on

@@ -174,8 +174,7 @@ void HostCommunicator::run(Task& t) {
 #if RINGFLOW_MPI
   if (size_ > 1 && mpi_env().thread_level < MPI_THREAD_MULTIPLE) serial = std::unique_lock<std::mutex>(g_serial_mpi);
 #endif
-  t.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                  std::chrono::duration<double>(opts_.timeout_seconds));
+  t.deadline = opts_.deadline();
   try {
     if (size_ == 1) {
       run_local(t);

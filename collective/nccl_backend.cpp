@@ -287,8 +287,7 @@ Work NcclCommunicator::submit(Collective c, bool blocking) {
                        DeviceGuard guard(dev);
                        return w->test();
                      },
-                     Watchdog::Clock::now() + std::chrono::duration_cast<Watchdog::Clock::duration>(
-                                                  std::chrono::duration<double>(opts_.timeout_seconds)));
+                     opts_.deadline());
   }
   if (!blocking) return Work(std::move(w));
   w->wait();
@@ -304,8 +303,7 @@ void NcclCommunicator::check_mismatch(const Collective& c, uint64_t seq) {
   std::vector<CollDesc> all(static_cast<size_t>(size_));
   MPI_Request req;
   MPI_CHECK(MPI_Iallgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, MPI_COMM_WORLD, &req));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                                std::chrono::duration<double>(opts_.timeout_seconds));
+  const auto deadline = opts_.deadline();
   for (int done = 0;;) {
     MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
     if (done) break;

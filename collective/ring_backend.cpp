@@ -58,8 +58,7 @@ class RingCommunicator final : public HostCommunicator {
     if (!shm_) return HostCommunicator::shm_alloc(bytes);
     Task t;  // shm_alloc runs inside its own task; this one only carries the deadline
     t.kind = CollKind::ShmAlloc;
-    t.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                    std::chrono::duration<double>(opts_.timeout_seconds));
+    t.deadline = opts_.deadline();
     return shm_->data(t, bytes);
   }
 

@@ -320,8 +320,7 @@ void ShmNode::publish(int f, uint64_t value) { release_store(&ctr(p_).flag[f].v,
 void ShmNode::wait(int f, uint64_t value, const char* what) {
   Task t;
   t.what = what;
-  t.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                  std::chrono::duration<double>(owner_.options().timeout_seconds));
+  t.deadline = owner_.options().deadline();
   for (int q = 0; q < L_; ++q) {
     if (q == p_) continue;
     const uint64_t* at = &ctr(q).flag[f].v;
