@@ -295,10 +295,93 @@ class Progress {
 
 }  // namespace
 
+// What train() needs from the configuration, the data and the model before training.
+struct Setup {
+  int threads = 1;
+  int64_t local_batch = 0;
+  collective::CompressSpec compress;
+  Device device = Device::cpu();
+  FashionMnist data;
+  Model m;
+  TrainOp t;
+};
+
+// Everything bad input can break, found before the first collective of training (throws
+// rf::Error): flags and their combinations, the data set, the model and where it runs,
+// --init-from, and on rank 0 the output paths. The model is built into g.
+void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setup& s) {
+  // Default: this node's cores shared evenly by the ranks on it.
+  s.threads = c.threads > 0 ? c.threads : std::max(1, int(std::thread::hardware_concurrency()) / comm.local_size());
+  set_num_threads(s.threads);
+  RF_CHECK(c.batch % comm.size() == 0, "--batch ", c.batch, " does not split evenly over ", comm.size(), " ranks");
+  s.local_batch = c.batch / comm.size();
+  s.compress = collective::parse_compress(c.compress);
+  s.compress.warmup_steps = c.compress_warmup;
+  s.compress.momentum = c.compress_momentum;
+  s.compress.seed = c.seed;
+  RF_CHECK(!s.compress.compressing() || c.dtype == "f32", "--compress ", c.compress, " needs --dtype f32");
+  RF_CHECK(comm.size() > 1 || collective::parse_fuse(c.fuse_update) != collective::ReducerOptions::Fuse::On,
+           "--fuse-update on needs 2 or more ranks (one replica exchanges no gradients)");
+  s.device = Device::parse(c.device);
+  if (s.device.is_cuda() && comm.size() > 1) s.device = Device::cuda(comm.local_rank() % cuda_device_count());
+  RF_CHECK(!c.cuda_graph || s.device.is_cuda(), "--cuda-graph needs a CUDA device (--device cuda)");
+  RF_CHECK(!c.cuda_graph || comm.size() == 1, "--cuda-graph supports one replica for now");
+  RF_CHECK(!c.cuda_graph || c.timeline_path.empty(),
+           "--cuda-graph cannot record a --timeline (a replayed step has no per-op spans)");
+  if (c.data == "fashion-mnist") {
+    s.data = load_fashion_mnist(c.data_dir);
+    for (const Dataset* d : {&s.data.train, &s.data.test})
+      RF_CHECK(d->channels == 1 && d->height == 28 && d->width == 28, "the images in ", c.data_dir, " are ",
+               d->height, "x", d->width, "; the models take Fashion-MNIST's 28x28");
+  } else {
+    s.data.train = make_synthetic(c.synthetic_train, c.seed);
+    s.data.test = make_synthetic(c.synthetic_test, c.seed + 1);
+  }
+  RF_CHECK(c.batch <= s.data.train.n, "--batch ", c.batch, " is larger than the training set (", s.data.train.n,
+           " samples)");
+  // The model, and where it runs: --device auto falls back to the CPU for ops without a
+  // CUDA kernel, which decides the collectives that can serve.
+  s.m = build_model(g, c.model, c.dtype == "f64" ? DType::F64 : DType::F32);
+  OptimizerConfig oc;
+  oc.kind = parse_optimizer(c.optimizer);
+  oc.nesterov = c.optimizer == "nesterov";
+  oc.momentum = c.momentum;
+  oc.weight_decay = c.weight_decay;
+  s.t = minimize(s.m.loss, oc);
+  if (s.device.is_cuda() && c.device == "auto") {
+    for (const Node& n : g.nodes())
+      if (!cuda_has_kernel(n.op)) {
+        if (comm.rank() == 0)
+          std::fprintf(stderr, "ringflow: note: no CUDA kernel for %s yet, so --device auto trains on the CPU\n",
+                       op_name(n.op));
+        s.device = Device::cpu();
+        break;
+      }
+  }
+  if (comm.size() > 1 && s.device.is_cuda()) {
+    RF_CHECK(c.collective == "auto" || c.collective == "nccl", "--collective ", c.collective,
+             " reduces host memory; replicas on GPUs use --collective nccl (or auto)");
+  } else {
+    RF_CHECK(c.collective != "nccl" || comm.size() == 1, "--collective nccl needs CUDA devices (--device cuda)");
+  }
+  const auto fuse = collective::parse_fuse(c.fuse_update);
+  RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || !s.compress.compressing(),
+           "--fuse-update on averages full-precision gradients in place: it does not combine with --compress");
+  RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || !s.device.is_cuda(),
+           "--fuse-update on is for CPU replicas on one node (GPU replicas reduce with NCCL)");
+  if (!c.init_from.empty())
+    RF_CHECK(std::ifstream(c.init_from).good(), "cannot read --init-from ", c.init_from, ": ",
+             std::strerror(errno));
+  if (comm.rank() == 0) {  // rank 0 writes every output file: each one is known writable before training
+    if (!c.metrics_path.empty()) check_writable(c.metrics_path, "--metrics");
+    if (!c.timeline_path.empty()) check_writable(c.timeline_path, "--timeline");
+    if (!c.save_path.empty()) check_writable(c.save_path, "--save");
+  }
+}
+
 nlohmann::json train(const TrainConfig& c) {
-  // Set-up: everything that can fail on bad input (flags, data, output paths) is found here,
-  // before the first collective of training, and agreed on by every rank (agree_or_throw), so a
-  // bad value ends every rank alike with one message instead of leaving the others waiting.
+  // Set-up errors are agreed on by every rank (agree_or_throw), so a bad value ends every rank
+  // alike with one message instead of leaving the others waiting.
   std::string setup_error;
   try {
     validate(c);
@@ -312,90 +395,25 @@ nlohmann::json train(const TrainConfig& c) {
   auto comm = collective::make_communicator(host_backend, collective::options_from_env());
   const int rank = comm->rank(), world = comm->size();
   const bool lead = rank == 0;
-  int threads = 1;
-  int64_t local_batch = 0;
-  collective::CompressSpec compress;
-  Device device = Device::cpu();
-  FashionMnist data;
-  std::ofstream metrics;
   Graph g(c.seed);
-  Model m;
-  TrainOp t;
+  Setup setup;
   if (setup_error.empty()) {
     try {
-      // Default: this node's cores shared evenly by the ranks on it.
-      threads = c.threads > 0 ? c.threads : std::max(1, int(std::thread::hardware_concurrency()) / comm->local_size());
-      set_num_threads(threads);
-      RF_CHECK(c.batch % world == 0, "--batch ", c.batch, " does not split evenly over ", world, " ranks");
-      local_batch = c.batch / world;
-      compress = collective::parse_compress(c.compress);
-      compress.warmup_steps = c.compress_warmup;
-      compress.momentum = c.compress_momentum;
-      compress.seed = c.seed;
-      RF_CHECK(!compress.compressing() || c.dtype == "f32", "--compress ", c.compress, " needs --dtype f32");
-      RF_CHECK(world > 1 || collective::parse_fuse(c.fuse_update) != collective::ReducerOptions::Fuse::On,
-               "--fuse-update on needs 2 or more ranks (one replica exchanges no gradients)");
-      device = Device::parse(c.device);
-      if (device.is_cuda() && world > 1) device = Device::cuda(comm->local_rank() % cuda_device_count());
-      RF_CHECK(!c.cuda_graph || device.is_cuda(), "--cuda-graph needs a CUDA device (--device cuda)");
-      RF_CHECK(!c.cuda_graph || world == 1, "--cuda-graph supports one replica for now");
-      RF_CHECK(!c.cuda_graph || c.timeline_path.empty(),
-               "--cuda-graph cannot record a --timeline (a replayed step has no per-op spans)");
-      if (c.data == "fashion-mnist") {
-        data = load_fashion_mnist(c.data_dir);
-        for (const Dataset* d : {&data.train, &data.test})
-          RF_CHECK(d->channels == 1 && d->height == 28 && d->width == 28, "the images in ", c.data_dir, " are ",
-                   d->height, "x", d->width, "; the models take Fashion-MNIST's 28x28");
-      } else {
-        data.train = make_synthetic(c.synthetic_train, c.seed);
-        data.test = make_synthetic(c.synthetic_test, c.seed + 1);
-      }
-      RF_CHECK(c.batch <= data.train.n, "--batch ", c.batch, " is larger than the training set (", data.train.n,
-               " samples)");
-      // The model, and where it runs: --device auto falls back to the CPU for ops without a
-      // CUDA kernel, which decides the collectives that can serve.
-      m = build_model(g, c.model, c.dtype == "f64" ? DType::F64 : DType::F32);
-      OptimizerConfig oc;
-      oc.kind = parse_optimizer(c.optimizer);
-      oc.nesterov = c.optimizer == "nesterov";
-      oc.momentum = c.momentum;
-      oc.weight_decay = c.weight_decay;
-      t = minimize(m.loss, oc);
-      if (device.is_cuda() && c.device == "auto") {
-        for (const Node& n : g.nodes())
-          if (!cuda_has_kernel(n.op)) {
-            if (lead)
-              std::fprintf(stderr, "ringflow: note: no CUDA kernel for %s yet, so --device auto trains on the CPU\n",
-                           op_name(n.op));
-            device = Device::cpu();
-            break;
-          }
-      }
-      if (world > 1 && device.is_cuda()) {
-        RF_CHECK(c.collective == "auto" || c.collective == "nccl", "--collective ", c.collective,
-                 " reduces host memory; replicas on GPUs use --collective nccl (or auto)");
-      } else {
-        RF_CHECK(c.collective != "nccl" || world == 1, "--collective nccl needs CUDA devices (--device cuda)");
-      }
-      const auto fuse = collective::parse_fuse(c.fuse_update);
-      RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || !compress.compressing(),
-               "--fuse-update on averages full-precision gradients in place: it does not combine with --compress");
-      RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || !device.is_cuda(),
-               "--fuse-update on is for CPU replicas on one node (GPU replicas reduce with NCCL)");
-      if (!c.init_from.empty())
-        RF_CHECK(std::ifstream(c.init_from).good(), "cannot read --init-from ", c.init_from, ": ",
-                 std::strerror(errno));
-      if (lead) {  // rank 0 writes every output file: each one is known writable before training
-        if (!c.metrics_path.empty()) check_writable(c.metrics_path, "--metrics");
-        if (!c.timeline_path.empty()) check_writable(c.timeline_path, "--timeline");
-        if (!c.save_path.empty()) check_writable(c.save_path, "--save");
-      }
+      set_up(c, *comm, g, setup);
     } catch (const std::exception& e) {
       setup_error = e.what();
     }
   }
   agree_or_throw(*comm, setup_error);
-  if (lead && !c.metrics_path.empty()) {  // probed above; opened (and truncated) only now
+  const int threads = setup.threads;
+  const int64_t local_batch = setup.local_batch;
+  const collective::CompressSpec& compress = setup.compress;
+  const Device device = setup.device;
+  const FashionMnist& data = setup.data;
+  const Model& m = setup.m;
+  const TrainOp& t = setup.t;
+  std::ofstream metrics;
+  if (lead && !c.metrics_path.empty()) {  // probed by set_up; opened (and truncated) only now
     metrics.open(c.metrics_path);
     RF_CHECK(metrics.good(), "cannot open --metrics ", c.metrics_path, " for writing");
   }
