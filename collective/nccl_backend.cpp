@@ -215,13 +215,13 @@ void NcclCommunicator::init() {
   watchdog_ = std::make_unique<Watchdog>(
       std::chrono::milliseconds(100),
       [this](const std::string& why, bool timed_out) {
-        std::fprintf(stderr, "ringflow: error: rank %d: nccl: %s%s\n", rank_, why.c_str(),
-                     timed_out ? (" did not finish in " + std::to_string(int(opts_.timeout_seconds)) +
-                                  " s (RINGFLOW_COLLECTIVE_TIMEOUT): a rank never called it, or the ranks called "
-                                  "different collectives")
-                                     .c_str()
-                               : "");
-        std::fflush(stderr);
+        if (timed_out)
+          std::fprintf(stderr,
+                       "ringflow: error: rank %d: nccl: %s did not finish in %g s (RINGFLOW_COLLECTIVE_TIMEOUT): a "
+                       "rank never called it, or the ranks called different collectives\n",
+                       rank_, why.c_str(), opts_.timeout_seconds);
+        else
+          std::fprintf(stderr, "ringflow: error: rank %d: nccl: %s\n", rank_, why.c_str());
         abort_job_now(1);
       },
       [this, dev]() -> std::string {
@@ -281,8 +281,10 @@ Work NcclCommunicator::submit(Collective c, bool blocking) {
     w = std::make_shared<NcclWork>(Event(dev_), compute_);
     w->done.record(comm_stream_);
     const int dev = dev_.index;
+    size_t elements = c.count;
+    for (size_t n : c.counts) elements += n;  // allgatherv
     watchdog_->watch(std::string(coll_kind_name(c.kind)) + " #" + std::to_string(seq) + " (" +
-                         std::to_string(c.count * dtype_size(c.dtype)) + " B)",
+                         std::to_string(elements * dtype_size(c.dtype)) + " B)",
                      [w, dev] {
                        DeviceGuard guard(dev);
                        return w->test();
@@ -308,9 +310,9 @@ void NcclCommunicator::check_mismatch(const Collective& c, uint64_t seq) {
     MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
     if (done) break;
     if (std::chrono::steady_clock::now() > deadline) {
-      std::fprintf(stderr, "ringflow: error: rank %d: nccl: %s #%llu was not called by every rank within %d s "
+      std::fprintf(stderr, "ringflow: error: rank %d: nccl: %s #%llu was not called by every rank within %g s "
                            "(RINGFLOW_COLLECTIVE_TIMEOUT)\n",
-                   rank_, coll_kind_name(c.kind), static_cast<unsigned long long>(seq), int(opts_.timeout_seconds));
+                   rank_, coll_kind_name(c.kind), static_cast<unsigned long long>(seq), opts_.timeout_seconds);
       abort_job_now(1);
     }
     std::this_thread::yield();
