@@ -1,6 +1,7 @@
 // The `ringflow` command line. Every failure ends in one "ringflow: error: ..." line on stderr
 // and a non-zero exit status.
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -70,7 +71,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   tr->add_option("--warmup-steps", c.warmup_steps, "linear learning-rate warm-up steps")->capture_default_str();
   tr->add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
-  tr->add_option("--seed", c.seed, "seed of initialisation and shuffling")->capture_default_str();
+  // Digits only and within 64 bits: CLI11 would wrap "-1" and clamp a longer number.
+  const CLI::Validator uint64_digits(
+      [](const std::string& v) -> std::string {
+        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos) return "must be a non-negative integer";
+        errno = 0;
+        std::strtoull(v.c_str(), nullptr, 10);
+        return errno == ERANGE ? "is larger than 2^64 - 1" : "";
+      },
+      "UINT64");
+  tr->add_option("--seed", c.seed, "seed of initialisation and shuffling")->check(uint64_digits)->capture_default_str();
   tr->add_option("--threads", c.threads, "CPU threads for kernels and BLAS (0: cores / ranks on the node)")->capture_default_str();
   tr->add_option("--metrics", c.metrics_path, "write JSON lines (every --metrics-every steps and every epoch)");
   tr->add_option("--metrics-every", c.metrics_every, "steps between metrics lines")->capture_default_str();
