@@ -38,7 +38,7 @@ int launcher_rank() {
     }
   }
   std::fprintf(stderr, "ringflow: error: rank %d: %s\n", launcher_rank(), what.c_str());
-  rf::collective::abort_job(1);
+  rf::collective::abort_job_now(1);  // from any thread: no atexit handlers while others run
 }
 
 }  // namespace
