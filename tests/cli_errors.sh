@@ -118,6 +118,18 @@ if [[ "$mpi" == mpi ]] && mpirun --version 2>/dev/null | grep -q "Open MPI" && [
   expect_mpi_error "metrics in a missing directory" "no directory" "${mpi_common[@]}" --batch 10 --metrics "$tmp/nodir/m.jsonl"
   expect_mpi_error "bad flag value" "--lr" "${mpi_common[@]}" --batch 10 --lr -1
   expect_mpi_error "missing --init-from" "--init-from" "${mpi_common[@]}" --batch 10 --init-from "$tmp/none.safetensors"
+  # A set-up error on rank 1 alone (MPMD: its data directory is missing): rank 0 must not wait in
+  # the first collective; the agreed line names rank 1, and the job ends without MPI_Abort.
+  one_rank=(train --quiet --epochs 1 --max-steps 2 --model mlp --threads 1 --batch 10)
+  timeout 90 mpirun --allow-run-as-root -np 1 "$bin" "${one_rank[@]}" --data-dir "$tmp/good" : \
+    -np 1 "$bin" "${one_rank[@]}" --data-dir /nonexistent/fmnist >"$tmp/out" 2>"$tmp/err"
+  rc=$?
+  if [[ $rc -ne 0 && $rc -ne 124 && $(grep -c "^ringflow: error" "$tmp/err") -eq 1 ]] &&
+     grep -qE "^ringflow: error: rank 1: .*/nonexistent/fmnist" "$tmp/err" && ! grep -q "MPI_ABORT" "$tmp/err"; then
+    echo "ok   mpirun set-up error on one rank: $(grep '^ringflow: error' "$tmp/err")"; passes=$((passes + 1))
+  else
+    echo "FAIL mpirun set-up error on one rank: rc=$rc, stderr: $(head -c 400 "$tmp/err")"; fails=$((fails + 1))
+  fi
   # An error during training (every rank's loss overflows): the job ends promptly from the throw
   # site, each line names its rank, and nothing is unwound into a wait for the peers.
   timeout 90 mpirun --allow-run-as-root -np 2 "$bin" train --quiet --epochs 1 --max-steps 20 --model mlp --threads 1 \
