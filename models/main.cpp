@@ -6,7 +6,9 @@
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <limits>
 #include <string>
+#include <type_traits>
 
 #include "collective/mpi_env.h"
 #include "models/trainer.h"
@@ -41,6 +43,28 @@ int launcher_rank() {
   rf::collective::abort_job_now(1);  // from any thread: no atexit handlers while others run
 }
 
+// An integer flag's value, checked before CLI11 converts it (which would wrap "-1" into an
+// unsigned flag and clamp a number beyond the type's range): digits (a sign for signed T) that
+// fit in T.
+template <class T> CLI::Validator integer() {
+  return CLI::Validator(
+      [](const std::string& v) -> std::string {
+        const size_t digits = std::is_signed_v<T> && !v.empty() && v[0] == '-' ? 1 : 0;
+        if (v.size() == digits || v.find_first_not_of("0123456789", digits) != std::string::npos)
+          return std::is_signed_v<T> ? "must be an integer" : "must be a non-negative integer";
+        errno = 0;
+        char* end = nullptr;
+        const long long s = std::is_signed_v<T> ? std::strtoll(v.c_str(), &end, 10) : 0;
+        const unsigned long long u = std::is_signed_v<T> ? 0 : std::strtoull(v.c_str(), &end, 10);
+        const bool fits = errno != ERANGE && (std::is_signed_v<T> ? s >= std::numeric_limits<T>::min() &&
+                                                                        s <= std::numeric_limits<T>::max()
+                                                                  : u <= std::numeric_limits<T>::max());
+        return fits ? "" : "is out of range (" + std::to_string(std::numeric_limits<T>::min()) + " to " +
+                               std::to_string(std::numeric_limits<T>::max()) + ")";
+      },
+      "");  // no text: the help already says INT
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,9 +81,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"fashion-mnist", "synthetic"}))
       ->capture_default_str();
   tr->add_option("--data-dir", c.data_dir, "directory of the Fashion-MNIST IDX files")->capture_default_str();
-  tr->add_option("--epochs", c.epochs, "epochs over the training set")->capture_default_str();
-  tr->add_option("--max-steps", c.max_steps, "stop after this many steps (default: no limit)");
-  tr->add_option("--batch", c.batch, "global batch size")->capture_default_str();
+  tr->add_option("--epochs", c.epochs, "epochs over the training set")
+      ->check(integer<int64_t>())->capture_default_str();
+  tr->add_option("--max-steps", c.max_steps, "stop after this many steps (default: no limit)")
+      ->check(integer<int64_t>());
+  tr->add_option("--batch", c.batch, "global batch size")->check(integer<int64_t>())->capture_default_str();
   tr->add_option("--lr", c.lr, "base learning rate")->capture_default_str();
   tr->add_option("--optimizer", c.optimizer, "sgd | momentum | nesterov | adam | adamw")
       ->check(CLI::IsMember({"sgd", "momentum", "nesterov", "adam", "adamw"}))
@@ -69,27 +95,23 @@ int main(int argc, char** argv) {
   tr->add_option("--lr-schedule", c.schedule, "constant | step | cosine")
       ->check(CLI::IsMember({"constant", "step", "cosine"}))
       ->capture_default_str();
-  tr->add_option("--warmup-steps", c.warmup_steps, "linear learning-rate warm-up steps")->capture_default_str();
+  tr->add_option("--warmup-steps", c.warmup_steps, "linear learning-rate warm-up steps")
+      ->check(integer<int64_t>())->capture_default_str();
   tr->add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
-  // Digits only and within 64 bits: CLI11 would wrap "-1" and clamp a longer number.
-  const CLI::Validator uint64_digits(
-      [](const std::string& v) -> std::string {
-        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos) return "must be a non-negative integer";
-        errno = 0;
-        std::strtoull(v.c_str(), nullptr, 10);
-        return errno == ERANGE ? "is larger than 2^64 - 1" : "";
-      },
-      "UINT64");
-  tr->add_option("--seed", c.seed, "seed of initialisation and shuffling")->check(uint64_digits)->capture_default_str();
-  tr->add_option("--threads", c.threads, "CPU threads for kernels and BLAS (0: cores / ranks on the node)")->capture_default_str();
+  tr->add_option("--seed", c.seed, "seed of initialisation and shuffling")
+      ->check(integer<uint64_t>())->capture_default_str();
+  tr->add_option("--threads", c.threads, "CPU threads for kernels and BLAS (0: cores / ranks on the node)")
+      ->check(integer<int>())->capture_default_str();
   tr->add_option("--metrics", c.metrics_path, "write JSON lines (every --metrics-every steps and every epoch)");
-  tr->add_option("--metrics-every", c.metrics_every, "steps between metrics lines")->capture_default_str();
+  tr->add_option("--metrics-every", c.metrics_every, "steps between metrics lines")
+      ->check(integer<int64_t>())->capture_default_str();
   tr->add_flag("--no-shuffle", no_shuffle, "keep the data set order");
   tr->add_option("--init-from", c.init_from, "start from a safetensors checkpoint");
   tr->add_option("--save", c.save_path, "write the trained Variables as safetensors");
-  tr->add_option("--eval-batch", c.eval_batch, "batch size of the test-set evaluation")->capture_default_str();
+  tr->add_option("--eval-batch", c.eval_batch, "batch size of the test-set evaluation")
+      ->check(integer<int64_t>())->capture_default_str();
   tr->add_option("--synthetic-train", c.synthetic_train, "samples in the synthetic training set")
-      ->capture_default_str();
+      ->capture_default_str()->check(integer<int64_t>());
   tr->add_flag("--quiet", quiet, "no progress line on stderr");
   tr->add_option("--collective", c.collective,
                  "data parallel under mpirun: auto (nccl for GPU replicas, else ring), ring, mpi or nccl")
@@ -97,12 +119,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   tr->add_option("--bucket-mb", c.bucket_mb, "gradient bucket cap in MiB")->capture_default_str();
   tr->add_option("--check-every", c.check_every, "compare Variables across ranks every K steps (0: off)")
-      ->capture_default_str();
+      ->capture_default_str()->check(integer<int64_t>());
   tr->add_option("--timeline", c.timeline_path, "write a Chrome trace of ops and allreduces (all ranks)");
   tr->add_option("--compress", c.compress, "gradient compression: none, fp16, bf16, powersgd:RANK or topk:RATIO")
       ->capture_default_str();
   tr->add_option("--compress-warmup", c.compress_warmup, "plain allreduce steps before powersgd/topk start")
-      ->capture_default_str();
+      ->capture_default_str()->check(integer<int64_t>());
   tr->add_option("--compress-momentum", c.compress_momentum,
                  "topk: momentum correction factor (Deep Gradient Compression; use with --optimizer sgd)")
       ->capture_default_str();

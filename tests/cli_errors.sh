@@ -68,6 +68,8 @@ expect_error "unknown collective" "gloo" "${common[@]}" --data-dir "$tmp/good" -
 expect_error "images not 28x28" "14x14" "${common[@]}" --data-dir "$tmp/small"
 expect_error "negative seed" "--seed" "${common[@]}" --data-dir "$tmp/good" --seed -1
 expect_error "seed beyond 64 bits" "--seed" "${common[@]}" --data-dir "$tmp/good" --seed 99999999999999999999
+expect_error "batch beyond 64 bits" "--batch: is out of range" "${common[@]}" --data-dir "$tmp/good" --batch 99999999999999999999
+expect_error "fractional epochs" "--epochs: must be an integer" "${common[@]}" --data-dir "$tmp/good" --epochs 1.5
 expect_error "negative momentum" "--momentum" "${common[@]}" --data-dir "$tmp/good" --momentum -5
 expect_error "infinite weight decay" "--weight-decay" "${common[@]}" --data-dir "$tmp/good" --weight-decay inf
 expect_error "negative warmup" "--warmup-steps" "${common[@]}" --data-dir "$tmp/good" --warmup-steps -10
