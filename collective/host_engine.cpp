@@ -8,9 +8,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cctype>
-#include <map>
-#include <tuple>
 #include <sstream>
 
 #include "collective/mismatch.h"
