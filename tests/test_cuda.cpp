@@ -91,6 +91,57 @@ TEST(CudaKernels, Binary) {
   }
 }
 
+// The flat kernels' 16-byte vector path (aligned pointers), its n % lanes tail, the scalar path
+// for views that are not 16-byte aligned, and in place (y == x), in float and double.
+template <class T> void check_flat_paths() {
+  const rf::DType dt = sizeof(T) == 4 ? rf::DType::F32 : rf::DType::F64;
+  for (i64 n : {i64(1), i64(2), i64(3), i64(5), i64(8), i64(1023), i64(4099)})
+    for (i64 off : {i64(0), i64(1), i64(4)}) {  // x at off, y at 4 - off: 0 and 4 aligned, 1 not
+      const auto xf = random_vec(n + 4, -2.f, 2.f, unsigned(90 + n)), bf = random_vec(n + 4, 0.5f, 2.f, 91);
+      const std::vector<T> x(xf.begin(), xf.end()), b(bf.begin(), bf.end());
+      Tensor xd = Tensor::from_vector<T>(x, {n + 4}).to(Device::cuda(0));
+      Tensor bd = Tensor::from_vector<T>(b, {n + 4}).to(Device::cuda(0));
+      Tensor yd(Shape{n + 4}, dt, Device::cuda(0));
+      const T* xs = xd.data<T>() + off;
+      const T* bs = bd.data<T>();  // aligned: with x and y at 1 the binary launch sees mixed alignment
+      T* ys = yd.data<T>() + (4 - off);
+      const std::string what = std::string(sizeof(T) == 4 ? "f32" : "f64") + " n=" + std::to_string(n) +
+                               " offset=" + std::to_string(off);
+      std::vector<T> want(static_cast<size_t>(n)), got;
+      auto result = [&] {
+        const std::vector<T> all = yd.to_vector<T>();
+        return std::vector<T>(all.begin() + (4 - off), all.begin() + (4 - off) + n);
+      };
+      cpu::unary<T>(UnaryOp::Exp, x.data() + off, want.data(), n);
+      kc::unary<T>(UnaryOp::Exp, xs, ys, n, stream());
+      got = result();
+      for (i64 i = 0; i < n; ++i)
+        EXPECT_NEAR(got[size_t(i)], want[size_t(i)], 1e-5 * std::abs(want[size_t(i)])) << "exp " << what << " at " << i;
+      cpu::binary<T>(BinaryOp::ReluGrad, b.data(), x.data() + off, want.data(), n);
+      kc::binary<T>(BinaryOp::ReluGrad, bs, xs, ys, n, stream());
+      got = result();
+      for (i64 i = 0; i < n; ++i) EXPECT_EQ(got[size_t(i)], want[size_t(i)]) << "relu grad " << what << " at " << i;
+      cpu::scalar<T>(ScalarOp::Mul, x.data() + off, 3.0, want.data(), n);
+      kc::scalar<T>(ScalarOp::Mul, xs, 3.0, ys, n, stream());
+      got = result();
+      for (i64 i = 0; i < n; ++i)
+        EXPECT_EQ(got[size_t(i)], want[size_t(i)]) << "scalar mul " << what << " at " << i;
+      // In place over x's view: relu(x) -> x.
+      cpu::unary<T>(UnaryOp::Relu, x.data() + off, want.data(), n);
+      kc::unary<T>(UnaryOp::Relu, xd.data<T>() + off, xd.data<T>() + off, n, stream());
+      const std::vector<T> all = xd.to_vector<T>();
+      for (i64 i = 0; i < n; ++i)
+        EXPECT_EQ(all[size_t(off + i)], want[size_t(i)]) << "relu in place " << what << " at " << i;
+      EXPECT_EQ(all[0], off == 0 ? want[0] : x[0]) << "relu in place wrote before its view, " << what;
+    }
+}
+
+TEST(CudaKernels, FlatKernelsVectorTailAndUnalignedPaths) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  check_flat_paths<float>();
+  check_flat_paths<double>();
+}
+
 TEST(CudaKernels, BinaryBroadcast) {
   if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
   struct Case {
@@ -183,9 +234,10 @@ TEST(CudaKernels, BiasAddAndGrad) {
     i64 outer, C, inner;
   };
   // 64x32x196 (3 slabs of 21-22 rows), 512x32x784 (the CNN's conv1 at batch 512) and 1000x1x4096
-  // take bias_grad's slab path (a workspace); 70000x1x256 has more rows than a grid's y (bias_add).
+  // take bias_grad's slab path (a workspace); 70000x1x256 has more rows than a grid's y (bias_add);
+  // 6x5x131's rows are not whole 16-byte vectors (bias_add's scalar rows kernel).
   for (const Case& c : {Case{8, 16, 49}, Case{256, 10, 1}, Case{3, 5, 1000}, Case{64, 32, 196}, Case{512, 32, 784},
-                        Case{37, 3, 33}, Case{1000, 1, 4096}, Case{70000, 1, 256}}) {
+                        Case{37, 3, 33}, Case{1000, 1, 4096}, Case{70000, 1, 256}, Case{6, 5, 131}}) {
     const i64 n = c.outer * c.C * c.inner;
     const auto x = random_vec(n, 0.f, 1.f, 70), b = random_vec(c.C, -1.f, 1.f, 71);  // x >= 0: see ReduceSum
     std::vector<float> want(static_cast<size_t>(n)), want_db(static_cast<size_t>(c.C));
