@@ -2,7 +2,7 @@
 # Data-parallel scaling, ringflow (mpirun, ring/mpi collectives) vs PyTorch DDP (gloo): samples/s and scaling per rank count.
 #
 # usage: bench/scaling.sh [--runs R] [--models "mlp cnn"] [--steps-mlp N] [--steps-cnn N]
-#                         [--ranks "1 2"] [--batch B] [--warmup W] [--no-mpi] [--ceiling]
+#                         [--ranks "1 2"] [--batch B] [--warmup W] [--no-mpi] [--ceiling] [--cores]
 #                         [--timeout S] [--skip-build]
 #   --runs R        runs per model; a run measures every rank count once (default 3)
 #   --models LIST   models to benchmark, space separated (default "mlp cnn")
@@ -14,6 +14,10 @@
 #   --no-mpi        skip ringflow's --collective mpi runs (ring only)
 #   --ceiling       also run ringflow with --no-gradient-exchange at N > 1 (replicas diverge): the
 #                   step without communication, which the real runs can at best approach
+#   --cores         also run, at N > 1, N independent one-rank jobs at the same time (batch B/N,
+#                   each pinned to its own core): their summed samples/s is what the cores give
+#                   together, and N x the slowest one's is the most any synchronous data-parallel
+#                   job can reach, since every step waits for the slowest core
 #   --timeout S     fail if one program run takes longer than S seconds (default 600)
 #   --skip-build    do not run scripts/install_deps.sh --bench and scripts/build.sh first
 # Environment: PYTHON (default /usr/bin/python3, Debian's python3-torch), DATA_DIR (default
@@ -44,6 +48,7 @@ batch=64
 warmup=10
 use_mpi=1
 use_ceiling=0
+use_cores=0
 time_limit=600
 skip_build=0
 PYTHON="${PYTHON:-/usr/bin/python3}"
@@ -52,7 +57,7 @@ read -r -a mpirun_extra <<<"${MPIRUN_ARGS:-}"
 
 BENCH_NAME=scaling
 source bench/lib.sh
-usage() { sed -n '4,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 while (($#)); do
   case "$1" in
@@ -65,6 +70,7 @@ while (($#)); do
     --warmup) (($# >= 2)) || usage; warmup="$2"; shift 2 ;;
     --no-mpi) use_mpi=0; shift ;;
     --ceiling) use_ceiling=1; shift ;;
+    --cores) use_cores=1; shift ;;
     --timeout) (($# >= 2)) || usage; time_limit="$2"; shift 2 ;;
     --skip-build) skip_build=1; shift ;;
     -h|--help) usage ;;
@@ -116,6 +122,10 @@ measure() {
          --data-dir "$DATA_DIR" --batch "$batch" --max-steps "$steps" --epochs 1000 --optimizer momentum
          --lr 0.05 --momentum 0.9 --threads 1 --device cpu --quiet --collective "$coll" "${extra[@]}")
   fi
+  if [[ "$impl" == cores ]]; then
+    measure_cores "$m" "$r" "$n" "$steps"
+    return
+  fi
   run_one "$impl (model $m, $n rank(s))" "$out" "${cmd[@]}"
   local got_steps got_world sps
   if [[ "$impl" != pytorch ]]; then
@@ -127,6 +137,28 @@ measure() {
   sps="$(json_field "$out" samples_per_second)"
   printf '%s\t%s\t%s\t%s\t%s\n' "$m" "$r" "$n" "$impl" "$sps" >>"$results"
   printf '%-6s %4s %6s %-14s %12.1f\n' "$m" "$r" "$n" "$impl" "$sps"
+}
+
+# measure_cores MODEL RUN N STEPS: N one-rank ringflow jobs at once, job i pinned to core i, each
+# on batch/N; appends "cores-sum" (their summed samples/s) and "cores-sync" (N x the slowest's).
+measure_cores() {
+  local m="$1" r="$2" n="$3" steps="$4" i per=$((batch / n)) pids=() sps=()
+  for ((i = 0; i < n; i++)); do
+    (run_one "independent job $i (model $m, batch $per, core $((i % ncpu)))" "$tmp/core$i.json" \
+       taskset -c "$((i % ncpu))" build/ringflow train --model "$m" --data fashion-mnist --data-dir "$DATA_DIR" \
+       --batch "$per" --max-steps "$steps" --epochs 1000 --optimizer momentum --lr 0.05 --momentum 0.9 \
+       --threads 1 --device cpu --quiet) &
+    pids+=($!)
+  done
+  for ((i = 0; i < n; i++)); do
+    wait "${pids[$i]}" || die "independent job $i (model $m, $n at once) failed"
+    sps+=("$(json_field "$tmp/core$i.json" samples_per_second)")
+  done
+  read -r sum sync < <(python3 -c 'import sys; v = [float(x) for x in sys.argv[1:]]; print(sum(v), len(v) * min(v))' "${sps[@]}")
+  printf '%s\t%s\t%s\t%s\t%s\n' "$m" "$r" "$n" cores-sum "$sum" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$m" "$r" "$n" cores-sync "$sync" >>"$results"
+  printf '%-6s %4s %6s %-14s %12.1f  (per core:%s)\n' "$m" "$r" "$n" cores-sum "$sum" "$(printf ' %.0f' "${sps[@]}")"
+  printf '%-6s %4s %6s %-14s %12.1f\n' "$m" "$r" "$n" cores-sync "$sync"
 }
 
 echo "scaling: ringflow vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)') DDP (gloo)," \
@@ -143,6 +175,7 @@ for m in "${model_list[@]}"; do
       jobs+=("$n ringflow-ring" "$n pytorch")
       ((use_mpi && n > 1)) && jobs+=("$n ringflow-mpi")
       ((use_ceiling && n > 1)) && jobs+=("$n ringflow-nocomm")
+      ((use_cores && n > 1)) && jobs+=("$n cores")
     done
     k=$(((r - 1) % ${#jobs[@]}))
     for ((j = 0; j < ${#jobs[@]}; j++)); do
@@ -154,10 +187,10 @@ done
 
 echo "scaling: load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (the benchmark itself adds up to max(ranks))"
 echo
-python3 - "$results" "$runs" "$batch" "$steps_mlp" "$steps_cnn" "$use_mpi" "$use_ceiling" <<'EOF'
+python3 - "$results" "$runs" "$batch" "$steps_mlp" "$steps_cnn" "$use_mpi" "$use_ceiling" "$use_cores" <<'EOF'
 import collections, json, statistics, sys
 
-path, runs, batch, steps_mlp, steps_cnn, use_mpi, use_ceiling = sys.argv[1], *map(int, sys.argv[2:8])
+path, runs, batch, steps_mlp, steps_cnn, use_mpi, use_ceiling, use_cores = sys.argv[1], *map(int, sys.argv[2:9])
 sps = {}  # (model, run, ranks, impl) -> samples/s
 models, ranks = [], []
 for line in open(path):
@@ -220,6 +253,11 @@ for m in models:
             row["ringflow_nocomm_sps_median"] = rnd(med(per_run(m, n, nc_impl)), 1)
             row["ringflow_nocomm_scaling_median"] = (
                 rnd(med(per_run(m, n, nc_impl, 1, "ringflow-ring")), 3) if has1 else None)
+        if use_cores and n > 1:
+            for k in ("sum", "sync"):
+                row[f"cores_{k}_sps_median"] = rnd(med(per_run(m, n, "cores-" + k)), 1)
+                row[f"cores_{k}_scaling_median"] = (
+                    rnd(med(per_run(m, n, "cores-" + k, 1, "ringflow-ring")), 3) if has1 else None)
         rows.append(row)
 
 hdr = "%-6s %5s %13s %13s %9s %9s %9s %9s %8s" % (
@@ -228,6 +266,8 @@ if use_mpi:
     hdr += " %13s %9s" % ("rf_mpi_sps", "mpi_scale")
 if use_ceiling:
     hdr += " %13s %9s" % ("rf_nocomm_sps", "nc_scale")
+if use_cores:
+    hdr += " %9s %9s" % ("cores_sc", "sync_sc")
 print(hdr + "   (medians over %d run(s))" % runs)
 for row in rows:
     line = "%-6s %5d %13s %13s %9s %9s %9s %9s %8s" % (
@@ -241,10 +281,15 @@ for row in rows:
     if use_ceiling:
         line += " %13s %9s" % (fmt(row["ringflow_nocomm_sps_median"], "13.1f"),
                                fmt(row["ringflow_nocomm_scaling_median"], "9.3f"))
+    if use_cores:
+        line += " %9s %9s" % (fmt(row.get("cores_sum_scaling_median"), "9.3f"),
+                              fmt(row.get("cores_sync_scaling_median"), "9.3f"))
     print(line)
 print("scale = samples/s at N ranks / samples/s at 1 rank (per run, then median); eff = scale / N;"
       " rf/pt = ringflow / PyTorch samples/s at the same N; rf_mpi = ringflow --collective mpi;"
-      " rf_nocomm = ringflow --no-gradient-exchange (the ceiling: no communication, replicas diverge)")
+      " rf_nocomm = ringflow --no-gradient-exchange (the ceiling: no communication, replicas diverge);"
+      " cores_sc / sync_sc = N independent one-rank jobs on batch/N at once, one a core: their summed"
+      " samples/s and N x the slowest one's, over 1 rank (sync_sc bounds any synchronous job)")
 print()
 for row in rows:
     print(json.dumps(row, separators=(",", ":")))
