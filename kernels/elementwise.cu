@@ -159,13 +159,14 @@ template <class T> __global__ void bias_add_kernel(const T* x, const T* b, T* y,
   for (i64 i = global_index(); i < n; i += grid_stride()) y[i] = x[i] + b[(i / inner) % C];
 }
 
-// Long rows (a convolution's [N, C, H*W], H*W >= 128): blocks along a row, rows along y; one
+// Rows of a convolution's [N, C, H*W] (H*W >= 32): threadIdx.x along a row, blockDim.y rows a
+// block (short rows share a block: conv2's 14x14 rows are 49 float4s), rows along grid y; one
 // division per row, not two 64-bit ones per element. V is T, or T's 16-byte vector when the rows
 // are whole vectors (inner % lanes == 0, aligned pointers); inner then counts vectors.
 template <class T, class V>
 __global__ void bias_add_rows_kernel(const V* x, const T* b, V* y, i64 C, i64 inner, i64 rows) {
   constexpr int L = int(sizeof(V) / sizeof(T));
-  for (i64 r = blockIdx.y; r < rows; r += gridDim.y) {
+  for (i64 r = i64(blockIdx.y) * blockDim.y + threadIdx.y; r < rows; r += i64(gridDim.y) * blockDim.y) {
     const T bias = b[r % C];
     const i64 base = r * inner;
     for (i64 j = i64(blockIdx.x) * blockDim.x + threadIdx.x; j < inner; j += i64(gridDim.x) * blockDim.x) {
@@ -500,17 +501,23 @@ template <class T> void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C,
   if (outer < 0 || C < 0 || inner < 0) throw std::invalid_argument("bias_add: negative dimension");
   const i64 n = outer * C * inner;
   if (n == 0) return;
-  if (inner >= 128) {  // at least half of a block's threads busy on a row
+  if (inner >= 32) {  // a warp or more a row
     const i64 rows = outer * C;
     const bool vec = inner % kLanes<T> == 0 && aligned16(x) && aligned16(y);
     const i64 row = vec ? inner / kLanes<T> : inner;  // elements or vectors a row
-    const dim3 grid(unsigned(std::min<i64>((row + kBlock - 1) / kBlock, 64)), unsigned(std::min<i64>(rows, 65535)));
+    // Threads a row: the power of two at or above the row, 32 to kBlock; the rest of the block's
+    // kBlock threads take further rows.
+    unsigned tx = 32;
+    while (tx < unsigned(kBlock) && i64(tx) < row) tx *= 2;
+    const dim3 block(tx, unsigned(kBlock) / tx);
+    const dim3 grid(unsigned(std::min<i64>((row + tx - 1) / tx, 64)),
+                    unsigned(std::min<i64>((rows + block.y - 1) / block.y, 65535)));
     using V = typename Vec16<T>::type;
     if (vec)
-      bias_add_rows_kernel<T, V><<<grid, kBlock, 0, stream>>>(reinterpret_cast<const V*>(x), b,
-                                                               reinterpret_cast<V*>(y), C, row, rows);
+      bias_add_rows_kernel<T, V><<<grid, block, 0, stream>>>(reinterpret_cast<const V*>(x), b,
+                                                              reinterpret_cast<V*>(y), C, row, rows);
     else
-      bias_add_rows_kernel<T, T><<<grid, kBlock, 0, stream>>>(x, b, y, C, row, rows);
+      bias_add_rows_kernel<T, T><<<grid, block, 0, stream>>>(x, b, y, C, row, rows);
   } else {
     bias_add_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(x, b, y, C, inner, n);
   }

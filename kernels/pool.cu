@@ -92,6 +92,22 @@ __global__ void max_pool_grad_kernel(const T* dy, const int32_t* argmax, T* dx, 
   }
 }
 
+// Windows that tile the input exactly (stride == window, no padding, H = P*R, W = Q*S: the CNN's
+// 2x2 pools): each input is in one window, so a thread per output writes its window -- dy at the
+// argmax (0 + dy, as the general kernel's sum gives it), 0 elsewhere -- and no input searches for
+// the windows that cover it.
+template <class T, class I>
+__global__ void max_pool_grad_tiled_kernel(const T* dy, const int32_t* argmax, T* dx, Geom<I> g, I n) {
+  for (I o = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); o < n; o += I(gridDim.x) * I(blockDim.x)) {
+    const I q = o % g.Q, p = (o / g.Q) % g.P, plane = o / (g.P * g.Q);
+    T* dxp = dx + i64(plane) * g.H * g.W;
+    const int32_t a = argmax[o];
+    const T v = T(0) + dy[o];
+    for (I h = p * g.R; h < p * g.R + g.R; ++h)
+      for (I w = q * g.S; w < q * g.S + g.S; ++w) dxp[h * g.W + w] = h * g.W + w == a ? v : T(0);
+  }
+}
+
 template <class T, class I> __global__ void avg_pool_kernel(const T* x, T* y, Geom<I> g, I n) {
   for (I o = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); o < n; o += I(gridDim.x) * I(blockDim.x)) {
     const I q = o % g.Q, p = (o / g.Q) % g.P, plane = o / (g.P * g.Q);
@@ -145,9 +161,16 @@ void max_pool2d_grad(const T* dy, const int32_t* argmax, T* dx, const PoolGeom& 
   check_geom(g, "max_pool2d_grad");
   const i64 n = g.N * g.C * g.H * g.W;
   if (n == 0) return;
+  const bool tiled = g.stride_h == g.R && g.stride_w == g.S && g.pad_h == 0 && g.pad_w == 0 && g.P * g.R == g.H &&
+                     g.Q * g.S == g.W;
   with_index_type(g, [&](auto gi, auto i) {
     using I = decltype(i);
-    max_pool_grad_kernel<T, I><<<grid_for(n), kBlock, 0, stream>>>(dy, argmax, dx, gi, I(n));
+    if (tiled) {
+      const i64 n_out = g.N * g.C * g.P * g.Q;
+      max_pool_grad_tiled_kernel<T, I><<<grid_for(n_out), kBlock, 0, stream>>>(dy, argmax, dx, gi, I(n_out));
+    } else {
+      max_pool_grad_kernel<T, I><<<grid_for(n), kBlock, 0, stream>>>(dy, argmax, dx, gi, I(n));
+    }
   });
   CUDA_CHECK_LAUNCH();
 }

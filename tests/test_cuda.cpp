@@ -234,10 +234,12 @@ TEST(CudaKernels, BiasAddAndGrad) {
     i64 outer, C, inner;
   };
   // 64x32x196 (3 slabs of 21-22 rows), 512x32x784 (the CNN's conv1 at batch 512) and 1000x1x4096
-  // take bias_grad's slab path (a workspace); 70000x1x256 has more rows than a grid's y (bias_add);
-  // 6x5x131's rows are not whole 16-byte vectors (bias_add's scalar rows kernel).
+  // take bias_grad's slab path (a workspace); 600000x1x32 has more rows than a grid's y covers
+  // (bias_add: 8 rows a block); 6x5x131, 8x16x49 and 37x3x33 are not whole 16-byte vectors a row
+  // (the scalar rows kernel), 256x10x1 takes the flat kernel.
   for (const Case& c : {Case{8, 16, 49}, Case{256, 10, 1}, Case{3, 5, 1000}, Case{64, 32, 196}, Case{512, 32, 784},
-                        Case{37, 3, 33}, Case{1000, 1, 4096}, Case{70000, 1, 256}, Case{6, 5, 131}}) {
+                        Case{37, 3, 33}, Case{1000, 1, 4096}, Case{70000, 1, 256}, Case{6, 5, 131},
+                        Case{600000, 1, 32}}) {
     const i64 n = c.outer * c.C * c.inner;
     const auto x = random_vec(n, 0.f, 1.f, 70), b = random_vec(c.C, -1.f, 1.f, 71);  // x >= 0: see ReduceSum
     std::vector<float> want(static_cast<size_t>(n)), want_db(static_cast<size_t>(c.C));

@@ -308,7 +308,8 @@ const std::vector<OpCase>& cases() {
          e.with_grads(b, p, {x});
          b.fetches.push_back(Value{p.graph, p.node, 1});  // argmax
          Value y = e.in(b, {2, 2, 8, 6});
-         e.with_grads(b, ops::max_pool2d(y, 2), {y});
+         e.with_grads(b, ops::max_pool2d(y, 2), {y});  // windows tile the input: the tiled gradient kernel
+         e.with_grads(b, ops::max_pool2d(x, 2), {x});  // 9 rows: the last is in no window
          return b;
        }},
       {Op::MaxPool2DGrad, [](Env& e) {
