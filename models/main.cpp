@@ -7,6 +7,7 @@
 #include <exception>
 #include <iostream>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <type_traits>
 
@@ -22,6 +23,27 @@ int launcher_rank() {
   for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"})
     if (const char* v = std::getenv(name)) return std::atoi(v);
   return 0;
+}
+
+// Whether this rank prints a flag error (flags are parsed before MPI starts, so ranks cannot
+// agree on it): rank 0, whose arguments every rank shares in a plain launch, and under Open MPI's
+// MPMD launches (`mpirun -np 1 ringflow ... : -np 1 ringflow ...`) the first rank of each app
+// context, whose arguments may differ from rank 0's. Open MPI tells a rank its context
+// (OMPI_MCA_orte_app_num) and every context's size (OMPI_APP_CTX_NUM_PROCS).
+bool reports_flag_errors() {
+  const int rank = launcher_rank();
+  if (rank == 0) return true;
+  const char* app = std::getenv("OMPI_MCA_orte_app_num");
+  const char* sizes = std::getenv("OMPI_APP_CTX_NUM_PROCS");
+  if (!app || !sizes) return false;
+  const int k = std::atoi(app);
+  std::istringstream in(sizes);
+  int first = 0, size = 0;
+  for (int i = 0; i < k; ++i) {
+    if (!(in >> size)) return false;
+    first += size;
+  }
+  return k > 0 && rank == first;
 }
 
 // With several ranks an error during training must end the whole job from where it was thrown:
@@ -146,8 +168,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
-  } catch (const CLI::ParseError& e) {  // every rank parses the same arguments: rank 0 says it
-    if (launcher_rank() == 0) std::fprintf(stderr, "ringflow: error: %s (see ringflow train --help)\n", e.what());
+  } catch (const CLI::ParseError& e) {
+    if (reports_flag_errors()) std::fprintf(stderr, "ringflow: error: %s (see ringflow train --help)\n", e.what());
     return 2;
   }
   c.shuffle = !no_shuffle;

@@ -132,6 +132,17 @@ if [[ "$mpi" == mpi ]] && mpirun --version 2>/dev/null | grep -q "Open MPI" && [
   else
     echo "FAIL mpirun set-up error on one rank: rc=$rc, stderr: $(head -c 400 "$tmp/err")"; fails=$((fails + 1))
   fi
+  # A bad flag on rank 1 alone (MPMD): flags are parsed before MPI starts, so the first rank of
+  # each app context reports its own; the job still ends (mpirun sees rank 1 exit).
+  timeout 90 mpirun --allow-run-as-root -np 1 "$bin" "${one_rank[@]}" --data-dir "$tmp/good" : \
+    -np 1 "$bin" "${one_rank[@]}" --data-dir "$tmp/good" --seed -3 >"$tmp/out" 2>"$tmp/err"
+  rc=$?
+  if [[ $rc -ne 0 && $rc -ne 124 && $(grep -c "^ringflow: error" "$tmp/err") -eq 1 ]] &&
+     grep -qE "^ringflow: error: .*--seed" "$tmp/err"; then
+    echo "ok   mpirun flag error on one rank: $(grep '^ringflow: error' "$tmp/err")"; passes=$((passes + 1))
+  else
+    echo "FAIL mpirun flag error on one rank: rc=$rc, stderr: $(head -c 400 "$tmp/err")"; fails=$((fails + 1))
+  fi
   # An error during training (every rank's loss overflows): the job ends promptly from the throw
   # site, each line names its rank, and nothing is unwound into a wait for the peers.
   timeout 90 mpirun --allow-run-as-root -np 2 "$bin" train --quiet --epochs 1 --max-steps 20 --model mlp --threads 1 \
