@@ -120,6 +120,8 @@ if [[ "$mpi" == mpi ]] && mpirun --version 2>/dev/null | grep -q "Open MPI" && [
   expect_mpi_error "metrics in a missing directory" "no directory" "${mpi_common[@]}" --batch 10 --metrics "$tmp/nodir/m.jsonl"
   expect_mpi_error "bad flag value" "--lr" "${mpi_common[@]}" --batch 10 --lr -1
   expect_mpi_error "missing --init-from" "--init-from" "${mpi_common[@]}" --batch 10 --init-from "$tmp/none.safetensors"
+  expect_mpi_error "fused update without shared memory" "no peer window" "${mpi_common[@]}" --batch 10 \
+    --collective mpi --fuse-update on
   # A set-up error on rank 1 alone (MPMD: its data directory is missing): rank 0 must not wait in
   # the first collective; the agreed line names rank 1, and the job ends without MPI_Abort.
   one_rank=(train --quiet --epochs 1 --max-steps 2 --model mlp --threads 1 --batch 10)
