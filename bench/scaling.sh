@@ -120,7 +120,7 @@ measure() {
     [[ "$coll" == nocomm ]] && { coll=ring; extra=(--no-gradient-exchange); }
     cmd=("${mpi[@]}" "${mpirun_extra[@]}" build/ringflow train --model "$m" --data fashion-mnist
          --data-dir "$DATA_DIR" --batch "$batch" --max-steps "$steps" --epochs 1000 --optimizer momentum
-         --lr 0.05 --momentum 0.9 --threads 1 --device cpu --quiet --collective "$coll" "${extra[@]}")
+         --lr 0.05 --lr-schedule constant --momentum 0.9 --threads 1 --device cpu --quiet --collective "$coll" "${extra[@]}")
   fi
   if [[ "$impl" == cores ]]; then
     measure_cores "$m" "$r" "$n" "$steps"
@@ -146,7 +146,7 @@ measure_cores() {
   for ((i = 0; i < n; i++)); do
     (run_one "independent job $i (model $m, batch $per, core $((i % ncpu)))" "$tmp/core$i.json" \
        taskset -c "$((i % ncpu))" build/ringflow train --model "$m" --data fashion-mnist --data-dir "$DATA_DIR" \
-       --batch "$per" --max-steps "$steps" --epochs 1000 --optimizer momentum --lr 0.05 --momentum 0.9 \
+       --batch "$per" --max-steps "$steps" --epochs 1000 --optimizer momentum --lr 0.05 --lr-schedule constant --momentum 0.9 \
        --threads 1 --device cpu --quiet) &
     pids+=($!)
   done

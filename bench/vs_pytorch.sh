@@ -70,7 +70,7 @@ summaries=()
 for m in "${model_list[@]}"; do
   if [[ "$m" == mlp ]]; then steps="$steps_mlp"; else steps="$steps_cnn"; fi
   rf_cmd=(build/ringflow train --model "$m" --data fashion-mnist --data-dir "$DATA_DIR" --batch 64
-          --max-steps "$steps" --epochs 1000 --optimizer momentum --lr 0.05 --threads 1 --device cpu --quiet)
+          --max-steps "$steps" --epochs 1000 --optimizer momentum --lr 0.05 --lr-schedule constant --threads 1 --device cpu --quiet)
   pt_cmd=("$PYTHON" bench/torch_train.py --model "$m" --batch 64 --steps "$steps" --warmup "$warmup"
           --threads 1 --lr 0.05 --data-dir "$DATA_DIR")
   rf_all=() pt_all=() ratio_all=()
