@@ -49,7 +49,7 @@ template <class I> __device__ __forceinline__ Span<I> window(I o, I stride, I pa
 }
 template <class I> __device__ __forceinline__ Span<I> covering(I i, I stride, I pad, I k, I n_out) {
   const I t = i + pad;  // o * stride <= t < o * stride + k
-  const I first = t - k + 1 > 0 ? (t - k + stride) / stride : 0;
+  const I first = t >= k ? (t - k) / stride + 1 : 0;  // not (t - k + stride) / stride: stride may be near I's max
   return {first, min(t / stride, n_out - 1)};
 }
 
@@ -116,7 +116,9 @@ template <class T, class I> __global__ void avg_pool_kernel(const T* x, T* y, Ge
     T sum = 0;
     for (I h = hs.lo; h < hs.hi; ++h)
       for (I w = ws.lo; w < ws.hi; ++w) sum += xp[h * g.W + w];
-    y[o] = sum / static_cast<T>(divisor(p, g.stride_h, g.pad_h, g.R, g.H) * divisor(q, g.stride_w, g.pad_w, g.S, g.W));
+    // The window's area in 64 bits: R * S is not bounded by fits_int32.
+    y[o] = sum / static_cast<T>(i64(divisor(p, g.stride_h, g.pad_h, g.R, g.H)) *
+                                divisor(q, g.stride_w, g.pad_w, g.S, g.W));
   }
 }
 
@@ -129,7 +131,7 @@ template <class T, class I> __global__ void avg_pool_grad_kernel(const T* dy, T*
     for (I p = ps.lo; p <= ps.hi; ++p) {
       const I dh = divisor(p, g.stride_h, g.pad_h, g.R, g.H);
       for (I q = qs.lo; q <= qs.hi; ++q)
-        acc += dyp[p * g.Q + q] / static_cast<T>(dh * divisor(q, g.stride_w, g.pad_w, g.S, g.W));
+        acc += dyp[p * g.Q + q] / static_cast<T>(i64(dh) * divisor(q, g.stride_w, g.pad_w, g.S, g.W));
     }
     dx[i] = acc;
   }

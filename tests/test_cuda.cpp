@@ -92,47 +92,60 @@ TEST(CudaKernels, Binary) {
 }
 
 // The flat kernels' 16-byte vector path (aligned pointers), its n % lanes tail, the scalar path
-// for views that are not 16-byte aligned, and in place (y == x), in float and double.
+// where any pointer is not 16-byte aligned, and in place (y == x), in float and double; nothing is
+// written outside y's view.
 template <class T> void check_flat_paths() {
-  const rf::DType dt = sizeof(T) == 4 ? rf::DType::F32 : rf::DType::F64;
+  struct Offsets {
+    i64 x, b, y;  // element offsets of the views; 0 and 4 are 16-byte aligned in f32 and f64
+  };
+  const T sentinel = T(-777);
   for (i64 n : {i64(1), i64(2), i64(3), i64(5), i64(8), i64(1023), i64(4099)})
-    for (i64 off : {i64(0), i64(1), i64(4)}) {  // x at off, y at 4 - off: 0 and 4 aligned, 1 not
-      const auto xf = random_vec(n + 4, -2.f, 2.f, unsigned(90 + n)), bf = random_vec(n + 4, 0.5f, 2.f, 91);
+    for (const Offsets o : {Offsets{0, 0, 0}, Offsets{4, 4, 4}, Offsets{0, 0, 1}, Offsets{1, 1, 0}, Offsets{0, 1, 0},
+                            Offsets{1, 0, 0}, Offsets{1, 1, 1}, Offsets{2, 0, 6}}) {
+      const auto xf = random_vec(n + 8, -2.f, 2.f, unsigned(90 + n)), bf = random_vec(n + 8, 0.5f, 2.f, 91);
       const std::vector<T> x(xf.begin(), xf.end()), b(bf.begin(), bf.end());
-      Tensor xd = Tensor::from_vector<T>(x, {n + 4}).to(Device::cuda(0));
-      Tensor bd = Tensor::from_vector<T>(b, {n + 4}).to(Device::cuda(0));
-      Tensor yd(Shape{n + 4}, dt, Device::cuda(0));
-      const T* xs = xd.data<T>() + off;
-      const T* bs = bd.data<T>();  // aligned: with x and y at 1 the binary launch sees mixed alignment
-      T* ys = yd.data<T>() + (4 - off);
+      Tensor xd = Tensor::from_vector<T>(x, {n + 8}).to(Device::cuda(0));
+      Tensor bd = Tensor::from_vector<T>(b, {n + 8}).to(Device::cuda(0));
+      Tensor yd = Tensor::from_vector<T>(std::vector<T>(size_t(n + 8), sentinel), {n + 8}).to(Device::cuda(0));
+      const T* xs = xd.data<T>() + o.x;
+      const T* bs = bd.data<T>() + o.b;
+      T* ys = yd.data<T>() + o.y;
       const std::string what = std::string(sizeof(T) == 4 ? "f32" : "f64") + " n=" + std::to_string(n) +
-                               " offset=" + std::to_string(off);
+                               " offsets x=" + std::to_string(o.x) + " b=" + std::to_string(o.b) +
+                               " y=" + std::to_string(o.y);
       std::vector<T> want(static_cast<size_t>(n)), got;
-      auto result = [&] {
+      auto result = [&] {  // y's view; the slack around it must still hold the sentinel
         const std::vector<T> all = yd.to_vector<T>();
-        return std::vector<T>(all.begin() + (4 - off), all.begin() + (4 - off) + n);
+        for (i64 i = 0; i < n + 8; ++i) {
+          if (i < o.y || i >= o.y + n) {
+            EXPECT_EQ(all[size_t(i)], sentinel) << "wrote outside y's view at " << i << ", " << what;
+          }
+        }
+        return std::vector<T>(all.begin() + o.y, all.begin() + o.y + n);
       };
-      cpu::unary<T>(UnaryOp::Exp, x.data() + off, want.data(), n);
+      cpu::unary<T>(UnaryOp::Exp, x.data() + o.x, want.data(), n);
       kc::unary<T>(UnaryOp::Exp, xs, ys, n, stream());
       got = result();
       for (i64 i = 0; i < n; ++i)
         EXPECT_NEAR(got[size_t(i)], want[size_t(i)], 1e-5 * std::abs(want[size_t(i)])) << "exp " << what << " at " << i;
-      cpu::binary<T>(BinaryOp::ReluGrad, b.data(), x.data() + off, want.data(), n);
+      cpu::binary<T>(BinaryOp::ReluGrad, b.data() + o.b, x.data() + o.x, want.data(), n);
       kc::binary<T>(BinaryOp::ReluGrad, bs, xs, ys, n, stream());
       got = result();
       for (i64 i = 0; i < n; ++i) EXPECT_EQ(got[size_t(i)], want[size_t(i)]) << "relu grad " << what << " at " << i;
-      cpu::scalar<T>(ScalarOp::Mul, x.data() + off, 3.0, want.data(), n);
+      cpu::scalar<T>(ScalarOp::Mul, x.data() + o.x, 3.0, want.data(), n);
       kc::scalar<T>(ScalarOp::Mul, xs, 3.0, ys, n, stream());
       got = result();
       for (i64 i = 0; i < n; ++i)
         EXPECT_EQ(got[size_t(i)], want[size_t(i)]) << "scalar mul " << what << " at " << i;
-      // In place over x's view: relu(x) -> x.
-      cpu::unary<T>(UnaryOp::Relu, x.data() + off, want.data(), n);
-      kc::unary<T>(UnaryOp::Relu, xd.data<T>() + off, xd.data<T>() + off, n, stream());
+      // In place over x's view: relu(x) -> x, the rest of x untouched.
+      cpu::unary<T>(UnaryOp::Relu, x.data() + o.x, want.data(), n);
+      kc::unary<T>(UnaryOp::Relu, xd.data<T>() + o.x, xd.data<T>() + o.x, n, stream());
       const std::vector<T> all = xd.to_vector<T>();
-      for (i64 i = 0; i < n; ++i)
-        EXPECT_EQ(all[size_t(off + i)], want[size_t(i)]) << "relu in place " << what << " at " << i;
-      EXPECT_EQ(all[0], off == 0 ? want[0] : x[0]) << "relu in place wrote before its view, " << what;
+      for (i64 i = 0; i < n + 8; ++i) {
+        const bool in_view = i >= o.x && i < o.x + n;
+        EXPECT_EQ(all[size_t(i)], in_view ? want[size_t(i - o.x)] : x[size_t(i)])
+            << "relu in place " << what << " at " << i;
+      }
     }
 }
 
@@ -140,6 +153,45 @@ TEST(CudaKernels, FlatKernelsVectorTailAndUnalignedPaths) {
   if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
   check_flat_paths<float>();
   check_flat_paths<double>();
+}
+
+// Pool geometries at the edges of the kernels' 32-bit index path: a stride that forces the 64-bit
+// kernels, a window area (R * S = 2^32) past 32 bits, and a stride near INT32_MAX (the gradient's
+// search for covering windows must not wrap). Forward and gradient against the CPU.
+TEST(CudaKernels, PoolIndexRanges) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  using rf::kernels::PoolGeom;
+  struct Case {
+    const char* what;
+    PoolGeom g;
+  };
+  const Case cases[] = {
+      {"stride 3e9 (64-bit kernels)", PoolGeom{1, 2, 4, 4, 2, 2, 3000000000, 2, 0, 0, 1, 2}},
+      {"window 65536x65536 over a 1x1 plane", PoolGeom{1, 1, 1, 1, 65536, 65536, 1, 1, 32768, 32768, 2, 2}},
+      {"stride 2130706000, 16777700 rows", PoolGeom{1, 1, 16777700, 1, 1, 1, 2130706000, 1, 0, 0, 1, 1}},
+  };
+  for (const Case& c : cases) {
+    const PoolGeom& g = c.g;
+    const i64 nx = g.N * g.C * g.H * g.W, ny = g.N * g.C * g.P * g.Q;
+    const auto x = random_vec(nx, -1.f, 1.f, 95), dy = random_vec(ny, -1.f, 1.f, 96);
+    std::vector<float> y(static_cast<size_t>(ny)), dx(static_cast<size_t>(nx));
+    std::vector<int32_t> am(static_cast<size_t>(ny));
+    Tensor xd = to_gpu(x, {nx}), dyd = to_gpu(dy, {ny}), yd = gpu_empty({ny}), dxd = gpu_empty({nx});
+    Tensor amd(Shape{ny}, rf::DType::I32, Device::cuda(0));
+    cpu::max_pool2d<float>(x.data(), y.data(), am.data(), g);
+    kc::max_pool2d<float>(xd.data<float>(), yd.data<float>(), amd.data<int32_t>(), g, stream());
+    expect_close(host(yd), y, 0, std::string("max_pool2d, ") + c.what);
+    EXPECT_EQ(amd.to_vector<int32_t>(), am) << "max_pool2d argmax, " << c.what;
+    cpu::max_pool2d_grad<float>(dy.data(), am.data(), dx.data(), g);
+    kc::max_pool2d_grad<float>(dyd.data<float>(), amd.data<int32_t>(), dxd.data<float>(), g, stream());
+    expect_close(host(dxd), dx, 0, std::string("max_pool2d_grad, ") + c.what);
+    cpu::avg_pool2d<float>(x.data(), y.data(), g);
+    kc::avg_pool2d<float>(xd.data<float>(), yd.data<float>(), g, stream());
+    expect_close(host(yd), y, 1e-6, std::string("avg_pool2d, ") + c.what);
+    cpu::avg_pool2d_grad<float>(dy.data(), dx.data(), g);
+    kc::avg_pool2d_grad<float>(dyd.data<float>(), dxd.data<float>(), g, stream());
+    expect_close(host(dxd), dx, 1e-6, std::string("avg_pool2d_grad, ") + c.what);
+  }
 }
 
 TEST(CudaKernels, BinaryBroadcast) {
@@ -236,10 +288,11 @@ TEST(CudaKernels, BiasAddAndGrad) {
   // 64x32x196 (3 slabs of 21-22 rows), 512x32x784 (the CNN's conv1 at batch 512) and 1000x1x4096
   // take bias_grad's slab path (a workspace); 600000x1x32 has more rows than a grid's y covers
   // (bias_add: 8 rows a block); 6x5x131, 8x16x49 and 37x3x33 are not whole 16-byte vectors a row
-  // (the scalar rows kernel), 256x10x1 takes the flat kernel.
+  // (the scalar rows kernel; 200000x3x33 with more rows than a grid's y covers), 256x10x1 takes
+  // the flat kernel.
   for (const Case& c : {Case{8, 16, 49}, Case{256, 10, 1}, Case{3, 5, 1000}, Case{64, 32, 196}, Case{512, 32, 784},
                         Case{37, 3, 33}, Case{1000, 1, 4096}, Case{70000, 1, 256}, Case{6, 5, 131},
-                        Case{600000, 1, 32}}) {
+                        Case{600000, 1, 32}, Case{200000, 3, 33}}) {
     const i64 n = c.outer * c.C * c.inner;
     const auto x = random_vec(n, 0.f, 1.f, 70), b = random_vec(c.C, -1.f, 1.f, 71);  // x >= 0: see ReduceSum
     std::vector<float> want(static_cast<size_t>(n)), want_db(static_cast<size_t>(c.C));
