@@ -48,6 +48,10 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
     size_t total = 0;
     for (const Bucket& b : buckets_) total += b.elements;
     window = static_cast<char*>(comm_.shm_buffer(std::max<size_t>(total, 1) * dtype_size(dtype_)));
+    // An earlier fused Reducer's last run may still have a peer reading this rank's region (a run
+    // that skipped some updates publishes no "consumed"): every rank is single-threaded, so once
+    // all are here, all are done with it.
+    comm_.barrier();
     std::memset(window, 0, total * dtype_size(dtype_));
   }
   size_t next_offset = 0;
@@ -151,10 +155,20 @@ std::string Reducer::fuse_blocker(const Graph& g, const std::vector<int>& vars, 
   if (opts_.fuse == ReducerOptions::Fuse::Auto && comm_.size() > kFuseMaxRanks)
     return std::to_string(comm_.size()) + " ranks (the fused update reads every rank's gradient on every rank)";
   const std::vector<int> index_of = index_of_vars(g, vars);
+  // One window slot per gradient value: two Variables handed the same value (autodiff can) would
+  // bind it twice, and one slot would never be written.
+  for (size_t k = 0; k < grads.size(); ++k)
+    for (size_t j = 0; j < k; ++j)
+      if (grads[j].node == grads[k].node && grads[j].index == grads[k].index)
+        return "'" + g.node(vars[j]).name + "' and '" + g.node(vars[k]).name + "' share one gradient value";
   std::vector<char> updated(vars.size(), 0);
   for (const Node& n : g.nodes()) {
     if (update_bucket_[size_t(n.id)] < 0) continue;
     const int k = index_of[size_t(n.inputs[0].node)];
+    // A step counts its updates to know when it has read every peer's gradients: one a Variable.
+    if (updated[size_t(k)])
+      return "'" + g.node(vars[size_t(k)]).name + "' has more than one update op in the graph (the fused "
+             "update counts one a Variable a step)";
     const Value grad = n.inputs[n.inputs.size() - 2];
     if (grad.node != grads[size_t(k)].node || grad.index != grads[size_t(k)].index)
       return "update '" + n.name + "' does not read the raw gradient of '" + g.node(vars[size_t(k)]).name + "'";

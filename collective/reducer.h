@@ -20,7 +20,10 @@
 // cache instead of the shm allreduce's ~3 plus the update's 1, and needs no communication thread:
 // with L <= 4 it is less memory traffic, and with ranks that fill every core it takes no
 // scheduling luck (the allreduce needs both ranks' communication threads on a core at once).
-// The gradient buffers then hold this rank's own gradients, not their average.
+// The gradient buffers then hold this rank's own gradients, not their average, and they are
+// bound to every plan of the session: with the fused update, a run that computes gradients must
+// pass run_options() (its prologue waits for the peers to finish reading the last step's); a run
+// without it (say, to log gradient norms) would overwrite them under a peer's update.
 #pragma once
 #include <condition_variable>
 #include <cstdint>

@@ -209,6 +209,29 @@ TEST(Reducer, FuseOnNamesWhatPreventsIt) {
   }
 }
 
+// The fused update counts one update a Variable a step: a graph with a second optimizer over the
+// same Variables is refused by --fuse-update on (and left to the allreduce by auto), not fused into
+// steps that each throw.
+TEST(Reducer, FuseOnRefusesTwoUpdatesOfAVariable) {
+  auto comm = make_communicator("ring");
+  if (comm->size() == 1) GTEST_SKIP() << kNeedsTwo;
+  MlpStep p;
+  const Value first{&p.g, p.t.vars[0], 0};  // a second update op for the first Variable
+  (void)p.g.add(Op::ApplySGD, {first, p.t.grads[0], p.t.hyper}, Attrs{}, "second/update");
+  Session s(p.g);
+  ReducerOptions ro;
+  ro.fuse = ReducerOptions::Fuse::On;
+  try {
+    Reducer r(*comm, s, p.t.vars, p.t.grads, ro);
+    FAIL() << "--fuse-update on was accepted with two update ops a Variable";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("more than one update op"), std::string::npos) << e.what();
+  }
+  ro.fuse = ReducerOptions::Fuse::Auto;
+  Reducer r(*comm, s, p.t.vars, p.t.grads, ro);
+  EXPECT_FALSE(r.fused());
+}
+
 TEST(Replicas, BroadcastAlignsAndCheckNamesTheDivergedVariable) {
   auto comm = make_communicator("ring");
   Graph g(7);
