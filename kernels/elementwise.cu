@@ -126,25 +126,12 @@ __global__ void binary_broadcast_kernel(F f, const T* a, Strides as, const T* b,
   }
 }
 
-template <class T, class F> __global__ void scalar_kernel(F f, const T* x, T c, T* y, i64 n) {
-  for (i64 i = global_index(); i < n; i += grid_stride()) y[i] = f(x[i], c);
-}
-
-template <class T, class F> __global__ void scalar_vec_kernel(F f, const T* x, T c, T* y, i64 n) {
-  using V = typename Vec16<T>::type;
-  constexpr int L = kLanes<T>;
-  const i64 nv = n / L;
-  const V* xv = reinterpret_cast<const V*>(x);
-  V* yv = reinterpret_cast<V*>(y);
-  for (i64 i = global_index(); i < nv; i += grid_stride()) {
-    V v = xv[i];
-#pragma unroll
-    for (int k = 0; k < L; ++k) lane<T>(v, k) = f(lane<T>(v, k), c);
-    yv[i] = v;
-  }
-  const i64 t = nv * L + global_index();
-  if (t < n) y[t] = f(x[t], c);
-}
+// y = f(x, c) runs as the unary kernels with c bound.
+template <class T, class F> struct WithScalar {
+  F f;
+  T c;
+  __device__ __forceinline__ T operator()(T x) const { return f(x, c); }
+};
 
 template <class T> __global__ void broadcast_kernel(const T* x, Strides xs, T* y, Shape ys, T scale, i64 n) {
   const Strides none{};
@@ -383,16 +370,20 @@ void launch_update(const MultiTensorEntry<T>& e, const UpdateScalars<T>& s, cuda
 
 // ---- elementwise ----
 
+namespace {
+template <class T, class F> void launch_unary(F f, const T* x, T* y, i64 n, cudaStream_t stream) {
+  if (aligned16(x) && aligned16(y))
+    unary_vec_kernel<T><<<grid_for(n / kLanes<T> + 1), kBlock, 0, stream>>>(f, x, y, n);
+  else
+    unary_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(f, x, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+}  // namespace
+
 template <class T> void unary(UnaryOp op, const T* x, T* y, i64 n, cudaStream_t stream) {
   check_n(n, "unary");
   if (n == 0) return;
-  visit_unary(op, [&](auto f) {
-    if (aligned16(x) && aligned16(y))
-      unary_vec_kernel<T><<<grid_for(n / kLanes<T> + 1), kBlock, 0, stream>>>(f, x, y, n);
-    else
-      unary_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(f, x, y, n);
-    CUDA_CHECK_LAUNCH();
-  });
+  visit_unary(op, [&](auto f) { launch_unary<T>(f, x, y, n, stream); });
 }
 
 template <class T> void binary(BinaryOp op, const T* a, const T* b, T* y, i64 n, cudaStream_t stream) {
@@ -428,13 +419,7 @@ void binary_broadcast(BinaryOp op, const T* a, const Shape& as, const T* b, cons
 template <class T> void scalar(ScalarOp op, const T* x, double c, T* y, i64 n, cudaStream_t stream) {
   check_n(n, "scalar");
   if (n == 0) return;
-  visit_scalar(op, [&](auto f) {
-    if (aligned16(x) && aligned16(y))
-      scalar_vec_kernel<T><<<grid_for(n / kLanes<T> + 1), kBlock, 0, stream>>>(f, x, T(c), y, n);
-    else
-      scalar_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(f, x, T(c), y, n);
-    CUDA_CHECK_LAUNCH();
-  });
+  visit_scalar(op, [&](auto f) { launch_unary<T>(WithScalar<T, decltype(f)>{f, T(c)}, x, y, n, stream); });
 }
 
 // ---- reductions and broadcasting ----
