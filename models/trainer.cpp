@@ -369,6 +369,8 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
            "--fuse-update on averages full-precision gradients in place: it does not combine with --compress");
   RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || !s.device.is_cuda(),
            "--fuse-update on is for CPU replicas on one node (GPU replicas reduce with NCCL)");
+  RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || !c.no_gradient_exchange,
+           "--fuse-update on fuses the gradient exchange that --no-gradient-exchange skips: pass one of them");
   RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || comm.size() == 1 || comm.peer_window(),
            "--fuse-update on needs every rank on one node with the ring collective's shared-memory transport (",
            comm.name(), " has no peer window)");

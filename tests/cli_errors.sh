@@ -122,6 +122,8 @@ if [[ "$mpi" == mpi ]] && mpirun --version 2>/dev/null | grep -q "Open MPI" && [
   expect_mpi_error "missing --init-from" "--init-from" "${mpi_common[@]}" --batch 10 --init-from "$tmp/none.safetensors"
   expect_mpi_error "fused update without shared memory" "no peer window" "${mpi_common[@]}" --batch 10 \
     --collective mpi --fuse-update on
+  expect_mpi_error "fused update without an exchange" "no-gradient-exchange" "${mpi_common[@]}" --batch 10 \
+    --fuse-update on --no-gradient-exchange
   # A set-up error on rank 1 alone (MPMD: its data directory is missing): rank 0 must not wait in
   # the first collective; the agreed line names rank 1, and the job ends without MPI_Abort.
   one_rank=(train --quiet --epochs 1 --max-steps 2 --model mlp --threads 1 --batch 10)
