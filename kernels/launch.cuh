@@ -18,3 +18,6 @@ inline unsigned grid_for(i64 n) { return unsigned(std::clamp<i64>((n + kBlock - 
 // for (i64 i = ...; i < n; ...): this thread's elements of [0, n) in a grid-stride loop.
 #define RF_GRID_STRIDE(i, n) \
   for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += i64(gridDim.x) * blockDim.x)
+// The same in index type I (the pool kernels' 32-bit path; the caller bounds n + the grid's size).
+#define RF_GRID_STRIDE_AS(I, i, n) \
+  for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < (n); i += I(gridDim.x) * I(blockDim.x))

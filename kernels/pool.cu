@@ -60,7 +60,7 @@ template <class I> __device__ __forceinline__ I divisor(I o, I stride, I pad, I 
 }
 
 template <class T, class I> __global__ void max_pool_kernel(const T* x, T* y, int32_t* argmax, Geom<I> g, I n) {
-  for (I o = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); o < n; o += I(gridDim.x) * I(blockDim.x)) {
+  RF_GRID_STRIDE_AS(I, o, n) {
     const I q = o % g.Q, p = (o / g.Q) % g.P, plane = o / (g.P * g.Q);
     const T* xp = x + i64(plane) * g.H * g.W;
     const Span<I> hs = window(p, g.stride_h, g.pad_h, g.R, g.H), ws = window(q, g.stride_w, g.pad_w, g.S, g.W);
@@ -78,7 +78,7 @@ template <class T, class I> __global__ void max_pool_kernel(const T* x, T* y, in
 
 template <class T, class I>
 __global__ void max_pool_grad_kernel(const T* dy, const int32_t* argmax, T* dx, Geom<I> g, I n) {
-  for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < n; i += I(gridDim.x) * I(blockDim.x)) {
+  RF_GRID_STRIDE_AS(I, i, n) {
     const I w = i % g.W, h = (i / g.W) % g.H, plane = i / (g.H * g.W);
     const T* dyp = dy + i64(plane) * g.P * g.Q;
     const int32_t* ap = argmax + i64(plane) * g.P * g.Q;
@@ -98,7 +98,7 @@ __global__ void max_pool_grad_kernel(const T* dy, const int32_t* argmax, T* dx, 
 // the windows that cover it.
 template <class T, class I>
 __global__ void max_pool_grad_tiled_kernel(const T* dy, const int32_t* argmax, T* dx, Geom<I> g, I n) {
-  for (I o = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); o < n; o += I(gridDim.x) * I(blockDim.x)) {
+  RF_GRID_STRIDE_AS(I, o, n) {
     const I q = o % g.Q, p = (o / g.Q) % g.P, plane = o / (g.P * g.Q);
     T* dxp = dx + i64(plane) * g.H * g.W;
     const int32_t a = argmax[o];
@@ -109,7 +109,7 @@ __global__ void max_pool_grad_tiled_kernel(const T* dy, const int32_t* argmax, T
 }
 
 template <class T, class I> __global__ void avg_pool_kernel(const T* x, T* y, Geom<I> g, I n) {
-  for (I o = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); o < n; o += I(gridDim.x) * I(blockDim.x)) {
+  RF_GRID_STRIDE_AS(I, o, n) {
     const I q = o % g.Q, p = (o / g.Q) % g.P, plane = o / (g.P * g.Q);
     const T* xp = x + i64(plane) * g.H * g.W;
     const Span<I> hs = window(p, g.stride_h, g.pad_h, g.R, g.H), ws = window(q, g.stride_w, g.pad_w, g.S, g.W);
@@ -123,7 +123,7 @@ template <class T, class I> __global__ void avg_pool_kernel(const T* x, T* y, Ge
 }
 
 template <class T, class I> __global__ void avg_pool_grad_kernel(const T* dy, T* dx, Geom<I> g, I n) {
-  for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < n; i += I(gridDim.x) * I(blockDim.x)) {
+  RF_GRID_STRIDE_AS(I, i, n) {
     const I w = i % g.W, h = (i / g.W) % g.H, plane = i / (g.H * g.W);
     const T* dyp = dy + i64(plane) * g.P * g.Q;
     const Span<I> ps = covering(h, g.stride_h, g.pad_h, g.R, g.P), qs = covering(w, g.stride_w, g.pad_w, g.S, g.Q);
