@@ -135,6 +135,12 @@ ReducerOptions::Fuse parse_fuse(const std::string& s) {
   throw Error("--fuse-update must be auto, on or off, got '" + s + "'");
 }
 
+std::string peer_window_blocker(Communicator& comm) {
+  if (comm.peer_window()) return "";
+  return "the fused update needs every rank on one node with the ring backend's shared-memory transport (" +
+         comm.name() + " has no peer window)";
+}
+
 namespace {
 const char* const kConsumedWait = "fused update (peers reading the last step's gradients)";
 
@@ -148,9 +154,7 @@ std::vector<int> index_of_vars(const Graph& g, const std::vector<int>& vars) {
 
 std::string Reducer::fuse_blocker(const Graph& g, const std::vector<int>& vars, const std::vector<Value>& grads) const {
   if (!in_shm_) return "the fused update runs on CPU sessions only";
-  if (!comm_.peer_window())
-    return "the fused update needs every rank on one node with the ring backend's shared-memory transport (" +
-           comm_.name() + " has no peer window)";
+  if (std::string why = peer_window_blocker(comm_); !why.empty()) return why;
   if (opts_.compress.compressing()) return "the fused update reads raw gradients; --compress needs the allreduce";
   if (opts_.fuse == ReducerOptions::Fuse::Auto && comm_.size() > kFuseMaxRanks)
     return std::to_string(comm_.size()) + " ranks (the fused update reads every rank's gradient on every rank)";

@@ -58,6 +58,8 @@ struct ReducerOptions {
 constexpr int kFuseMaxRanks = 4;
 const char* fuse_name(ReducerOptions::Fuse f);
 ReducerOptions::Fuse parse_fuse(const std::string& s);  // auto|on|off, else rf::Error
+// Why comm cannot carry the fused update ("" if it can): it needs the ring's shared-memory window.
+std::string peer_window_blocker(Communicator& comm);
 
 class Reducer {
  public:

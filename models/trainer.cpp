@@ -371,9 +371,10 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
            "--fuse-update on is for CPU replicas on one node (GPU replicas reduce with NCCL)");
   RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || !c.no_gradient_exchange,
            "--fuse-update on fuses the gradient exchange that --no-gradient-exchange skips: pass one of them");
-  RF_CHECK(fuse != collective::ReducerOptions::Fuse::On || comm.size() == 1 || comm.peer_window(),
-           "--fuse-update on needs every rank on one node with the ring collective's shared-memory transport (",
-           comm.name(), " has no peer window)");
+  if (fuse == collective::ReducerOptions::Fuse::On && comm.size() > 1) {
+    const std::string why = collective::peer_window_blocker(comm);
+    RF_CHECK(why.empty(), "--fuse-update on: ", why);
+  }
   if (!c.init_from.empty())
     RF_CHECK(std::ifstream(c.init_from).good(), "cannot read --init-from ", c.init_from, ": ",
              std::strerror(errno));
