@@ -101,7 +101,7 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
   if (opts_.fuse != ReducerOptions::Fuse::Off && comm_.size() > 1 && !opts_.skip_exchange) {
     const std::string blocker = fuse_blocker(g, vars, grads);
     RF_CHECK(blocker.empty() || opts_.fuse == ReducerOptions::Fuse::Auto, "--fuse-update on: ", blocker);
-    if (blocker.empty()) setup_fused(g, vars, grad_offset);
+    if (blocker.empty()) setup_fused(session, g, vars, grad_offset);
   }
 
   if (opts_.compress.compressing()) {
@@ -185,7 +185,8 @@ std::string Reducer::fuse_blocker(const Graph& g, const std::vector<int>& vars, 
   return "";
 }
 
-void Reducer::setup_fused(const Graph& g, const std::vector<int>& vars, const std::vector<size_t>& grad_offset) {
+void Reducer::setup_fused(Session& session, const Graph& g, const std::vector<int>& vars,
+                          const std::vector<size_t>& grad_offset) {
   peers_ = comm_.peer_window();
   const size_t es = dtype_size(dtype_);
   const std::vector<int> index_of = index_of_vars(g, vars);
@@ -204,6 +205,14 @@ void Reducer::setup_fused(const Graph& g, const std::vector<int>& vars, const st
   peers_->publish(kReady, 0);
   peers_->publish(kConsumed, 0);
   comm_.barrier();
+  // A run that writes the gradients without this Reducer's prologue would overwrite them while a
+  // peer may still be averaging the last step's: the replicas would drift apart without a word.
+  // (Its options, or a copy with hooks added, carry the prologue and update_grads.)
+  guarded_ = &session;
+  session.guard_bound_writes([this](const RunOptions* o) {
+    RF_CHECK(o && o->prologue && o->update_grads, "this run writes the gradient buffers of a fused Reducer without its run_options(): "
+             "a peer may still be averaging them (pass Reducer::run_options() to every run that computes gradients)");
+  });
   run_options_.update_grads = [this](int node) -> const std::vector<const void*>* {
     return size_t(node) < sources_.size() && !sources_[size_t(node)].empty() ? &sources_[size_t(node)] : nullptr;
   };
@@ -223,6 +232,7 @@ void Reducer::setup_fused(const Graph& g, const std::vector<int>& vars, const st
 }
 
 Reducer::~Reducer() {
+  if (guarded_) guarded_->guard_bound_writes(nullptr);
   // The fused update's last step: the peers may still be reading this rank's window, which the
   // next user of shm_buffer would overwrite. Wait for them (only when this rank finished its step,
   // as the peers then will; a step abandoned by an exception leaves nothing to wait for).

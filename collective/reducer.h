@@ -106,7 +106,8 @@ class Reducer {
   void hook_loop();
   // Fused update: why it cannot run here (empty: it can), and its set-up.
   std::string fuse_blocker(const Graph& g, const std::vector<int>& vars, const std::vector<Value>& grads) const;
-  void setup_fused(const Graph& g, const std::vector<int>& vars, const std::vector<size_t>& grad_offset);
+  void setup_fused(Session& session, const Graph& g, const std::vector<int>& vars,
+                   const std::vector<size_t>& grad_offset);
 
   Communicator& comm_;
   ReducerOptions opts_;
@@ -131,6 +132,7 @@ class Reducer {
   // flag value each bucket's readiness was published as this step, and the update nodes left.
   enum PeerFlag { kReady = 0, kConsumed = 1 };
   PeerWindow* peers_ = nullptr;
+  Session* guarded_ = nullptr;  // the session whose gradient runs the fused update guards
   std::vector<std::vector<const void*>> sources_;  // by node id; empty for non-update nodes
   std::vector<uint64_t> ready_at_;
   int updates_per_step_ = 0, updates_left_in_step_ = 0;

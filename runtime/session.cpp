@@ -30,6 +30,7 @@ struct Plan {
   std::vector<int> base;        // node id -> index of its output 0 in values (-1: not in plan)
   std::vector<PlanStep> steps;  // init, then compute, then updates
   size_t first_update = 0;      // steps[first_update..] are Apply* nodes
+  bool writes_bound = false;    // some step writes a bound output (Session::bind_output)
   std::vector<Tensor*> fetch_slots;
   std::vector<Tensor> results;
   std::vector<Tensor> feed_staging;  // device buffers for host feeds on a CUDA plan
@@ -239,6 +240,7 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
             continue;
           }
           const Tensor& b = bound->second;
+          plan->writes_bound = true;
           RF_CHECK(b.dtype() == s.dtype && b.numel() == s.shape.numel() && b.device() == device_,
                    "output ", j, " of '", n.name, "' is ", dtype_name(s.dtype), s.shape.str(), " on ", device_.str(),
                    " but the bound buffer is ", dtype_name(b.dtype()), b.shape().str(), " on ", b.device().str());
@@ -381,6 +383,7 @@ void Session::execute(Plan& plan, const RunOptions* options) {
   RF_CHECK(!(options && options->update_grads) || device_.is_cpu(),
            "RunOptions::update_grads (averaging gradients inside the update) runs on CPU sessions only, not on ",
            device_.str());
+  if (plan.writes_bound && bound_write_guard_) bound_write_guard_(options);
   ExecContext ctx{device_, stream_, plan.runs++};
   if (options && options->prologue) options->prologue(stream_.handle);
 #if RINGFLOW_CUDA

@@ -74,6 +74,10 @@ class Session {
   // in the plan) instead of a buffer of its own, e.g. a gradient straight into its slot of a
   // fusion buffer (PyTorch DDP's gradient_as_bucket_view). Compiled plans are dropped.
   void bind_output(Value v, const Tensor& buffer);
+  // Called with a run's options before any run whose plan writes a bound output: the owner of
+  // the bound buffers (a fused Reducer, whose peers read them) refuses runs it does not guard.
+  // Empty (the default): no check.
+  void guard_bound_writes(std::function<void(const RunOptions*)> guard) { bound_write_guard_ = std::move(guard); }
 
   Device device() const { return device_; }
   const Graph& graph() const { return graph_; }
@@ -101,6 +105,7 @@ class Session {
   Stream stream_;
   std::vector<VarSlot> vars_;  // by node id
   std::unordered_map<int64_t, Tensor> bound_outputs_;  // key: node * 8 + output index
+  std::function<void(const RunOptions*)> bound_write_guard_;
   std::unordered_map<std::vector<int64_t>, std::unique_ptr<Plan>, KeyHash> plans_;
   std::vector<int64_t> key_scratch_;
   size_t plans_compiled_ = 0;

@@ -193,6 +193,29 @@ TEST(Reducer, FusedReducerLetsPeersFinishBeforeItsWindowIsReused) {
   EXPECT_NO_THROW(check_replicas(*s, *comm, 2));
 }
 
+// A run that computes the gradients without the fused Reducer's options would overwrite them
+// while a peer may still be averaging them: refused on every rank, the same way.
+TEST(Reducer, FusedRefusesAGradientRunWithoutItsOptions) {
+  auto comm = make_communicator("ring");
+  if (comm->size() == 1) GTEST_SKIP() << kNeedsTwo;
+  MlpStep p;
+  auto s = p.session();
+  ReducerOptions ro;
+  ro.fuse = ReducerOptions::Fuse::On;
+  Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
+  fill_batch(p.x, p.y, comm->rank());
+  s->run({p.m.loss}, p.feeds, p.t.updates, &r.run_options());
+  EXPECT_NO_THROW(s->run({p.m.loss}, {{p.m.images, p.x}, {p.m.labels, p.y}}));  // forward only: no gradient
+  try {
+    s->run(p.t.grads, {{p.m.images, p.x}, {p.m.labels, p.y}});
+    FAIL() << "a gradient run without the Reducer's options was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("without its run_options()"), std::string::npos) << e.what();
+  }
+  s->run({p.m.loss}, p.feeds, p.t.updates, &r.run_options());  // the next full step still runs
+  EXPECT_NO_THROW(check_replicas(*s, *comm, 2));
+}
+
 // --fuse-update on where it cannot run says why (here: the mpi backend has no shared window).
 TEST(Reducer, FuseOnNamesWhatPreventsIt) {
   auto comm = make_communicator("mpi");
