@@ -23,7 +23,8 @@
 // The gradient buffers then hold this rank's own gradients, not their average, and they are
 // bound to every plan of the session: with the fused update, a run that computes gradients must
 // pass run_options() (its prologue waits for the peers to finish reading the last step's); a run
-// without it (say, to log gradient norms) would overwrite them under a peer's update.
+// without it (say, to log gradient norms) would overwrite them under a peer's update, so the
+// Reducer guards the session (Session::guard_bound_writes) and such a run throws.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
