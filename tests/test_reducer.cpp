@@ -45,6 +45,18 @@ struct MlpStep {
   }
 };
 constexpr const char* kNeedsTwo = "the fused update needs two ranks (ctest reducer_np2 runs this at np=2)";
+
+// The ring communicator, an initialised MLP session and --fuse-update on, for the fused tests.
+struct FusedOn {
+  std::unique_ptr<Communicator> comm = make_communicator("ring");
+  MlpStep p;
+  std::unique_ptr<Session> s = p.session();
+  ReducerOptions ro = [] {
+    ReducerOptions o;
+    o.fuse = ReducerOptions::Fuse::On;
+    return o;
+  }();
+};
 }  // namespace
 
 TEST(Reducer, BucketsOverlapBackwardAndAverageGradients) {
@@ -148,12 +160,9 @@ INSTANTIATE_TEST_SUITE_P(Reducer, FusedVsAllreduce,
 // A step that skips the updates (here: fetching gradients only) cannot hand the window back to
 // the peers; the next step stops on every rank with the reason instead of waiting forever.
 TEST(Reducer, FusedStepWithoutUpdatesStopsTheNextStep) {
-  auto comm = make_communicator("ring");
+  FusedOn f;
+  auto& [comm, p, s, ro] = f;
   if (comm->size() == 1) GTEST_SKIP() << kNeedsTwo;
-  MlpStep p;
-  auto s = p.session();
-  ReducerOptions ro;
-  ro.fuse = ReducerOptions::Fuse::On;
   Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
   fill_batch(p.x, p.y, comm->rank());
   s->run({p.m.loss}, p.feeds, p.t.updates, &r.run_options());
@@ -170,13 +179,10 @@ TEST(Reducer, FusedStepWithoutUpdatesStopsTheNextStep) {
 // Reducer goes away; the next one must not overwrite the window before it is done (rank 1's last
 // updates are slowed down to make that window wide). The replicas then still agree.
 TEST(Reducer, FusedReducerLetsPeersFinishBeforeItsWindowIsReused) {
-  auto comm = make_communicator("ring");
+  FusedOn f;
+  auto& [comm, p, s, ro] = f;
   const int rank = comm->rank(), world = comm->size();
   if (world == 1) GTEST_SKIP() << kNeedsTwo;
-  MlpStep p;
-  auto s = p.session();
-  ReducerOptions ro;
-  ro.fuse = ReducerOptions::Fuse::On;
   {
     Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
     RunOptions slow = r.run_options();
@@ -196,12 +202,9 @@ TEST(Reducer, FusedReducerLetsPeersFinishBeforeItsWindowIsReused) {
 // A run that computes the gradients without the fused Reducer's options would overwrite them
 // while a peer may still be averaging them: refused on every rank, the same way.
 TEST(Reducer, FusedRefusesAGradientRunWithoutItsOptions) {
-  auto comm = make_communicator("ring");
+  FusedOn f;
+  auto& [comm, p, s, ro] = f;
   if (comm->size() == 1) GTEST_SKIP() << kNeedsTwo;
-  MlpStep p;
-  auto s = p.session();
-  ReducerOptions ro;
-  ro.fuse = ReducerOptions::Fuse::On;
   Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
   fill_batch(p.x, p.y, comm->rank());
   s->run({p.m.loss}, p.feeds, p.t.updates, &r.run_options());
@@ -236,22 +239,19 @@ TEST(Reducer, FuseOnNamesWhatPreventsIt) {
 // same Variables is refused by --fuse-update on (and left to the allreduce by auto), not fused into
 // steps that each throw.
 TEST(Reducer, FuseOnRefusesTwoUpdatesOfAVariable) {
-  auto comm = make_communicator("ring");
+  FusedOn f;
+  auto& [comm, p, s, ro] = f;
   if (comm->size() == 1) GTEST_SKIP() << kNeedsTwo;
-  MlpStep p;
   const Value first{&p.g, p.t.vars[0], 0};  // a second update op for the first Variable
   (void)p.g.add(Op::ApplySGD, {first, p.t.grads[0], p.t.hyper}, Attrs{}, "second/update");
-  Session s(p.g);
-  ReducerOptions ro;
-  ro.fuse = ReducerOptions::Fuse::On;
   try {
-    Reducer r(*comm, s, p.t.vars, p.t.grads, ro);
+    Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
     FAIL() << "--fuse-update on was accepted with two update ops a Variable";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("more than one update op"), std::string::npos) << e.what();
   }
   ro.fuse = ReducerOptions::Fuse::Auto;
-  Reducer r(*comm, s, p.t.vars, p.t.grads, ro);
+  Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
   EXPECT_FALSE(r.fused());
 }
 
