@@ -210,8 +210,9 @@ void Reducer::setup_fused(Session& session, const Graph& g, const std::vector<in
   // (Its options, or a copy with hooks added, carry the prologue and update_grads.)
   guarded_ = &session;
   session.guard_bound_writes([this](const RunOptions* o) {
-    RF_CHECK(o && o->prologue && o->update_grads, "this run writes the gradient buffers of a fused Reducer without its run_options(): "
-             "a peer may still be averaging them (pass Reducer::run_options() to every run that computes gradients)");
+    RF_CHECK(o && o->prologue && o->update_grads,
+             "this run writes the gradient buffers of a fused Reducer without its run_options(): a peer may "
+             "still be averaging them (pass Reducer::run_options() to every run that computes gradients)");
   });
   run_options_.update_grads = [this](int node) -> const std::vector<const void*>* {
     return size_t(node) < sources_.size() && !sources_[size_t(node)].empty() ? &sources_[size_t(node)] : nullptr;
