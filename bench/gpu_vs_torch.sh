@@ -104,8 +104,14 @@ records="$tmp/records.jsonl"   # one line per ringflow run
 : >"$records"
 
 variants=(ringflow)
-if [[ "$device" != cpu ]] && "$rf" train --help 2>&1 | grep -q -- '--cuda-graph'; then
+rf_help="$("$rf" train --help 2>&1 || true)"
+if [[ "$device" != cpu ]] && grep -q -- '--cuda-graph' <<<"$rf_help"; then
   variants+=(ringflow-cuda-graph)
+fi
+# The same step without epilogue fusion: what the fused MatMul/Conv2D -> BiasAdd -> Relu steps
+# (cuBLASLt's bias/ReLU epilogue for dense layers) are worth, measured in the same run.
+if [[ "$device" != cpu ]] && grep -q -- '--fuse-epilogues' <<<"$rf_help"; then
+  variants+=(ringflow-unfused)
 fi
 if [[ -n "$data_dir" ]]; then data_args=(--data fashion-mnist --data-dir "$data_dir"); else data_args=(--data synthetic); fi
 total=$((warmup + steps))
@@ -185,6 +191,7 @@ for m in "${model_list[@]}"; do
              --optimizer momentum --lr 0.05 --momentum 0.9 --lr-schedule constant --seed 0
              --device "$device" --quiet --metrics "$out.metrics" --metrics-every "$every")
         [[ "$v" == ringflow-cuda-graph ]] && cmd+=(--cuda-graph)
+        [[ "$v" == ringflow-unfused ]] && cmd+=(--fuse-epilogues off)
         rc=0
         timeout -k 5 "$lim" "${cmd[@]}" >"$out.json" 2>"$out.err" || rc=$?
         record_run "$v" "$m" "$b" "$r" "$rc" "$out.json" "$out.err" "$out.metrics" "$warmup"
@@ -247,7 +254,8 @@ for model, batch in keys:
     res = {"bench": "gpu_vs_torch", "model": model, "batch": batch, "device": device, "gpu": gpu,
            "data": data, "runs": int(runs), "steps": int(steps), "warmup": int(warmup)}
     notes = []
-    for impl, key in (("ringflow", "ringflow"), ("ringflow-cuda-graph", "ringflow_cuda_graph")):
+    for impl, key in (("ringflow", "ringflow"), ("ringflow-cuda-graph", "ringflow_cuda_graph"),
+                      ("ringflow-unfused", "ringflow_unfused")):
         rs = [r for r in mine if r["impl"] == impl]
         if not rs:
             continue
@@ -271,6 +279,8 @@ for model, batch in keys:
         res[f"ratio_{v}_steady"] = ratio(res.get("ringflow_steady_sps"), res[f"torch_{v}_sps"])
         if "ringflow_cuda_graph_sps" in res:
             res[f"cuda_graph_ratio_{v}"] = ratio(res.get("ringflow_cuda_graph_sps"), res[f"torch_{v}_sps"])
+    if "ringflow_unfused_steady_sps" in res:  # > 1: the fused epilogues pay
+        res["fused_over_unfused_steady"] = ratio(res.get("ringflow_steady_sps"), res["ringflow_unfused_steady_sps"])
     res["notes"] = notes
     out.append(res)
 
@@ -285,6 +295,9 @@ for r in out:
     if "ringflow_cuda_graph_sps" in r:
         rows += [("ringflow --cuda-graph", r.get("ringflow_cuda_graph_sps")),
                  ("  (steady)", r.get("ringflow_cuda_graph_steady_sps"))]
+    if "ringflow_unfused_sps" in r:
+        rows += [("ringflow unfused", r.get("ringflow_unfused_sps")),
+                 ("  (steady)", r.get("ringflow_unfused_steady_sps"))]
     for name, v in rows:
         print("%-5s %6d  %-22s %12s %9s %10s" % (r["model"], r["batch"], name, f(v, "%.1f"),
               f(ratio(v, r["torch_eager_sps"]), "%.3f"), f(ratio(v, r["torch_compile_sps"]), "%.3f")))

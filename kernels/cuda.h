@@ -1,11 +1,13 @@
 // The CUDA kernel API: the same functions and semantics as kernels/cpu.h, on device buffers,
 // each queued on a trailing stream (asynchronous: the caller synchronises when it needs results).
 #pragma once
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/common.h"
@@ -38,6 +40,9 @@ template <class T>
 void broadcast_to(const T* x, const Shape& xs, T* y, const Shape& ys, double scale, cudaStream_t stream);
 // Bias over the channel axis of [outer, C, inner]: y = x + b[c]; db[c] = sum dy[., c, .].
 template <class T> void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner, cudaStream_t stream);
+// y = relu(x + b[c]), ReluF's comparison (the fused epilogue; x == y is allowed, as for bias_add).
+template <class T>
+void bias_add_relu(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner, cudaStream_t stream);
 // bias_grad sums long rows (inner >= 32) in slabs whose partials need bias_grad_workspace_bytes of
 // device memory (0: none, workspace may be null); deterministic.
 size_t bias_grad_workspace_bytes(i64 outer, i64 C, i64 inner);
@@ -111,6 +116,32 @@ void step_stats(const L* loss, const T* logits, const int32_t* labels, i64 rows,
 template <class T>
 void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda, const T* b,
           i64 ldb, T beta, T* c, i64 ldc, cublasHandle_t handle, cudaStream_t stream);
+
+// Row-major C[m,n] = op(A) op(B) + bias[n], then ReLU when `relu`: one cuBLASLt matmul with the
+// bias (and ReLU) epilogue, for a dense layer the Session fused. An object per fused step keeps
+// the descriptors and the algorithm the heuristic chose, so a step pays for them once (again
+// only if the geometry or the pointers' alignment changes). run() queues nothing and returns
+// false when cuBLASLt offers no algorithm (geometry, dtype, alignment): the caller then runs
+// gemm and bias_add(_relu). TF32 only when allow_tf32 (float). The workspace is the caller's,
+// kGemmEpilogueWorkspace bytes or more.
+constexpr size_t kGemmEpilogueWorkspace = size_t(8) << 20;
+class GemmEpilogue {
+ public:
+  GemmEpilogue();
+  ~GemmEpilogue();
+  GemmEpilogue(const GemmEpilogue&) = delete;
+  GemmEpilogue& operator=(const GemmEpilogue&) = delete;
+  template <class T>
+  bool run(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, const T* a, i64 lda, const T* b, i64 ldb,
+           const T* bias, bool relu, T* c, i64 ldc, bool allow_tf32, cublasLtHandle_t handle, void* workspace,
+           size_t workspace_bytes, cudaStream_t stream);
+  // How many times the heuristic ran (a test checks it runs once for a fixed geometry).
+  int plans_made() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
 
 // ---- softmax family (softmax.cu); rows x cols, over the last axis, as in kernels/cpu.h ----
 // One warp per row up to 1024 columns, one block per row above; exp sums accumulate in double

@@ -142,15 +142,20 @@ template <class T> __global__ void broadcast_kernel(const T* x, Strides xs, T* y
   }
 }
 
-template <class T> __global__ void bias_add_kernel(const T* x, const T* b, T* y, i64 C, i64 inner, i64 n) {
-  for (i64 i = global_index(); i < n; i += grid_stride()) y[i] = x[i] + b[(i / inner) % C];
+// Relu: the fused dense / convolution epilogue (Session's epilogue fusion), ReluF after the add.
+template <class T, bool Relu>
+__global__ void bias_add_kernel(const T* x, const T* b, T* y, i64 C, i64 inner, i64 n) {
+  for (i64 i = global_index(); i < n; i += grid_stride()) {
+    const T v = x[i] + b[(i / inner) % C];
+    y[i] = Relu ? ReluF{}(v) : v;
+  }
 }
 
 // Rows of a convolution's [N, C, H*W] (H*W >= 32): threadIdx.x along a row, blockDim.y rows a
 // block (short rows share a block: conv2's 14x14 rows are 49 float4s), rows along grid y; one
 // division per row, not two 64-bit ones per element. V is T, or T's 16-byte vector when the rows
 // are whole vectors (inner % lanes == 0, aligned pointers); inner then counts vectors.
-template <class T, class V>
+template <class T, class V, bool Relu>
 __global__ void bias_add_rows_kernel(const V* x, const T* b, V* y, i64 C, i64 inner, i64 rows) {
   constexpr int L = int(sizeof(V) / sizeof(T));
   for (i64 r = i64(blockIdx.y) * blockDim.y + threadIdx.y; r < rows; r += i64(gridDim.y) * blockDim.y) {
@@ -159,7 +164,11 @@ __global__ void bias_add_rows_kernel(const V* x, const T* b, V* y, i64 C, i64 in
     for (i64 j = i64(blockIdx.x) * blockDim.x + threadIdx.x; j < inner; j += i64(gridDim.x) * blockDim.x) {
       V v = x[base + j];
 #pragma unroll
-      for (int k = 0; k < L; ++k) reinterpret_cast<T*>(&v)[k] += bias;
+      for (int k = 0; k < L; ++k) {
+        T& e = reinterpret_cast<T*>(&v)[k];
+        e += bias;
+        if (Relu) e = ReluF{}(e);
+      }
       y[base + j] = v;
     }
   }
@@ -482,7 +491,8 @@ void broadcast_to(const T* x, const Shape& xs, T* y, const Shape& ys, double sca
   CUDA_CHECK_LAUNCH();
 }
 
-template <class T> void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner, cudaStream_t stream) {
+template <class T, bool Relu>
+void bias_add_impl(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner, cudaStream_t stream) {
   if (outer < 0 || C < 0 || inner < 0) throw std::invalid_argument("bias_add: negative dimension");
   const i64 n = outer * C * inner;
   if (n == 0) return;
@@ -499,14 +509,23 @@ template <class T> void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C,
                     unsigned(std::min<i64>((rows + block.y - 1) / block.y, 65535)));
     using V = typename Vec16<T>::type;
     if (vec)
-      bias_add_rows_kernel<T, V><<<grid, block, 0, stream>>>(reinterpret_cast<const V*>(x), b,
-                                                              reinterpret_cast<V*>(y), C, row, rows);
+      bias_add_rows_kernel<T, V, Relu><<<grid, block, 0, stream>>>(reinterpret_cast<const V*>(x), b,
+                                                                    reinterpret_cast<V*>(y), C, row, rows);
     else
-      bias_add_rows_kernel<T, T><<<grid, block, 0, stream>>>(x, b, y, C, row, rows);
+      bias_add_rows_kernel<T, T, Relu><<<grid, block, 0, stream>>>(x, b, y, C, row, rows);
   } else {
-    bias_add_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(x, b, y, C, inner, n);
+    bias_add_kernel<T, Relu><<<grid_for(n), kBlock, 0, stream>>>(x, b, y, C, inner, n);
   }
   CUDA_CHECK_LAUNCH();
+}
+
+template <class T> void bias_add(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner, cudaStream_t stream) {
+  bias_add_impl<T, false>(x, b, y, outer, C, inner, stream);
+}
+
+template <class T>
+void bias_add_relu(const T* x, const T* b, T* y, i64 outer, i64 C, i64 inner, cudaStream_t stream) {
+  bias_add_impl<T, true>(x, b, y, outer, C, inner, stream);
 }
 
 size_t bias_grad_workspace_bytes(i64 outer, i64 C, i64 inner) {
@@ -628,6 +647,7 @@ void multi_tensor_update(UpdateKind kind, const MultiTensorEntry<T>* entries, co
   template void reduce_sum<T>(const T*, const Shape&, T*, const Shape&, double, cudaStream_t);               \
   template void broadcast_to<T>(const T*, const Shape&, T*, const Shape&, double, cudaStream_t);             \
   template void bias_add<T>(const T*, const T*, T*, i64, i64, i64, cudaStream_t);                            \
+  template void bias_add_relu<T>(const T*, const T*, T*, i64, i64, i64, cudaStream_t);                       \
   template void bias_grad<T>(const T*, T*, i64, i64, i64, void*, size_t, cudaStream_t);                                     \
   template void sgd_update<T>(T*, const T*, i64, double, double, cudaStream_t);                              \
   template void momentum_update<T>(T*, T*, const T*, i64, double, double, double, bool, cudaStream_t);       \

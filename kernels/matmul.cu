@@ -1,10 +1,12 @@
 // Dense matrix multiply for the CUDA backend: a row-major wrapper over cuBLAS's column-major
 // gemm, mirroring kernels/matmul_cpu.cpp (same argument checks, same semantics).
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/cuda.h"
 #include "runtime/error.h"
@@ -68,6 +70,121 @@ void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, 
                              &beta, c, r.ldc));
   }
 }
+
+// ---- cuBLASLt with the bias (+ ReLU) epilogue ----
+
+namespace {
+
+// The largest power of two (up to 256, cuBLASLt's default assumption) dividing the address.
+uint32_t alignment_of(const void* p) {
+  const auto v = reinterpret_cast<uintptr_t>(p);
+  uint32_t a = 256;
+  while (a > 1 && v % a != 0) a /= 2;
+  return a;
+}
+
+}  // namespace
+
+struct GemmEpilogue::State {
+  std::array<int64_t, 14> key{};
+  bool planned = false;
+  bool supported = false;
+  int plans_made = 0;
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+
+  void release() noexcept {
+    if (op) (void)cublasLtMatmulDescDestroy(op);
+    if (la) (void)cublasLtMatrixLayoutDestroy(la);
+    if (lb) (void)cublasLtMatrixLayoutDestroy(lb);
+    if (lc) (void)cublasLtMatrixLayoutDestroy(lc);
+    op = nullptr;
+    la = lb = lc = nullptr;
+    planned = supported = false;
+  }
+  ~State() { release(); }
+};
+
+GemmEpilogue::GemmEpilogue() : s_(std::make_unique<State>()) {}
+GemmEpilogue::~GemmEpilogue() = default;
+int GemmEpilogue::plans_made() const { return s_->plans_made; }
+
+template <class T>
+bool GemmEpilogue::run(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, const T* a, i64 lda, const T* b, i64 ldb,
+                       const T* bias, bool relu, T* c, i64 ldc, bool allow_tf32, cublasLtHandle_t handle,
+                       void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "GemmEpilogue: float or double");
+  constexpr bool f64 = std::is_same_v<T, double>;
+  const BlasArgs r = check(trans_a, trans_b, m, n, k, lda, ldb, ldc);
+  if (m == 0 || n == 0 || k == 0) return false;  // gemm's own cases (nothing, or zeros / beta C)
+  if (workspace_bytes < kGemmEpilogueWorkspace) throw std::invalid_argument("GemmEpilogue: workspace too small");
+  // cuBLASLt states no alignment preference for the bias: keep it to 16-byte vectors.
+  if (alignment_of(bias) < 16) return false;
+  const uint32_t align_a = alignment_of(a), align_b = alignment_of(b), align_c = alignment_of(c);
+  State& s = *s_;
+  const std::array<int64_t, 14> key{trans_a,  trans_b, m,       n,       k,       lda,    ldb,
+                                    ldc,      f64,     relu,    !f64 && allow_tf32, align_a, align_b, align_c};
+  if (!s.planned || key != s.key) {
+    s.release();
+    s.key = key;
+    s.planned = true;
+    ++s.plans_made;
+    const cudaDataType_t dt = f64 ? CUDA_R_64F : CUDA_R_32F;
+    const cublasComputeType_t ct =
+        f64 ? CUBLAS_COMPUTE_64F : allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    // Column-major, as in gemm: C^T[n,m] = op(B)^T op(A)^T, so cuBLASLt's A is our B (its rows
+    // are C^T's rows, n: the bias runs along them) and its B is our A.
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&s.op, ct, dt));
+    const cublasOperation_t op_a = op_of(trans_b), op_b = op_of(trans_a);
+    const cublasLtEpilogue_t epi = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&s.la, dt, trans_b ? r.k : r.n, trans_b ? r.n : r.k, r.ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&s.lb, dt, trans_a ? r.m : r.k, trans_a ? r.k : r.m, r.lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&s.lc, dt, r.n, r.m, r.ldc));
+    cublasLtMatmulPreference_t pref = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    {
+      const uint64_t ws = kGemmEpilogueWorkspace;
+      // cuBLASLt's A is our B and vice versa; C and D are the same buffer.
+      const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_b},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_a},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c}};
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+      for (const auto& [attr, v] : aligns)
+        if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof(v));
+      if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulAlgoGetHeuristic(handle, s.op, s.la, s.lb, s.lc, s.lc, pref, 1, &result, &found);
+    }
+    (void)cublasLtMatmulPreferenceDestroy(pref);
+    // NOT_SUPPORTED (no heuristic for this configuration) or no result: the caller's unfused path.
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(st);
+    s.supported = st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+    if (s.supported) s.algo = result.algo;
+  }
+  if (!s.supported) return false;
+  CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  const T one = 1, zero = 0;
+  CUBLAS_CHECK(cublasLtMatmul(handle, s.op, &one, b, s.la, a, s.lb, &zero, c, s.lc, c, s.lc, &s.algo, workspace,
+                              workspace_bytes, stream));
+  return true;
+}
+
+template bool GemmEpilogue::run<float>(bool, bool, i64, i64, i64, const float*, i64, const float*, i64,
+                                       const float*, bool, float*, i64, bool, cublasLtHandle_t, void*, size_t,
+                                       cudaStream_t);
+template bool GemmEpilogue::run<double>(bool, bool, i64, i64, i64, const double*, i64, const double*, i64,
+                                        const double*, bool, double*, i64, bool, cublasLtHandle_t, void*, size_t,
+                                        cudaStream_t);
 
 template void gemm<float>(bool, bool, i64, i64, i64, float, const float*, i64, const float*, i64, float, float*,
                           i64, cublasHandle_t, cudaStream_t);

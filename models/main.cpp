@@ -159,6 +159,11 @@ int main(int argc, char** argv) {
                "diagnostics: skip the gradient exchange, so replicas drift apart; measures the step without "
                "communication (bench/scaling.sh --ceiling)")
       ->group("Diagnostics");
+  tr->add_option("--fuse-epilogues", c.fuse_epilogues,
+                 "run each MatMul/Conv2D -> BiasAdd [-> Relu] chain as one step (CUDA dense layers: one "
+                 "cuBLASLt matmul with the bias/ReLU epilogue)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
   tr->add_flag("--cuda-graph", c.cuda_graph,
                "CUDA, one replica: capture a training step as a CUDA graph after two warm-up steps and replay it");
 

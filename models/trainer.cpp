@@ -50,6 +50,8 @@ void validate(const TrainConfig& c) {
   RF_CHECK(c.eval_batch > 0, "--eval-batch must be positive, got ", c.eval_batch);
   RF_CHECK(c.metrics_every > 0, "--metrics-every must be positive, got ", c.metrics_every);
   collective::parse_fuse(c.fuse_update);  // throws on anything but auto|on|off
+  RF_CHECK(c.fuse_epilogues == "on" || c.fuse_epilogues == "off", "--fuse-epilogues must be on or off, got '",
+           c.fuse_epilogues, "'");
   RF_CHECK(!c.no_gradient_exchange || c.check_every == 0,
            "--no-gradient-exchange lets the replicas drift apart: it does not combine with --check-every");
   RF_CHECK(c.weight_decay >= 0 && std::isfinite(c.weight_decay), "--weight-decay must be >= 0, got ", c.weight_decay);
@@ -429,6 +431,7 @@ nlohmann::json train(const TrainConfig& c) {
   collective::Communicator& grad_comm = nccl ? *nccl : *comm;
 
   Session sess(g, device);
+  sess.set_fuse_epilogues(c.fuse_epilogues == "on");
   sess.run({}, {}, g.initializers());
   if (!c.init_from.empty()) load_checkpoint(sess, g, c.init_from);
   if (world > 1) collective::broadcast_variables(sess, grad_comm);
@@ -599,6 +602,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["param_norm"] = param_norm(sess, g);
   s["compress"] = world > 1 ? compress.str() : "none";  // one replica exchanges no gradients
   s["cuda_graph"] = c.cuda_graph;
+  s["chains_fused"] = sess.chains_fused();
   // What this rank sent per step (mean over the run), as a bandwidth-optimal ring sends it, and
   // what the uncompressed allreduce would send.
   s["bytes_sent_per_step"] = step > 0 ? bytes_sent / double(step) : 0.0;

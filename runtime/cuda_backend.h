@@ -35,6 +35,7 @@ void stream_synchronize(void* stream);
 void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
 void memset_zero(void* dst, int device, size_t bytes);
 void* cublas_handle(int device);  // cublasHandle_t bound to the compute stream
+void* cublaslt_handle(int device);  // cublasLtHandle_t (cuBLASLt takes the stream per call)
 void* cudnn_handle(int device);   // cudnnHandle_t bound to the compute stream
 // Events (cudaEvent_t as void*), created without timing.
 void* event_create(int device);

@@ -1,5 +1,6 @@
 // The CUDA side of runtime/device.h: device discovery, the per-device caching allocator,
 // compute streams, copies and cuBLAS / cuDNN handles (declared in runtime/cuda_backend.h).
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
@@ -215,6 +216,7 @@ struct DeviceState {
   std::mutex mu;  // serialises the lazy creation below
   std::atomic<cudaStream_t> stream{nullptr};
   std::atomic<cublasHandle_t> cublas{nullptr};
+  std::atomic<cublasLtHandle_t> cublaslt{nullptr};
   std::atomic<cudnnHandle_t> cudnn{nullptr};
   CachingAllocator alloc;
   // workspace(): the current scratch block, and the replaced ones (graphs may point at them).
@@ -407,6 +409,20 @@ void* cublas_handle(int device) {
     CUBLAS_CHECK(cublasSetStream(h, st));
     CUBLAS_CHECK(cublasSetMathMode(h, math_mode()));
     s.cublas.store(h, std::memory_order_release);
+  }
+  return h;
+}
+
+void* cublaslt_handle(int device) {
+  DeviceState& s = registry().at(device);
+  cublasLtHandle_t h = s.cublaslt.load(std::memory_order_acquire);
+  if (h) return h;
+  std::lock_guard<std::mutex> lock(s.mu);
+  h = s.cublaslt.load(std::memory_order_relaxed);
+  if (!h) {
+    DeviceGuard guard(device);
+    CUBLAS_CHECK(cublasLtCreate(&h));
+    s.cublaslt.store(h, std::memory_order_release);
   }
   return h;
 }

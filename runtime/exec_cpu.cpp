@@ -371,4 +371,19 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
   fail("internal: unknown op in node '", n.name, "'");
 }
 
+void exec_fused_cpu(FusedChain& f, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
+  exec_cpu(*f.root, in, out, ctx);  // the product, straight into the chain's output
+  Tensor& y = *out[0];
+  const Tensor& bias = *in[f.root->inputs.size()];
+  with_float(*f.bias_add, y.dtype(), [&](auto t) {
+    using T = decltype(t);
+    i64 outer, c, inner;
+    channel_dims(y.shape(), &outer, &c, &inner);
+    if (f.relu)
+      kc::bias_add_relu<T>(y.data<T>(), bias.data<T>(), y.data<T>(), outer, c, inner);
+    else
+      kc::bias_add<T>(y.data<T>(), bias.data<T>(), y.data<T>(), outer, c, inner);
+  });
+}
+
 }  // namespace rf

@@ -159,6 +159,24 @@ void bias_dims(const Node& node, const Shape& s, i64* outer, i64* C, i64* inner)
   for (int d = 2; d < s.rank; ++d) *inner *= s.dims[d];
 }
 
+// MatMul's row-major geometry: A is [m,k] ([k,m] when transposed), B is [k,n] ([n,k] when
+// transposed); each leading dimension is the stored row length (shape()[1]).
+struct MatDims {
+  i64 m, n, k;
+};
+MatDims matmul_dims(const Node& node, const Tensor& a, const Tensor& b, const Tensor& c) {
+  const Attrs& at = node.attrs;
+  RF_CHECK(a.shape().rank == 2 && b.shape().rank == 2, "node '", node.name,
+           "' (MatMul): needs rank-2 operands, got ", a.shape().str(), " and ", b.shape().str());
+  const i64 m = at.transpose_a ? a.shape()[1] : a.shape()[0];
+  const i64 k = at.transpose_a ? a.shape()[0] : a.shape()[1];
+  const i64 kb = at.transpose_b ? b.shape()[1] : b.shape()[0];
+  const i64 n = at.transpose_b ? b.shape()[0] : b.shape()[1];
+  RF_CHECK(k == kb && c.numel() == m * n, "node '", node.name, "' (MatMul): ", a.shape().str(),
+           at.transpose_a ? "^T" : "", " x ", b.shape().str(), at.transpose_b ? "^T" : "", " -> ", c.shape().str());
+  return {m, n, k};
+}
+
 struct Hyper {
   double lr;
   i64 step;
@@ -228,22 +246,12 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       const Tensor& a = *in[0];
       const Tensor& b = *in[1];
       Tensor& c = *out[0];
-      RF_CHECK(a.shape().rank == 2 && b.shape().rank == 2, "node '", node.name,
-               "' (MatMul): needs rank-2 operands, got ", a.shape().str(), " and ", b.shape().str());
-      // A is [m,k] ([k,m] when transposed), B is [k,n] ([n,k] when transposed); row-major, so
-      // each leading dimension is the stored row length.
-      const i64 m = at.transpose_a ? a.shape()[1] : a.shape()[0];
-      const i64 k = at.transpose_a ? a.shape()[0] : a.shape()[1];
-      const i64 kb = at.transpose_b ? b.shape()[1] : b.shape()[0];
-      const i64 n = at.transpose_b ? b.shape()[0] : b.shape()[1];
-      RF_CHECK(k == kb && c.numel() == m * n, "node '", node.name, "' (MatMul): ", a.shape().str(),
-               at.transpose_a ? "^T" : "", " x ", b.shape().str(), at.transpose_b ? "^T" : "", " -> ",
-               c.shape().str());
+      const MatDims d = matmul_dims(node, a, b, c);
       auto handle = static_cast<cublasHandle_t>(cuda::cublas_handle(ctx.device.index));
       dispatch(node, c.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        kc::gemm<T>(at.transpose_a, at.transpose_b, m, n, k, T(1), a.data<T>(), a.shape()[1], b.data<T>(),
-                    b.shape()[1], T(0), c.data<T>(), n, handle, st);
+        kc::gemm<T>(at.transpose_a, at.transpose_b, d.m, d.n, d.k, T(1), a.data<T>(), a.shape()[1], b.data<T>(),
+                    b.shape()[1], T(0), c.data<T>(), d.n, handle, st);
       });
       return;
     }
@@ -572,6 +580,45 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
 
 // The switch in exec() has a case for every op (no default; -Wswitch is an error here), so an op
 // added to op_list.h without a CUDA kernel does not compile: every op listed there has one.
+void exec_fused_cuda(FusedChain& f, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
+  const cudaStream_t st = stream_of(ctx);
+  Tensor& y = *out[0];
+  const Tensor& bias = *in[f.root->inputs.size()];
+  i64 outer, C, inner;
+  bias_dims(*f.bias_add, y.shape(), &outer, &C, &inner);
+  RF_CHECK(bias.numel() == C, "node '", f.bias_add->name, "' (BiasAdd): bias ", bias.shape().str(), " for ", C,
+           " channels");
+  bool done = false;
+  if (f.root->op == Op::MatMul) {
+    // One cuBLASLt matmul with the bias (+ ReLU) epilogue, when cuBLASLt has an algorithm for it.
+    if (!f.state) f.state = std::make_shared<kc::GemmEpilogue>();
+    auto& lt = *static_cast<kc::GemmEpilogue*>(f.state.get());
+    const Tensor& a = *in[0];
+    const Tensor& b = *in[1];
+    const MatDims d = matmul_dims(*f.root, a, b, y);
+    const Attrs& at = f.root->attrs;
+    auto handle = static_cast<cublasLtHandle_t>(cuda::cublaslt_handle(ctx.device.index));
+    void* ws = cuda::workspace(ctx.device.index, kc::kGemmEpilogueWorkspace);
+    dispatch(*f.root, y.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      done = lt.run<T>(at.transpose_a, at.transpose_b, d.m, d.n, d.k, a.data<T>(), a.shape()[1], b.data<T>(),
+                       b.shape()[1], bias.data<T>(), f.relu != nullptr, y.data<T>(), d.n, cuda::allow_tf32(), handle,
+                       ws, kc::kGemmEpilogueWorkspace, st);
+    });
+  }
+  if (done) return;
+  // The root's own kernel (cuBLAS gemm, cuDNN convolution) into the output, then one bias
+  // (+ ReLU) pass over it in place.
+  exec_cuda(*f.root, in, out, ctx);
+  dispatch(*f.bias_add, y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if (f.relu)
+      kc::bias_add_relu<T>(y.data<T>(), bias.data<T>(), y.data<T>(), outer, C, inner, st);
+    else
+      kc::bias_add<T>(y.data<T>(), bias.data<T>(), y.data<T>(), outer, C, inner, st);
+  });
+}
+
 bool cuda_has_kernel(Op op) {
   switch (op) {
 #define RF_OP_CASE(name, nin, nout) case Op::name:

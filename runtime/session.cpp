@@ -17,9 +17,10 @@ bool is_update(Op op) { return op == Op::ApplySGD || op == Op::ApplyMomentum || 
 
 // One node of a plan with its bound tensors (pointers into Plan::values, which never moves).
 struct PlanStep {
-  enum class Kind : unsigned char { Kernel, Feed, Const, Var, Init, View };
+  enum class Kind : unsigned char { Kernel, Feed, Const, Var, Init, View, Fused };
   Kind kind = Kind::Kernel;
-  const Node* node = nullptr;
+  const Node* node = nullptr;  // Fused: the chain's last node
+  FusedChain* chain = nullptr;  // Fused only
   int nin = 0, nout = 0;
   Tensor* in[8] = {};
   Tensor* out[2] = {};
@@ -29,6 +30,7 @@ struct Plan {
   std::vector<Tensor> values;   // every output of every needed node
   std::vector<int> base;        // node id -> index of its output 0 in values (-1: not in plan)
   std::vector<PlanStep> steps;  // init, then compute, then updates
+  std::vector<std::unique_ptr<FusedChain>> chains;  // the Fused steps' chains
   size_t first_update = 0;      // steps[first_update..] are Apply* nodes
   bool writes_bound = false;    // some step writes a bound output (Session::bind_output)
   std::vector<Tensor*> fetch_slots;
@@ -264,6 +266,7 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
   for (int id : compute_ids) make_step(id);
   plan->first_update = plan->steps.size();
   for (int id : update_ids) make_step(id);
+  if (fuse_epilogues_) fuse_chains(*plan, fetches);
 
   // Feeds that live on another device than the plan are staged into plan-owned buffers.
   plan->feed_staging.resize(feeds.size());
@@ -295,6 +298,74 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
   plan->results.resize(fetches.size());
   ++plans_compiled_;
   return plan;
+}
+
+// The remapper (FusedChain, exec.h): a MatMul or Conv2D whose only reader is a BiasAdd (as its
+// x), optionally followed by a Relu that is the BiasAdd's only reader, becomes one step at the
+// chain's last node. An intermediate output that is fetched or bound to a buffer is read from
+// outside the plan, so its chain stays unfused there.
+void Session::fuse_chains(Plan& plan, const std::vector<Value>& fetches) {
+  const size_t nv = plan.values.size();
+  auto value_of = [&](int node, int index) { return size_t(plan.base[size_t(node)] + index); };
+  std::vector<int> uses(nv, 0), reader(nv, -1);  // reader: the step that reads a value (its last)
+  for (size_t si = 0; si < plan.steps.size(); ++si)
+    for (const Value& v : plan.steps[si].node->inputs) {
+      const size_t i = value_of(v.node, v.index);
+      ++uses[i];
+      reader[i] = int(si);
+    }
+  for (const Value& v : fetches) uses[value_of(v.node, v.index)] += 2;
+  // The step reading node's output 0 and nothing else reading it, when that step runs `op`.
+  auto sole_reader = [&](const Node& node, Op op) -> PlanStep* {
+    const size_t i = value_of(node.id, 0);
+    if (uses[i] != 1 || bound_outputs_.count(int64_t(node.id) * 8)) return nullptr;
+    PlanStep& r = plan.steps[size_t(reader[i])];
+    if (r.kind != PlanStep::Kind::Kernel || r.node->op != op || size_t(reader[i]) >= plan.first_update)
+      return nullptr;
+    return &r;
+  };
+  std::vector<char> drop(plan.steps.size(), 0);
+  for (size_t si = 0; si < plan.first_update; ++si) {
+    PlanStep& root = plan.steps[si];
+    if (root.kind != PlanStep::Kind::Kernel || (root.node->op != Op::MatMul && root.node->op != Op::Conv2D)) continue;
+    PlanStep* bias = sole_reader(*root.node, Op::BiasAdd);
+    if (!bias || bias->node->inputs[0].node != root.node->id) continue;  // the product must be x, not the bias
+    PlanStep* relu = sole_reader(*bias->node, Op::Relu);
+    PlanStep& last = relu ? *relu : *bias;
+    auto chain = std::make_unique<FusedChain>();
+    chain->root = root.node;
+    chain->bias_add = bias->node;
+    chain->relu = relu ? relu->node : nullptr;
+    chain->label = std::string(op_name(root.node->op)) + "+BiasAdd" + (relu ? "+Relu" : "");
+    // The intermediate buffers are never written now: give them back.
+    plan.values[value_of(root.node->id, 0)] = Tensor();
+    if (relu) plan.values[value_of(bias->node->id, 0)] = Tensor();
+    Tensor* const bias_value = bias->in[1];  // read before `last` (maybe *bias) is rewritten
+    last.kind = PlanStep::Kind::Fused;
+    last.chain = chain.get();
+    last.nin = root.nin + 1;
+    std::copy(root.in, root.in + root.nin, last.in);
+    last.in[root.nin] = bias_value;
+    drop[si] = 1;
+    if (relu) drop[size_t(bias - plan.steps.data())] = 1;
+    plan.chains.push_back(std::move(chain));
+  }
+  size_t kept = 0, dropped = 0;
+  for (size_t si = 0; si < plan.steps.size(); ++si) {
+    if (drop[si]) {
+      ++dropped;
+      continue;
+    }
+    plan.steps[kept++] = plan.steps[si];
+  }
+  plan.steps.resize(kept);
+  plan.first_update -= dropped;  // only compute steps are fused
+  chains_fused_ += plan.chains.size();
+}
+
+void Session::set_fuse_epilogues(bool on) {
+  fuse_epilogues_ = on;
+  plans_.clear();
 }
 
 Plan& Session::plan_for(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
@@ -440,25 +511,41 @@ void Session::execute(Plan& plan, const RunOptions* options) {
         }
         break;
       }
+      case PlanStep::Kind::Fused:
       case PlanStep::Kind::Kernel: {
         // On a CUDA device a traced run waits for each op, so its span is the op's device time
         // (a blocking profile: slower than an untraced step, and no overlap between ops).
         const bool traced = options && options->timeline;
         if (traced && device_.is_cuda()) stream_.synchronize();
         const int64_t t0 = traced ? options->timeline->now_us() : 0;
+        if (st.chain) {
 #if RINGFLOW_CUDA
-        if (device_.is_cuda()) exec_cuda(*st.node, st.in, st.out, ctx);
-        else
+          if (device_.is_cuda()) exec_fused_cuda(*st.chain, st.in, st.out, ctx);
+          else
 #endif
-          exec_cpu(*st.node, st.in, st.out, ctx);
+            exec_fused_cpu(*st.chain, st.in, st.out, ctx);
+        } else {
+#if RINGFLOW_CUDA
+          if (device_.is_cuda()) exec_cuda(*st.node, st.in, st.out, ctx);
+          else
+#endif
+            exec_cpu(*st.node, st.in, st.out, ctx);
+        }
         if (traced) {
           if (device_.is_cuda()) stream_.synchronize();
-          options->timeline->span(st.node->name, op_name(st.node->op), 0, t0, options->timeline->now_us());
+          options->timeline->span(st.node->name, st.chain ? st.chain->label.c_str() : op_name(st.node->op), 0, t0,
+                                  options->timeline->now_us());
         }
         break;
       }
     }
-    if (options && options->on_node_done) options->on_node_done(st.node->id);
+    if (options && options->on_node_done) {
+      if (st.chain) {  // every node of the chain is done
+        options->on_node_done(st.chain->root->id);
+        if (st.chain->relu) options->on_node_done(st.chain->bias_add->id);
+      }
+      options->on_node_done(st.node->id);
+    }
   }
   if (plan.first_update == plan.steps.size() && options && options->before_updates) options->before_updates();
   for (size_t i = 0; i < plan.fetch_slots.size(); ++i) plan.results[i] = *plan.fetch_slots[i];

@@ -79,6 +79,13 @@ class Session {
   // Empty (the default): no check.
   void guard_bound_writes(std::function<void(const RunOptions*)> guard) { bound_write_guard_ = std::move(guard); }
 
+  // Epilogue fusion (FusedChain in exec.h): MatMul/Conv2D -> BiasAdd [-> Relu] chains whose
+  // intermediate outputs nothing else reads run as one step. On by default; switching drops the
+  // compiled plans. chains_fused() counts the chains fused by every plan compiled so far.
+  void set_fuse_epilogues(bool on);
+  bool fuse_epilogues() const { return fuse_epilogues_; }
+  size_t chains_fused() const { return chains_fused_; }
+
   Device device() const { return device_; }
   const Graph& graph() const { return graph_; }
   size_t plans_compiled() const { return plans_compiled_; }
@@ -88,6 +95,7 @@ class Session {
                  const std::vector<Value>& targets);
   std::unique_ptr<Plan> compile(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
                                 const std::vector<Value>& targets);
+  void fuse_chains(Plan& plan, const std::vector<Value>& fetches);
   void run_initializer(int var_node);
   void execute(Plan& plan, const RunOptions* options);
   void check_graphable(const Plan& plan, const std::vector<Feed>& feeds, const RunOptions& options) const;
@@ -109,6 +117,8 @@ class Session {
   std::unordered_map<std::vector<int64_t>, std::unique_ptr<Plan>, KeyHash> plans_;
   std::vector<int64_t> key_scratch_;
   size_t plans_compiled_ = 0;
+  bool fuse_epilogues_ = true;
+  size_t chains_fused_ = 0;
 };
 
 }  // namespace rf

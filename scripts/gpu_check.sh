@@ -29,8 +29,9 @@
 #             CPU's own f32 run (the control: f32 on the CPU drifts as far, 1.6e-2 against 1.9e-2)
 #   sanitize  compute-sanitizer memcheck (then racecheck, synccheck while time allows), 20 steps
 #             MLP and CNN on synthetic data: clean or the error count
-#   bench     bench/gpu_vs_torch.sh: ringflow (and --cuda-graph, when `ringflow train --help` lists
-#             it) vs PyTorch eager and torch.compile, batch 64 and 512, medians of 3 runs
+#   bench     bench/gpu_vs_torch.sh: ringflow (and --cuda-graph and --fuse-epilogues off, when
+#             `ringflow train --help` lists them) vs PyTorch eager and torch.compile, batch 64 and
+#             512, medians of 3 runs
 #   profile   where a CNN step at batch 512 spends its device time: 30 steps with --timeline (a
 #             blocking profile on the GPU), steps 11-30 summed per op type; the top ones in the
 #             report (PASS when the run and the trace are there: it measures, it does not judge)
@@ -767,9 +768,10 @@ for s in stages:
     lines.append(f"{s['stage']:<9} {s['status']:<8} {'' if secs is None else secs:>5}  {s.get('summary', '')}")
 bench = next((s for s in stages if s["stage"] == "bench"), {})
 if bench.get("rows"):
-    lines += ["", "bench (samples/s; ratio = ringflow / torch; st/eager: ringflow's steady state / eager):",
+    lines += ["", "bench (samples/s; ratio = ringflow / torch; st/eager: ringflow's steady state / eager;",
+              "       fuse: steady state with epilogue fusion / --fuse-epilogues off):",
               f"  {'model':<5} {'batch':>5} {'ringflow':>10} {'steady':>10} {'rf+graph':>10} {'eager':>10} {'compile':>10}"
-              f" {'rf/eager':>8} {'rf/comp':>8} {'st/eager':>8}"]
+              f" {'rf/eager':>8} {'rf/comp':>8} {'st/eager':>8} {'fuse':>6}"]
     def f(v, fmt="%.0f"):
         return "n/a" if v is None else fmt % v
     for r in bench["rows"]:
@@ -777,7 +779,8 @@ if bench.get("rows"):
                      f" {f(r.get('ringflow_cuda_graph_sps')) if 'ringflow_cuda_graph_sps' in r else '-':>10}"
                      f" {f(r.get('torch_eager_sps')):>10} {f(r.get('torch_compile_sps')):>10}"
                      f" {f(r.get('ratio_eager'), '%.3f'):>8} {f(r.get('ratio_compile'), '%.3f'):>8}"
-                     f" {f(r.get('ratio_eager_steady'), '%.3f'):>8}")
+                     f" {f(r.get('ratio_eager_steady'), '%.3f'):>8}"
+                     f" {f(r.get('fused_over_unfused_steady'), '%.3f') if 'fused_over_unfused_steady' in r else '-':>6}")
 text = "\n".join(lines) + "\n"
 open(os.path.join(work, "report.txt"), "w").write(text)
 json.dump(rep, open(os.path.join(work, "report.json"), "w"), indent=1)

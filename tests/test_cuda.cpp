@@ -295,8 +295,9 @@ TEST(CudaKernels, BiasAddAndGrad) {
                         Case{600000, 1, 32}, Case{200000, 3, 33}}) {
     const i64 n = c.outer * c.C * c.inner;
     const auto x = random_vec(n, 0.f, 1.f, 70), b = random_vec(c.C, -1.f, 1.f, 71);  // x >= 0: see ReduceSum
-    std::vector<float> want(static_cast<size_t>(n)), want_db(static_cast<size_t>(c.C));
+    std::vector<float> want(static_cast<size_t>(n)), want_db(static_cast<size_t>(c.C)), want_relu(want.size());
     cpu::bias_add<float>(x.data(), b.data(), want.data(), c.outer, c.C, c.inner);
+    cpu::bias_add_relu<float>(x.data(), b.data(), want_relu.data(), c.outer, c.C, c.inner);
     cpu::bias_grad<float>(x.data(), want_db.data(), c.outer, c.C, c.inner);
     Tensor xd = to_gpu(x, {n}), bd = to_gpu(b, {c.C}), yd = gpu_empty({n}), dbd = gpu_empty({c.C});
     kc::bias_add<float>(xd.data<float>(), bd.data<float>(), yd.data<float>(), c.outer, c.C, c.inner, stream());
@@ -306,6 +307,8 @@ TEST(CudaKernels, BiasAddAndGrad) {
                          stream());
     const std::string what = std::to_string(c.outer) + "x" + std::to_string(c.C) + "x" + std::to_string(c.inner);
     expect_close(host(yd), want, 1e-5, "bias_add " + what);
+    kc::bias_add_relu<float>(xd.data<float>(), bd.data<float>(), xd.data<float>(), c.outer, c.C, c.inner, stream());
+    expect_close(host(xd), want_relu, 1e-5, "bias_add_relu in place " + what);  // x is overwritten last
     expect_close(host(dbd), want_db, 1e-5, "bias_grad " + what);
   }
 }

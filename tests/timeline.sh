@@ -24,7 +24,7 @@ for r in range(np):
     spans = [e for e in ev if e.get("ph") == "X" and e["pid"] == r]
     ops = [e for e in spans if e["tid"] == 0]
     cats = {e["cat"] for e in ops}
-    for want in ("MatMul", "Relu", "SparseSoftmaxXent", "ApplyMomentum"):
+    for want in ("MatMul", "MatMul+BiasAdd+Relu", "ReluGrad", "SparseSoftmaxXent", "ApplyMomentum"):
         if want not in cats:
             problems.append(f"rank {r}: no {want} span on lane 0 (have {sorted(cats)})")
     steps = [e for e in spans if e["tid"] == 2 and e["name"] == "step"]
