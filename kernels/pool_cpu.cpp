@@ -144,14 +144,17 @@ void max_pool2d_grad(const T* dy, const int32_t* argmax, T* dx, const PoolGeom& 
     const int32_t* ap = argmax + plane * PQ;
     for (i64 o = 0; o < PQ; ++o) {
       const int32_t i = ap[o];
-      if (i < 0 || i >= HW) {
+      // max_pool2d's argmax lies in its output's window; the CUDA kernels gather per input over
+      // the covering windows, so an index elsewhere would count here and not there: refuse it.
+      const i64 h = i / g.W - (o / g.Q) * g.stride_h + g.pad_h, w = i % g.W - (o % g.Q) * g.stride_w + g.pad_w;
+      if (i < 0 || i >= HW || h < 0 || h >= g.R || w < 0 || w >= g.S) {
         bad.store(true, std::memory_order_relaxed);
         continue;
       }
       dxp[i] += dyp[o];
     }
   });
-  if (bad) throw std::invalid_argument("max_pool2d_grad: argmax index outside the input plane");
+  if (bad) throw std::invalid_argument("max_pool2d_grad: an argmax index outside its output's pooling window");
 }
 
 template <class T>

@@ -471,8 +471,13 @@ TYPED_TEST(PoolTest, MaxPoolGradRoutesToArgmax) {
 TEST(Pool, MaxPoolGradRejectsBadArgmax) {
   const PoolGeom g = pool_geom(1, 1, 4, 4, 2, 2, 2, 2, 0, 0);
   std::vector<float> dy(4, 1.f), dx(16);
-  std::vector<int32_t> am = {0, 2, 8, 16};
+  std::vector<int32_t> am = {0, 2, 8, 16};  // 16: outside the plane
   EXPECT_THROW(k::max_pool2d_grad(dy.data(), am.data(), dx.data(), g), std::invalid_argument);
+  am = {0, 2, 8, 0};  // in the plane, outside window (1, 1) (rows and columns 2-3): the CUDA
+  EXPECT_THROW(k::max_pool2d_grad(dy.data(), am.data(), dx.data(), g), std::invalid_argument);  // kernels ignore it
+  am = {5, 3, 12, 15};  // every index in its own window
+  k::max_pool2d_grad(dy.data(), am.data(), dx.data(), g);
+  EXPECT_EQ(dx, (std::vector<float>{0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1}));
 }
 
 TEST(Pool, RejectsWindowInsidePadding) {
