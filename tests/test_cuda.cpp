@@ -155,6 +155,30 @@ TEST(CudaKernels, FlatKernelsVectorTailAndUnalignedPaths) {
   check_flat_paths<double>();
 }
 
+// More 16-byte vectors than one grid has threads (kMaxGrid x kBlock = 2^24): each thread's
+// grid-stride loop takes a second turn, and the n % 4 tail still comes last.
+TEST(CudaKernels, FlatKernelsLoopPastOneGrid) {
+  if (rf::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << rf::cuda_unavailable_reason();
+  const i64 n = (i64(1) << 26) + 4 * 7 + 3;
+  std::vector<float> x(static_cast<size_t>(n)), b(x.size());
+  for (i64 i = 0; i < n; ++i) {
+    x[size_t(i)] = float(i % 1000) * 0.001f - 0.5f;
+    b[size_t(i)] = float(i % 7) + 1.f;
+  }
+  Tensor xd = to_gpu(x, {n}), bd = to_gpu(b, {n}), yd = gpu_empty({n});
+  auto mismatches = [&](const std::vector<float>& got, auto&& want) {
+    i64 bad = 0, first = -1;
+    for (i64 i = 0; i < n; ++i)
+      if (got[size_t(i)] != want(i) && bad++ == 0) first = i;
+    return std::to_string(bad) + " (first at " + std::to_string(first) + ")";
+  };
+  kc::unary<float>(UnaryOp::Relu, xd.data<float>(), yd.data<float>(), n, stream());
+  EXPECT_EQ(mismatches(host(yd), [&](i64 i) { return x[size_t(i)] > 0 ? x[size_t(i)] : 0.f; }), "0 (first at -1)")
+      << "relu";
+  kc::binary<float>(BinaryOp::Mul, xd.data<float>(), bd.data<float>(), yd.data<float>(), n, stream());
+  EXPECT_EQ(mismatches(host(yd), [&](i64 i) { return x[size_t(i)] * b[size_t(i)]; }), "0 (first at -1)") << "mul";
+}
+
 // Pool geometries at the edges of the kernels' 32-bit index path: a stride that forces the 64-bit
 // kernels, a window area (R * S = 2^32) past 32 bits, and a stride near INT32_MAX (the gradient's
 // search for covering windows must not wrap). Forward and gradient against the CPU.
