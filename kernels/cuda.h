@@ -121,9 +121,9 @@ void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, 
 // bias (and ReLU) epilogue, for a dense layer the Session fused. An object per fused step keeps
 // the descriptors and the algorithm the heuristic chose, so a step pays for them once (again
 // only if the geometry or the pointers' alignment changes). run() queues nothing and returns
-// false when cuBLASLt offers no algorithm (geometry, dtype, alignment): the caller then runs
-// gemm and bias_add(_relu). TF32 only when allow_tf32 (float). The workspace is the caller's,
-// kGemmEpilogueWorkspace bytes or more.
+// false when cuBLASLt offers no algorithm (geometry, dtype, alignment), for a dimension of 1, and
+// for a bias not 16-byte aligned: the caller then runs gemm and bias_add(_relu). TF32 only when
+// allow_tf32 (float). The workspace is the caller's, kGemmEpilogueWorkspace bytes or more.
 constexpr size_t kGemmEpilogueWorkspace = size_t(8) << 20;
 class GemmEpilogue {
  public:
@@ -142,6 +142,8 @@ class GemmEpilogue {
   struct State;
   std::unique_ptr<State> s_;
 };
+// cuBLASLt epilogue matmuls queued by every GemmEpilogue in the process (tests: did it run?).
+int64_t gemm_epilogue_launches();
 
 // ---- softmax family (softmax.cu); rows x cols, over the last axis, as in kernels/cpu.h ----
 // One warp per row up to 1024 columns, one block per row above; exp sums accumulate in double

@@ -2,6 +2,7 @@
 // gemm, mirroring kernels/matmul_cpu.cpp (same argument checks, same semantics).
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -86,8 +87,8 @@ uint32_t alignment_of(const void* p) {
 }  // namespace
 
 struct GemmEpilogue::State {
-  std::array<int64_t, 14> key{};
-  bool planned = false;
+  std::array<int64_t, 15> key{};
+  bool planned = false;  // key's descriptors and algorithm are complete (supported or not)
   bool supported = false;
   int plans_made = 0;
   cublasLtMatmulDesc_t op = nullptr;
@@ -106,9 +107,14 @@ struct GemmEpilogue::State {
   ~State() { release(); }
 };
 
+namespace {
+std::atomic<int64_t> g_epilogue_launches{0};
+}  // namespace
+
 GemmEpilogue::GemmEpilogue() : s_(std::make_unique<State>()) {}
 GemmEpilogue::~GemmEpilogue() = default;
 int GemmEpilogue::plans_made() const { return s_->plans_made; }
+int64_t gemm_epilogue_launches() { return g_epilogue_launches.load(std::memory_order_relaxed); }
 
 template <class T>
 bool GemmEpilogue::run(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, const T* a, i64 lda, const T* b, i64 ldb,
@@ -117,65 +123,80 @@ bool GemmEpilogue::run(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, const T*
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "GemmEpilogue: float or double");
   constexpr bool f64 = std::is_same_v<T, double>;
   const BlasArgs r = check(trans_a, trans_b, m, n, k, lda, ldb, ldc);
-  if (m == 0 || n == 0 || k == 0) return false;  // gemm's own cases (nothing, or zeros / beta C)
+  // Degenerate products go to gemm (its own k == 0 case); like PyTorch's addmm, which keeps
+  // cuBLASLt to operands longer than one in every dimension (the heuristic refuses some vector
+  // shapes with INVALID_VALUE), so do we.
+  if (m <= 1 || n <= 1 || k <= 1) return false;
   if (workspace_bytes < kGemmEpilogueWorkspace) throw std::invalid_argument("GemmEpilogue: workspace too small");
-  // cuBLASLt states no alignment preference for the bias: keep it to 16-byte vectors.
-  if (alignment_of(bias) < 16) return false;
-  const uint32_t align_a = alignment_of(a), align_b = alignment_of(b), align_c = alignment_of(c);
+  const uint32_t align_a = alignment_of(a), align_b = alignment_of(b), align_c = alignment_of(c),
+                 align_bias = alignment_of(bias);
+  // cuBLASLt has no alignment preference for the bias; its heuristic reads the pointer (set
+  // below before it runs) and the key keeps the bias's alignment too.
+  if (align_bias < 16) return false;
   State& s = *s_;
-  const std::array<int64_t, 14> key{trans_a,  trans_b, m,       n,       k,       lda,    ldb,
-                                    ldc,      f64,     relu,    !f64 && allow_tf32, align_a, align_b, align_c};
+  const std::array<int64_t, 15> key{trans_a, trans_b, m, n, k, lda, ldb, ldc, f64, relu, !f64 && allow_tf32,
+                                    align_a, align_b, align_c, align_bias};
   if (!s.planned || key != s.key) {
     s.release();
     s.key = key;
-    s.planned = true;
     ++s.plans_made;
-    const cudaDataType_t dt = f64 ? CUDA_R_64F : CUDA_R_32F;
-    const cublasComputeType_t ct =
-        f64 ? CUBLAS_COMPUTE_64F : allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    // Column-major, as in gemm: C^T[n,m] = op(B)^T op(A)^T, so cuBLASLt's A is our B (its rows
-    // are C^T's rows, n: the bias runs along them) and its B is our A.
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&s.op, ct, dt));
-    const cublasOperation_t op_a = op_of(trans_b), op_b = op_of(trans_a);
-    const cublasLtEpilogue_t epi = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&s.la, dt, trans_b ? r.k : r.n, trans_b ? r.n : r.k, r.ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&s.lb, dt, trans_a ? r.m : r.k, trans_a ? r.k : r.m, r.lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&s.lc, dt, r.n, r.m, r.ldc));
     cublasLtMatmulPreference_t pref = nullptr;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-    {
+    try {
+      const cudaDataType_t dt = f64 ? CUDA_R_64F : CUDA_R_32F;
+      const cublasComputeType_t ct =
+          f64 ? CUBLAS_COMPUTE_64F : allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+      // Column-major, as in gemm: C^T[n,m] = op(B)^T op(A)^T, so cuBLASLt's A is our B (its rows
+      // are C^T's rows, n: the bias runs along them) and its B is our A.
+      CUBLAS_CHECK(cublasLtMatmulDescCreate(&s.op, ct, dt));
+      const cublasOperation_t op_a = op_of(trans_b), op_b = op_of(trans_a);
+      const cublasLtEpilogue_t epi = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+      CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&s.la, dt, trans_b ? r.k : r.n, trans_b ? r.n : r.k, r.ldb));
+      CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&s.lb, dt, trans_a ? r.m : r.k, trans_a ? r.k : r.m, r.lda));
+      CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&s.lc, dt, r.n, r.m, r.ldc));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
       const uint64_t ws = kGemmEpilogueWorkspace;
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                        sizeof(ws)));
       // cuBLASLt's A is our B and vice versa; C and D are the same buffer.
       const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
           {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_b},
           {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_a},
           {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c},
           {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c}};
-      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
       for (const auto& [attr, v] : aligns)
-        if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof(v));
-      if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulAlgoGetHeuristic(handle, s.op, s.la, s.lb, s.lc, s.lc, pref, 1, &result, &found);
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof(v)));
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      // Any refusal (NOT_SUPPORTED, INVALID_VALUE for a configuration it has no kernel for) or no
+      // result: the caller's unfused path.
+      const cublasStatus_t st =
+          cublasLtMatmulAlgoGetHeuristic(handle, s.op, s.la, s.lb, s.lc, s.lc, pref, 1, &result, &found);
+      s.supported = st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+      if (s.supported) s.algo = result.algo;
+    } catch (...) {
+      if (pref) (void)cublasLtMatmulPreferenceDestroy(pref);
+      s.release();
+      throw;
     }
     (void)cublasLtMatmulPreferenceDestroy(pref);
-    // NOT_SUPPORTED (no heuristic for this configuration) or no result: the caller's unfused path.
-    if (st != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(st);
-    s.supported = st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
-    if (s.supported) s.algo = result.algo;
+    s.planned = true;
   }
   if (!s.supported) return false;
-  CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(s.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   const T one = 1, zero = 0;
-  CUBLAS_CHECK(cublasLtMatmul(handle, s.op, &one, b, s.la, a, s.lb, &zero, c, s.lc, c, s.lc, &s.algo, workspace,
-                              workspace_bytes, stream));
+  const cublasStatus_t st = cublasLtMatmul(handle, s.op, &one, b, s.la, a, s.lb, &zero, c, s.lc, c, s.lc, &s.algo,
+                                           workspace, workspace_bytes, stream);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // refused before queueing anything: unfused from now on
+    s.supported = false;
+    return false;
+  }
+  CUBLAS_CHECK(st);
+  g_epilogue_launches.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 

@@ -576,11 +576,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
   fail("internal: exec_cuda: bad op ", int(node.op), " (node '", node.name, "')");
 }
 
-}  // namespace
-
-// The switch in exec() has a case for every op (no default; -Wswitch is an error here), so an op
-// added to op_list.h without a CUDA kernel does not compile: every op listed there has one.
-void exec_fused_cuda(FusedChain& f, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
+void exec_fused(FusedChain& f, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
   const cudaStream_t st = stream_of(ctx);
   Tensor& y = *out[0];
   const Tensor& bias = *in[f.root->inputs.size()];
@@ -609,7 +605,7 @@ void exec_fused_cuda(FusedChain& f, Tensor* const* in, Tensor* const* out, const
   if (done) return;
   // The root's own kernel (cuBLAS gemm, cuDNN convolution) into the output, then one bias
   // (+ ReLU) pass over it in place.
-  exec_cuda(*f.root, in, out, ctx);
+  exec(*f.root, in, out, ctx);
   dispatch(*f.bias_add, y.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if (f.relu)
@@ -619,6 +615,10 @@ void exec_fused_cuda(FusedChain& f, Tensor* const* in, Tensor* const* out, const
   });
 }
 
+}  // namespace
+
+// The switch in exec() has a case for every op (no default; -Wswitch is an error here), so an op
+// added to op_list.h without a CUDA kernel does not compile: every op listed there has one.
 bool cuda_has_kernel(Op op) {
   switch (op) {
 #define RF_OP_CASE(name, nin, nout) case Op::name:
@@ -831,6 +831,16 @@ void exec_cuda(const Node& node, Tensor* const* in, Tensor* const* out, const Ex
   } catch (const std::invalid_argument& e) {
     // Kernel precondition failures do not know which node they ran for.
     fail("node '", node.name, "' (", op_name(node.op), "): ", e.what());
+  }
+}
+
+void exec_fused_cuda(FusedChain& f, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
+  RF_CHECK(ctx.device.is_cuda(), "internal: exec_fused_cuda for '", f.label, "' on ", ctx.device.str());
+  CUDA_CHECK(cudaSetDevice(ctx.device.index));
+  try {
+    exec_fused(f, in, out, ctx);
+  } catch (const std::invalid_argument& e) {
+    fail("node '", f.root->name, "' (", f.label, "): ", e.what());
   }
 }
 
