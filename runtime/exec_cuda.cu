@@ -783,6 +783,7 @@ void gather_batch(const Tensor& images, const Tensor& labels, const Tensor& idx,
   RF_CHECK(d.is_cuda() && images.device() == d && labels.device() == d && idx.device() == d &&
                out_labels.device() == d,
            "gather_batch: every tensor must be on one CUDA device");
+  CUDA_CHECK(cudaSetDevice(d.index));  // the kernel launches on d's stream, as exec_cuda's do
   RF_CHECK(images.dtype() == DType::F32 && out_images.dtype() == DType::F32 && labels.dtype() == DType::I32 &&
                out_labels.dtype() == DType::I32 && idx.dtype() == DType::I32,
            "gather_batch: images F32, labels and indices I32");
@@ -800,6 +801,7 @@ void step_stats(const Tensor& loss, const Tensor& logits, const Tensor& labels, 
   const Device d = stats.device();
   RF_CHECK(d.is_cuda() && loss.device() == d && logits.device() == d && labels.device() == d,
            "step_stats: every tensor must be on one CUDA device");
+  CUDA_CHECK(cudaSetDevice(d.index));
   RF_CHECK(logits.shape().rank == 2 && labels.dtype() == DType::I32 && labels.numel() == logits.shape()[0] &&
                loss.numel() == 1 && stats.dtype() == DType::F64 && stats.numel() == 2,
            "step_stats: loss ", loss.shape().str(), ", logits ", logits.shape().str(), ", labels ",
