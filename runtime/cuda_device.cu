@@ -254,20 +254,30 @@ Registry& registry() {
   return r;
 }
 
-cudaStream_t stream_of(int device) {
+// Double-checked lazy creation of one of a device's objects: make() runs once, under the
+// device's lock, with the device current.
+template <class H, class Make> H lazy(int device, std::atomic<H> DeviceState::*slot, Make&& make) {
   DeviceState& s = registry().at(device);
-  cudaStream_t st = s.stream.load(std::memory_order_acquire);
-  if (st) return st;
+  H h = (s.*slot).load(std::memory_order_acquire);
+  if (h) return h;
   std::lock_guard<std::mutex> lock(s.mu);
-  st = s.stream.load(std::memory_order_relaxed);
-  if (!st) {
+  h = (s.*slot).load(std::memory_order_relaxed);
+  if (!h) {
     DeviceGuard guard(device);
+    h = make();
+    (s.*slot).store(h, std::memory_order_release);
+  }
+  return h;
+}
+
+cudaStream_t stream_of(int device) {
+  return lazy(device, &DeviceState::stream, [] {
     // Non-blocking: our work must not serialise against the legacy default stream that
     // libraries or user code may use.
+    cudaStream_t st = nullptr;
     CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    s.stream.store(st, std::memory_order_release);
-  }
-  return st;
+    return st;
+  });
 }
 
 }  // namespace
@@ -396,51 +406,34 @@ void graph_destroy(void* exec) noexcept {
   if (exec) (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
 }
 
+// The handles are bound to the compute stream, created first: stream_of takes the same lock.
 void* cublas_handle(int device) {
-  DeviceState& s = registry().at(device);
-  cublasHandle_t h = s.cublas.load(std::memory_order_acquire);
-  if (h) return h;
-  cudaStream_t st = stream_of(device);  // before taking s.mu: stream_of locks it too
-  std::lock_guard<std::mutex> lock(s.mu);
-  h = s.cublas.load(std::memory_order_relaxed);
-  if (!h) {
-    DeviceGuard guard(device);
+  const cudaStream_t st = stream_of(device);
+  return lazy(device, &DeviceState::cublas, [st] {
+    cublasHandle_t h = nullptr;
     CUBLAS_CHECK(cublasCreate(&h));
     CUBLAS_CHECK(cublasSetStream(h, st));
     CUBLAS_CHECK(cublasSetMathMode(h, math_mode()));
-    s.cublas.store(h, std::memory_order_release);
-  }
-  return h;
+    return h;
+  });
 }
 
 void* cublaslt_handle(int device) {
-  DeviceState& s = registry().at(device);
-  cublasLtHandle_t h = s.cublaslt.load(std::memory_order_acquire);
-  if (h) return h;
-  std::lock_guard<std::mutex> lock(s.mu);
-  h = s.cublaslt.load(std::memory_order_relaxed);
-  if (!h) {
-    DeviceGuard guard(device);
+  return lazy(device, &DeviceState::cublaslt, [] {
+    cublasLtHandle_t h = nullptr;
     CUBLAS_CHECK(cublasLtCreate(&h));
-    s.cublaslt.store(h, std::memory_order_release);
-  }
-  return h;
+    return h;
+  });
 }
 
 void* cudnn_handle(int device) {
-  DeviceState& s = registry().at(device);
-  cudnnHandle_t h = s.cudnn.load(std::memory_order_acquire);
-  if (h) return h;
-  cudaStream_t st = stream_of(device);  // before taking s.mu: stream_of locks it too
-  std::lock_guard<std::mutex> lock(s.mu);
-  h = s.cudnn.load(std::memory_order_relaxed);
-  if (!h) {
-    DeviceGuard guard(device);
+  const cudaStream_t st = stream_of(device);
+  return lazy(device, &DeviceState::cudnn, [st] {
+    cudnnHandle_t h = nullptr;
     CUDNN_CHECK(cudnnCreate(&h));
     CUDNN_CHECK(cudnnSetStream(h, st));
-    s.cudnn.store(h, std::memory_order_release);
-  }
-  return h;
+    return h;
+  });
 }
 
 void set_allow_tf32(bool allow) {
