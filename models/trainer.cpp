@@ -36,6 +36,8 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 // A synthetic set of more samples than this would not fit in memory as floats (7.8 GB).
 constexpr int64_t kMaxSynthetic = 2'500'000;
+// More OpenMP threads than this is no machine ringflow runs on (and 100000 crashes libgomp).
+constexpr int kMaxThreads = 1024;
 
 void validate(const TrainConfig& c) {
   RF_CHECK(c.model == "mlp" || c.model == "cnn", "unknown model '", c.model, "': expected mlp or cnn");
@@ -46,7 +48,7 @@ void validate(const TrainConfig& c) {
   RF_CHECK(c.lr > 0 && std::isfinite(c.lr), "--lr must be positive, got ", c.lr);
   RF_CHECK(c.epochs > 0, "--epochs must be positive, got ", c.epochs);
   RF_CHECK(c.max_steps == -1 || c.max_steps > 0, "--max-steps must be positive, got ", c.max_steps);
-  RF_CHECK(c.threads >= 0, "--threads must be >= 0, got ", c.threads);
+  RF_CHECK(c.threads >= 0 && c.threads <= kMaxThreads, "--threads must be in [0, ", kMaxThreads, "], got ", c.threads);
   RF_CHECK(c.eval_batch > 0, "--eval-batch must be positive, got ", c.eval_batch);
   RF_CHECK(c.metrics_every > 0, "--metrics-every must be positive, got ", c.metrics_every);
   collective::parse_fuse(c.fuse_update);  // throws on anything but auto|on|off
@@ -81,11 +83,14 @@ void validate(const TrainConfig& c) {
 }
 
 // Why no file can be written at `path` ("" when one can): a directory in its place, a missing
-// parent, or whatever creating (and removing) a probe file next to it says.
-std::string output_problem(const std::string& path) {
+// parent, or whatever creating (and removing) a probe file next to it says. A file written by
+// rename (`replaced`: checkpoints, the timeline) must not replace a device, FIFO or socket.
+std::string output_problem(const std::string& path, bool replaced = true) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::is_directory(path, ec)) return "it is a directory";
+  if (replaced && fs::exists(fs::symlink_status(path, ec)) && !fs::is_regular_file(path, ec))
+    return "it exists and is not a regular file";
   const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
   if (!fs::is_directory(parent, ec)) return "no directory " + parent.string();
   const std::string probe = path + ".probe." + std::to_string(::getpid());
@@ -96,8 +101,8 @@ std::string output_problem(const std::string& path) {
   return "";
 }
 
-void check_writable(const std::string& path, const char* flag) {
-  const std::string why = output_problem(path);
+void check_writable(const std::string& path, const char* flag, bool replaced = true) {
+  const std::string why = output_problem(path, replaced);
   RF_CHECK(why.empty(), "cannot write ", flag, " ", path, ": ", why);
 }
 
@@ -381,7 +386,7 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
     RF_CHECK(std::ifstream(c.init_from).good(), "cannot read --init-from ", c.init_from, ": ",
              std::strerror(errno));
   if (comm.rank() == 0) {  // rank 0 writes every output file: each one is known writable before training
-    if (!c.metrics_path.empty()) check_writable(c.metrics_path, "--metrics");
+    if (!c.metrics_path.empty()) check_writable(c.metrics_path, "--metrics", false);  // a stream: a FIFO will do
     if (!c.timeline_path.empty()) check_writable(c.timeline_path, "--timeline");
     if (!c.save_path.empty()) check_writable(c.save_path, "--save");
   }
@@ -469,7 +474,11 @@ nlohmann::json train(const TrainConfig& c) {
   sched.step_size = std::max<int64_t>(1, total_steps / 3);
 
   auto emit = [&](nlohmann::json j) {
-    if (metrics.is_open()) metrics << j.dump() << '\n' << std::flush;
+    if (!metrics.is_open()) return;
+    errno = 0;
+    metrics << j.dump() << '\n' << std::flush;
+    RF_CHECK(metrics.good(), "cannot write --metrics ", c.metrics_path, ": ",
+             errno ? std::strerror(errno) : "the stream failed");
   };
   // Loss and accuracy sums of every rank (one tiny allreduce, only when reporting).
   auto global_mean = [&](double loss_sum, double correct, double steps) {

@@ -82,6 +82,17 @@ expect_error "metrics in a missing directory" "no directory" "${common[@]}" --da
 expect_error "save in a missing directory" "no directory" "${common[@]}" --data-dir "$tmp/good" --save "$tmp/nodir/c.safetensors"
 mkdir -p "$tmp/adir"
 expect_error "timeline is a directory" "is a directory" "${common[@]}" --data-dir "$tmp/good" --timeline "$tmp/adir"
+# A checkpoint or trace is renamed into place: over a FIFO (or a device) it must refuse, not
+# replace it. Metrics stream into their file: a full device fails at the first line.
+mkfifo "$tmp/fifo"
+expect_error "save over a FIFO" "not a regular file" "${common[@]}" --data-dir "$tmp/good" --save "$tmp/fifo"
+expect_error "timeline over a FIFO" "not a regular file" "${common[@]}" --data-dir "$tmp/good" --timeline "$tmp/fifo"
+[[ -p "$tmp/fifo" ]] || { echo "FAIL the FIFO was replaced"; fails=$((fails + 1)); }
+if [[ -c /dev/full ]]; then
+  expect_error "metrics on a full device" "No space left" "${common[@]}" --data-dir "$tmp/good" --batch 10 \
+    --metrics-every 1 --metrics /dev/full
+fi
+expect_error "threads past the cap" "--threads must be in" "${common[@]}" --data-dir "$tmp/good" --threads 100000
 # Passes the output probes (which create and remove a file), then fails: nothing may stay.
 expect_error "missing --init-from after the probes" "--init-from" "${common[@]}" --data-dir "$tmp/good" \
   --timeline "$tmp/t.json" --metrics "$tmp/m.jsonl" --init-from "$tmp/none.safetensors"
