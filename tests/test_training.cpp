@@ -61,6 +61,19 @@ TEST(Training, SameSeedGivesBitIdenticalResults) {
   }
 }
 
+TEST(Training, EpilogueFusionChangesNoBit) {
+  for (const char* model : {"mlp", "cnn"}) {
+    const auto fused = train(quick(model));
+    TrainConfig c = quick(model);
+    c.fuse_epilogues = "off";
+    const auto plain = train(c);
+    EXPECT_GT(fused["chains_fused"].get<int64_t>(), 0) << model;
+    EXPECT_EQ(plain["chains_fused"].get<int64_t>(), 0) << model;
+    for (const char* key : {"final_loss", "param_norm", "test_loss", "test_accuracy"})
+      EXPECT_EQ(fused[key].get<double>(), plain[key].get<double>()) << model << " " << key;
+  }
+}
+
 TEST(Training, EveryOptimizerReducesTheLoss) {
   for (const char* opt : {"sgd", "momentum", "nesterov", "adam", "adamw"}) {
     TrainConfig c = quick("mlp");
