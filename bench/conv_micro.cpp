@@ -73,16 +73,25 @@ int main(int argc, char** argv) {
   };
   std::mt19937 rng(42);
   std::printf("batch 64, %d thread(s), median of %d; ms wall (ms CPU time) [GFLOPS from CPU time]\n", threads, reps);
-  std::printf("%-24s %24s %24s %24s\n", "layer", "forward", "grad_input", "grad_filter");
+  std::printf("%-24s %24s %24s %24s %24s %24s\n", "layer", "forward", "grad_input", "grad_filter",
+              "fwd, then bias+relu", "fwd with bias+relu");
   for (const Layer& l : layers) {
     const ConvGeom& g = l.g;
     std::vector<float> x(g.N * g.C * g.H * g.W), w(g.K * g.C * g.R * g.S), y(g.N * g.K * g.P * g.Q);
-    std::vector<float> dy(y.size()), dx(x.size()), dw(w.size());
-    fill(x, rng), fill(w, rng), fill(dy, rng);
-    const Timing t[3] = {
+    std::vector<float> dy(y.size()), dx(x.size()), dw(w.size()), b(size_t(g.K));
+    fill(x, rng), fill(w, rng), fill(dy, rng), fill(b, rng);
+    const i64 PQ = g.P * g.Q;
+    // The last two: a Conv2D -> BiasAdd -> Relu chain as a second pass over y, and as the
+    // Session's fused step runs it (conv2d_bias: the epilogue inside the kernel's output writes).
+    const Timing t[5] = {
         time_op([&] { conv2d(x.data(), w.data(), y.data(), g); }, reps),
         time_op([&] { conv2d_grad_input(dy.data(), w.data(), dx.data(), g); }, reps),
         time_op([&] { conv2d_grad_filter(x.data(), dy.data(), dw.data(), g); }, reps),
+        time_op([&] {
+          conv2d(x.data(), w.data(), y.data(), g);
+          bias_add_relu(y.data(), b.data(), y.data(), g.N, g.K, PQ);
+        }, reps),
+        time_op([&] { conv2d_bias(x.data(), w.data(), b.data(), true, y.data(), g); }, reps),
     };
     const double gflop = 2.0 * g.N * g.K * g.P * g.Q * g.C * g.R * g.S / 1e9;
     std::printf("%-24s", l.name);

@@ -237,7 +237,30 @@ void gather_gemm(const float* a, i64 ka, const float* b0, const int32_t* joff, i
   }
 }
 
-inline void transpose8x8(const float* s, i64 lds, float* d, i64 ldd) {
+// The identity epilogue of the transposes below: the value stored in d's row i, as computed.
+struct NoEpilogue {
+  __m256 operator()(__m256 v, i64) const { return v; }
+  float operator()(float v, i64) const { return v; }
+};
+
+// conv2d_bias's epilogue: + b[row], then ReLU when asked (max(v, 0) maps NaN and -0 to +0, as
+// ReluF's v > 0 ? v : 0 does), the same two operations bias_add(_relu) would run after.
+struct BiasEpilogue {
+  const float* b;
+  bool relu;
+  __m256 operator()(__m256 v, i64 row) const {
+    v = _mm256_add_ps(v, _mm256_set1_ps(b[row]));
+    return relu ? _mm256_max_ps(v, _mm256_setzero_ps()) : v;
+  }
+  float operator()(float v, i64 row) const {
+    v += b[row];
+    return relu ? (v > 0.f ? v : 0.f) : v;
+  }
+};
+
+// d rows are source columns c0 + 0..7: epi(v, c0 + i) is what row i stores.
+template <class Epi>
+inline void transpose8x8(const float* s, i64 lds, float* d, i64 ldd, i64 c0, const Epi& epi) {
   __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds), r2 = _mm256_loadu_ps(s + 2 * lds),
          r3 = _mm256_loadu_ps(s + 3 * lds), r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds),
          r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
@@ -248,27 +271,28 @@ inline void transpose8x8(const float* s, i64 lds, float* d, i64 ldd) {
   r2 = _mm256_shuffle_ps(t1, t3, 0x44), r3 = _mm256_shuffle_ps(t1, t3, 0xEE);
   r4 = _mm256_shuffle_ps(t4, t6, 0x44), r5 = _mm256_shuffle_ps(t4, t6, 0xEE);
   r6 = _mm256_shuffle_ps(t5, t7, 0x44), r7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  _mm256_storeu_ps(d, _mm256_permute2f128_ps(r0, r4, 0x20));
-  _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(r1, r5, 0x20));
-  _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(r2, r6, 0x20));
-  _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(r3, r7, 0x20));
-  _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(r0, r4, 0x31));
-  _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(r1, r5, 0x31));
-  _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(r2, r6, 0x31));
-  _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(r3, r7, 0x31));
+  _mm256_storeu_ps(d, epi(_mm256_permute2f128_ps(r0, r4, 0x20), c0));
+  _mm256_storeu_ps(d + ldd, epi(_mm256_permute2f128_ps(r1, r5, 0x20), c0 + 1));
+  _mm256_storeu_ps(d + 2 * ldd, epi(_mm256_permute2f128_ps(r2, r6, 0x20), c0 + 2));
+  _mm256_storeu_ps(d + 3 * ldd, epi(_mm256_permute2f128_ps(r3, r7, 0x20), c0 + 3));
+  _mm256_storeu_ps(d + 4 * ldd, epi(_mm256_permute2f128_ps(r0, r4, 0x31), c0 + 4));
+  _mm256_storeu_ps(d + 5 * ldd, epi(_mm256_permute2f128_ps(r1, r5, 0x31), c0 + 5));
+  _mm256_storeu_ps(d + 6 * ldd, epi(_mm256_permute2f128_ps(r2, r6, 0x31), c0 + 6));
+  _mm256_storeu_ps(d + 7 * ldd, epi(_mm256_permute2f128_ps(r3, r7, 0x31), c0 + 7));
 }
 
-// d[c][r] = s[r][c] for r < rows, c < cols.
-void transpose(const float* s, i64 rows, i64 cols, i64 lds, float* d, i64 ldd) {
+// d[c][r] = epi(s[r][c], c) for r < rows, c < cols.
+template <class Epi = NoEpilogue>
+void transpose(const float* s, i64 rows, i64 cols, i64 lds, float* d, i64 ldd, const Epi& epi = {}) {
   i64 r = 0;
   for (; r + 8 <= rows; r += 8) {
     i64 c = 0;
-    for (; c + 8 <= cols; c += 8) transpose8x8(s + r * lds + c, lds, d + c * ldd + r, ldd);
+    for (; c + 8 <= cols; c += 8) transpose8x8(s + r * lds + c, lds, d + c * ldd + r, ldd, c, epi);
     for (; c < cols; ++c)
-      for (i64 i = 0; i < 8; ++i) d[c * ldd + r + i] = s[(r + i) * lds + c];
+      for (i64 i = 0; i < 8; ++i) d[c * ldd + r + i] = epi(s[(r + i) * lds + c], c);
   }
   for (; r < rows; ++r)
-    for (i64 c = 0; c < cols; ++c) d[c * ldd + r] = s[r * lds + c];
+    for (i64 c = 0; c < cols; ++c) d[c * ldd + r] = epi(s[r * lds + c], c);
 }
 
 // a (packed as above, ka = round8(K) lanes) from src[k][t] (rows lds apart): a[t][k] = src[k][t],
@@ -318,7 +342,9 @@ bool direct_ok(const ConvGeom& g) {
   return g.C * (g.H + 2 * g.pad_h) * (g.W + 2 * g.pad_w) < big && g.K * (g.P + 2 * g.R) * (g.Q + 2 * g.S) < big;
 }
 
-void conv2d_direct(const float* x, const float* w, float* y, const ConvGeom& g) {
+// bias: null, or conv2d_bias's bias (then ReLU when relu), added as the result is transposed out.
+void conv2d_direct(const float* x, const float* w, float* y, const ConvGeom& g, const float* bias = nullptr,
+                   bool relu = false) {
   const i64 CRS = g.C * g.R * g.S, PQ = g.P * g.Q, CHW = g.C * g.H * g.W, Kp = round8(g.K);
   const i64 Hp = g.H + 2 * g.pad_h, Wp = g.W + 2 * g.pad_w;
   float* wt = scratch<float, 1>(CRS * Kp);  // a[crs][k] = w[k][crs]
@@ -334,7 +360,10 @@ void conv2d_direct(const float* x, const float* w, float* y, const ConvGeom& g) 
     for (i64 n = n0; n < n1; ++n) {
       pad_image(x + n * CHW, g.C, g.H, g.W, g.pad_h, g.pad_w, xp, Hp, Wp);
       gather_gemm(wt, Kp, xp, joff, PQ, toff, CRS, yt, false);
-      transpose(yt, PQ, g.K, Kp, y + n * g.K * PQ, PQ);
+      if (bias)
+        transpose(yt, PQ, g.K, Kp, y + n * g.K * PQ, PQ, BiasEpilogue{bias, relu});
+      else
+        transpose(yt, PQ, g.K, Kp, y + n * g.K * PQ, PQ);
     }
   });
 }
@@ -418,6 +447,21 @@ void conv2d(const T* x, const T* w, T* y, const ConvGeom& g) {
 }
 
 template <class T>
+void conv2d_bias(const T* x, const T* w, const T* b, bool relu, T* y, const ConvGeom& g) {
+  check_geom(g);
+#if RF_CONV_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (direct_ok(g) && g.K >= 8) return conv2d_direct(x, w, y, g, b, relu);
+  }
+#endif
+  conv2d_im2col(x, w, y, g);
+  if (relu)
+    bias_add_relu(y, b, y, g.N, g.K, g.P * g.Q);
+  else
+    bias_add(y, b, y, g.N, g.K, g.P * g.Q);
+}
+
+template <class T>
 void conv2d_grad_input(const T* dy, const T* w, T* dx, const ConvGeom& g) {
   check_geom(g);
 #if RF_CONV_AVX2
@@ -442,6 +486,8 @@ void conv2d_grad_filter(const T* x, const T* dy, T* dw, const ConvGeom& g) {
 
 template void conv2d<float>(const float*, const float*, float*, const ConvGeom&);
 template void conv2d<double>(const double*, const double*, double*, const ConvGeom&);
+template void conv2d_bias<float>(const float*, const float*, const float*, bool, float*, const ConvGeom&);
+template void conv2d_bias<double>(const double*, const double*, const double*, bool, double*, const ConvGeom&);
 template void conv2d_grad_input<float>(const float*, const float*, float*, const ConvGeom&);
 template void conv2d_grad_input<double>(const double*, const double*, double*, const ConvGeom&);
 template void conv2d_grad_filter<float>(const float*, const float*, float*, const ConvGeom&);

@@ -61,6 +61,10 @@ void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, 
 // ---- convolution and pooling (conv_cpu.cpp, pool_cpu.cpp); NCHW, filters OIHW ----
 using kernels::ConvGeom;  // kernels/common.h
 template <class T> void conv2d(const T* x, const T* w, T* y, const ConvGeom& g);
+// y = conv2d(x, w) + b[k], then ReLU when relu: bitwise conv2d then bias_add(_relu) (the fused
+// epilogue of a Conv2D -> BiasAdd [-> Relu] step), with the bias and ReLU applied as the direct
+// kernel writes its output instead of in a second pass.
+template <class T> void conv2d_bias(const T* x, const T* w, const T* b, bool relu, T* y, const ConvGeom& g);
 template <class T> void conv2d_grad_input(const T* dy, const T* w, T* dx, const ConvGeom& g);
 template <class T> void conv2d_grad_filter(const T* x, const T* dy, T* dw, const ConvGeom& g);
 

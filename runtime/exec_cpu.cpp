@@ -372,9 +372,17 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
 }
 
 void exec_fused_cpu(FusedChain& f, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
-  exec_cpu(*f.root, in, out, ctx);  // the product, straight into the chain's output
   Tensor& y = *out[0];
   const Tensor& bias = *in[f.root->inputs.size()];
+  if (f.root->op == Op::Conv2D) {  // the bias and ReLU on the way out of the convolution kernel
+    with_float(*f.root, y.dtype(), [&](auto t) {
+      using T = decltype(t);
+      kc::conv2d_bias<T>(in[0]->data<T>(), in[1]->data<T>(), bias.data<T>(), f.relu != nullptr, y.data<T>(),
+                         conv_geom(*f.root, in[0]->shape(), in[1]->shape(), y.shape()));
+    });
+    return;
+  }
+  exec_cpu(*f.root, in, out, ctx);  // the product, straight into the chain's output
   with_float(*f.bias_add, y.dtype(), [&](auto t) {
     using T = decltype(t);
     i64 outer, c, inner;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <stdexcept>
@@ -164,6 +165,32 @@ TYPED_TEST(ConvTest, ForwardMatchesNaive) {
     ref_conv(x, w, ref, mag, g);
     expect_close(y, ref, mag, "y");
   }
+}
+
+// The fused epilogue: conv2d_bias is conv2d then bias_add(_relu), to the bit, on every path (the
+// direct kernel's in-transpose epilogue, its 8x8 blocks and scalar edges, and im2col).
+TYPED_TEST(ConvTest, BiasEpilogueIsBitwiseConvThenBias) {
+  using T = TypeParam;
+  uint32_t seed = 500;
+  for (const ConvGeom& g : geometries())
+    for (bool relu : {false, true}) {
+      SCOPED_TRACE(describe(g) + (relu ? " relu" : ""));
+      auto x = random_vec<T>(g.N * g.C * g.H * g.W, seed++);
+      auto w = random_vec<T>(g.K * g.C * g.R * g.S, seed++);
+      auto b = random_vec<T>(g.K, seed++);
+      const size_t ny = size_t(g.N * g.K * g.P * g.Q);
+      std::vector<T> want(ny, std::numeric_limits<T>::quiet_NaN()), got(ny, std::numeric_limits<T>::quiet_NaN());
+      k::conv2d(x.data(), w.data(), want.data(), g);
+      if (relu)
+        k::bias_add_relu(want.data(), b.data(), want.data(), g.N, g.K, g.P * g.Q);
+      else
+        k::bias_add(want.data(), b.data(), want.data(), g.N, g.K, g.P * g.Q);
+      k::conv2d_bias(x.data(), w.data(), b.data(), relu, got.data(), g);
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), ny * sizeof(T)), 0);
+      if (relu) {
+        EXPECT_TRUE(std::any_of(got.begin(), got.end(), [](T v) { return v == T(0); })) << "no ReLU cut";
+      }
+    }
 }
 
 TYPED_TEST(ConvTest, GradInputMatchesNaive) {
