@@ -727,6 +727,7 @@ void FusedUpdates::upload(const ExecContext& ctx) {
 }
 
 void FusedUpdates::launch(size_t group, const ExecContext& ctx) {
+  CUDA_CHECK(cudaSetDevice(ctx.device.index));  // a kernel launch needs its stream's device current
   Group& g = groups_[group];
   const Node& n = *g.node;
   dispatch(n, g.dtype, [&](auto tag) {
