@@ -190,11 +190,16 @@ stage_tests() {
     nccl_rc=0
     timeout -k 5 "$(cap 100000)" "$nccl_bin" --gtest_output="xml:$nccl_xml" >"$GC_WORK/nccl_tests.log" 2>&1 || nccl_rc=$?
   fi
-  python3 - "$xml" "$rc" "$GC_DRY" "$GC_ALLOWED_SKIP" "$GC_WORK/tests.result.json" "$nccl_xml" "$nccl_rc" <<'EOF'
+  python3 - "$xml" "$rc" "$GC_DRY" "$GC_ALLOWED_SKIP" "$GC_WORK/tests.result.json" "$nccl_xml" "$nccl_rc" \
+    "$GC_WORK/cuda_tests.log" <<'EOF'
 import json, re, sys
 import xml.etree.ElementTree as ET
 xml, rc, dry, allowed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
-nccl_xml, nccl_rc = sys.argv[6], int(sys.argv[7])
+nccl_xml, nccl_rc, log = sys.argv[6], int(sys.argv[7]), sys.argv[8]
+try:  # what the FusionCuda tests say cuBLASLt's epilogue took ("[ cuBLASLt ] f64: 48 of 48 ...")
+    lt = [l.split("]", 1)[1].strip() for l in open(log, errors="replace") if l.startswith("[ cuBLASLt ]")]
+except OSError:
+    lt = []
 passed, failed, bad_skips, ok_skips = [], [], [], []
 try:
     root = ET.parse(xml).getroot()
@@ -248,6 +253,8 @@ else:
         summary += ": failed " + ", ".join(failed[:6]) + (" ..." if len(failed) > 6 else "")
     if rc not in (0, 1):
         summary += f" (exit {rc}{': timed out' if rc in (124, 137) else ''})"
+    if lt:
+        summary += "; cuBLASLt epilogue: " + "; ".join(lt)
 res = {"status": status, "summary": summary, "passed": len(passed), "failed": len(failed),
        "skipped": len(bad_skips) + len(ok_skips), "expected_skips": len(ok_skips), "total": total,
        "failed_tests": failed, "unexpected_skips": bad_skips[:20] if not dry else len(bad_skips)}
