@@ -5,6 +5,7 @@
 # usage: bench/gpu_vs_torch.sh [--device cuda:0|cpu] [--models "mlp cnn"] [--batches "64 512"]
 #                              [--runs R] [--steps N] [--warmup W] [--data-dir DIR] [--synthetic]
 #                              [--json FILE] [--time-limit S] [--no-compile] [--ringflow PATH]
+#                              [--train-args "ARGS"]
 #   --device D      cuda:N (default cuda:0) or cpu (a dry run of the script without a GPU)
 #   --models LIST   space separated (default "mlp cnn");  --batches LIST (default "64 512")
 #   --runs R        ringflow processes per (model, batch), PyTorch timed runs; medians (default 3)
@@ -14,6 +15,7 @@
 #   --json FILE     also write the per-(model, batch) JSON lines to FILE
 #   --time-limit S  start nothing new after S seconds (0: none); what did not run is reported
 #   --no-compile    skip torch.compile;  --ringflow PATH  the binary (default build/ringflow)
+#   --train-args A  more flags for every `ringflow train` run
 # Environment: PYTHON (default: the first of python3, /usr/bin/python3 that imports torch).
 #
 # Same training on both sides: Fashion-MNIST, shuffled batches, cross-entropy, momentum SGD (lr 0.05
@@ -38,10 +40,11 @@ json_out=""
 time_limit=0
 compile=1
 rf=build/ringflow
+train_args=()
 
 BENCH_NAME=gpu_vs_torch
 source bench/lib.sh
-usage() { sed -n '4,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 while (($#)); do
   case "$1" in
@@ -57,6 +60,7 @@ while (($#)); do
     --time-limit) (($# >= 2)) || usage; time_limit="$2"; shift 2 ;;
     --no-compile) compile=0; shift ;;
     --ringflow) (($# >= 2)) || usage; rf="$2"; shift 2 ;;
+    --train-args) (($# >= 2)) || usage; read -r -a train_args <<<"$2"; shift 2 ;;
     -h|--help) usage ;;
     *) echo "gpu_vs_torch: unknown argument '$1'" >&2; usage ;;
   esac
@@ -192,6 +196,7 @@ for m in "${model_list[@]}"; do
              --device "$device" --quiet --metrics "$out.metrics" --metrics-every "$every")
         [[ "$v" == ringflow-cuda-graph ]] && cmd+=(--cuda-graph)
         [[ "$v" == ringflow-unfused ]] && cmd+=(--fuse-epilogues off)
+        cmd+=("${train_args[@]}")
         rc=0
         timeout -k 5 "$lim" "${cmd[@]}" >"$out.json" 2>"$out.err" || rc=$?
         record_run "$v" "$m" "$b" "$r" "$rc" "$out.json" "$out.err" "$out.metrics" "$warmup"

@@ -4,6 +4,7 @@
 #
 # usage: scripts/gpu_check.sh [--dry-run] [--skip-build] [--data-dir DIR] [--budget S]
 #                             [--only "STAGES"] [--skip "STAGES"] [--build-dir DIR] [--deps-dir DIR]
+#                             [--train-args "ARGS"]
 #   --dry-run        no GPU needed: every stage runs what it can on the CPU (the "GPU" side of the
 #                    loss comparison is the CPU with 1 thread, the benchmark is tiny and on the
 #                    CPU, the sanitizer is skipped) -- for testing this script anywhere
@@ -13,6 +14,8 @@
 #   --budget S       seconds for everything (default 540, under the device tool's 600 s per command)
 #   --only/--skip    stages by name: build tests diff sanitize bench profile
 #   --build-dir DIR  (default build);  --deps-dir DIR  carried .deb files (default data/debs)
+#   --train-args A   more `ringflow train` flags for every run of diff, sanitize, bench and profile
+#                    (e.g. "--fuse-epilogues off" to prove the rest while a fused path is suspect)
 # Stages (each time-boxed; a failing stage does not stop the later ones; the report is printed
 # and written at the end whatever happens, and after every stage):
 #   build     cmake Release, sm_90, MPI optional, targets ringflow + ringflow_tests (+ ringflow_nccl_tests), -j$(nproc)
@@ -268,8 +271,10 @@ train_run() {
   local name="$1" t="$2" rc=0
   shift 2
   if ((t < 5)); then echo "not run: no time left" >"$GC_WORK/$name.err"; return 124; fi
-  echo "+ ringflow train $*" >"$GC_WORK/$name.err"
-  timeout -k 5 "$t" "$GC_BUILD/ringflow" train "$@" >"$GC_WORK/$name.json" 2>>"$GC_WORK/$name.err" || rc=$?
+  local extra=()
+  read -r -a extra <<<"${GC_TRAIN_ARGS:-}"
+  echo "+ ringflow train $* ${extra[*]}" >"$GC_WORK/$name.err"
+  timeout -k 5 "$t" "$GC_BUILD/ringflow" train "$@" "${extra[@]}" >"$GC_WORK/$name.json" 2>>"$GC_WORK/$name.err" || rc=$?
   return "$rc"
 }
 
@@ -513,6 +518,7 @@ stage_bench() {
   local tl=$(($(left) - 10))
   ((tl >= 1)) || tl=1
   local args=(--ringflow "$GC_BUILD/ringflow" --json "$GC_WORK/bench.jsonl" --time-limit "$tl")
+  [[ -n "${GC_TRAIN_ARGS:-}" ]] && args+=(--train-args "$GC_TRAIN_ARGS")
   if [[ -n "$GC_DATA_DIR" ]]; then args+=(--data-dir "$GC_DATA_DIR"); else args+=(--synthetic); fi
   if ((GC_DRY)); then
     args+=(--device cpu --runs 2 --steps 5 --warmup 2 --batches 64)
@@ -603,8 +609,8 @@ fi
 # ------------------------------------------------------------------------------------------
 # Parent: options, pre-flight, stages, report.
 # ------------------------------------------------------------------------------------------
-dry=0 skip_build=0 data_dir="" budget=540 only="" skip="" build_dir=build deps_dir=data/debs
-usage() { sed -n '4,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+dry=0 skip_build=0 data_dir="" budget=540 only="" skip="" build_dir=build deps_dir=data/debs train_args=""
+usage() { sed -n '4,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while (($#)); do
   case "$1" in
     --dry-run) dry=1; shift ;;
@@ -615,6 +621,7 @@ while (($#)); do
     --skip) (($# >= 2)) || usage; skip="$2"; shift 2 ;;
     --build-dir) (($# >= 2)) || usage; build_dir="$2"; shift 2 ;;
     --deps-dir) (($# >= 2)) || usage; deps_dir="$2"; shift 2 ;;
+    --train-args) (($# >= 2)) || usage; train_args="$2"; shift 2 ;;
     -h|--help) usage ;;
     *) echo "gpu_check: unknown argument '$1'" >&2; usage ;;
   esac
@@ -724,6 +731,7 @@ fi
 
 deps_note="$deps_note; cuDNN: $cudnn_note"
 export GC_WORK="$WORK" GC_BUILD="$BUILD" GC_DRY="$dry" GC_SKIP_BUILD="$skip_build" GC_DATA_DIR="$data_dir"
+export GC_TRAIN_ARGS="$train_args"
 export GC_DIFF_STEPS=200 GC_TOL=1e-3 GC_DIFF_STRICT=10 GC_DIFF_LATE_TOL=0.05 GC_ALLOWED_SKIP='CUDA device is present'
 # TF32 off everywhere (ringflow's default, runtime/cuda_options.h; this also forces cuBLAS/cuDNN
 # in PyTorch to full fp32).
