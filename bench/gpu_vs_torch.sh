@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Training throughput on one GPU: ringflow (and ringflow --cuda-graph, where the build has it) vs
-# PyTorch eager and torch.compile, MLP and CNN, several batch sizes; prints samples/s and ratios.
+# Training throughput on one GPU: ringflow (and ringflow --cuda-graph and --fuse-epilogues off,
+# where the build has them) vs PyTorch eager and torch.compile, MLP and CNN, several batch sizes;
+# prints samples/s and ratios.
 #
 # usage: bench/gpu_vs_torch.sh [--device cuda:0|cpu] [--models "mlp cnn"] [--batches "64 512"]
 #                              [--runs R] [--steps N] [--warmup W] [--data-dir DIR] [--synthetic]
@@ -44,7 +45,7 @@ train_args=()
 
 BENCH_NAME=gpu_vs_torch
 source bench/lib.sh
-usage() { sed -n '4,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '5,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 while (($#)); do
   case "$1" in
@@ -114,7 +115,9 @@ if [[ "$device" != cpu ]] && grep -q -- '--cuda-graph' <<<"$rf_help"; then
 fi
 # The same step without epilogue fusion: what the fused MatMul/Conv2D -> BiasAdd -> Relu steps
 # (cuBLASLt's bias/ReLU epilogue for dense layers) are worth, measured in the same run.
-if [[ "$device" != cpu ]] && grep -q -- '--fuse-epilogues' <<<"$rf_help"; then
+# (Not when --train-args sets --fuse-epilogues itself: every run is then what it says.)
+if [[ "$device" != cpu ]] && grep -q -- '--fuse-epilogues' <<<"$rf_help" &&
+   [[ " ${train_args[*]} " != *" --fuse-epilogues "* ]]; then
   variants+=(ringflow-unfused)
 fi
 if [[ -n "$data_dir" ]]; then data_args=(--data fashion-mnist --data-dir "$data_dir"); else data_args=(--data synthetic); fi

@@ -89,8 +89,14 @@ std::string output_problem(const std::string& path, bool replaced = true) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::is_directory(path, ec)) return "it is a directory";
-  if (replaced && fs::exists(fs::symlink_status(path, ec)) && !fs::is_regular_file(path, ec))
+  // rename() replaces a symlink itself, never its target: only a device, FIFO or socket in the
+  // path's own place is refused.
+  const fs::file_status own = fs::symlink_status(path, ec);
+  if (replaced && fs::exists(own) && !fs::is_symlink(own) && !fs::is_regular_file(own))
     return "it exists and is not a regular file";
+  // A stream written in place (metrics): an existing file, FIFO or device only has to take writes.
+  if (!replaced && fs::exists(fs::status(path, ec)))
+    return ::access(path.c_str(), W_OK) == 0 ? "" : std::strerror(errno);
   const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
   if (!fs::is_directory(parent, ec)) return "no directory " + parent.string();
   const std::string probe = path + ".probe." + std::to_string(::getpid());

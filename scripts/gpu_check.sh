@@ -452,9 +452,11 @@ stage_sanitize() {
     fi
     log "sanitize: $tool $m ($n steps)"
     rc=0
+    local extra=()
+    read -r -a extra <<<"${GC_TRAIN_ARGS:-}"
     timeout -k 5 "$t" "$cs" --tool "$tool" --print-limit 20 "$GC_BUILD/ringflow" train --model "$m" \
       --device cuda:0 --data synthetic --synthetic-train 2048 --batch 64 --max-steps "$n" --epochs 1 \
-      --seed 7 --quiet >"$out" 2>&1 || rc=$?
+      --seed 7 --quiet "${extra[@]}" >"$out" 2>&1 || rc=$?
     tail -n 5 "$out"
     printf '%s\t%s\t%s\t%s\n' "$tool" "$m" "$rc" "$out" >>"$GC_WORK/sanitize.tsv"
   done

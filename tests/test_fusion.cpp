@@ -191,11 +191,10 @@ std::vector<float> random_vec(i64 n, unsigned seed) {
 }
 
 // C = [relu](op(A) op(B) + bias) by GemmEpilogue against the CPU's gemm + bias (+ ReLU), for T
-// (TF32 for float when tf32). In float the Session's geometries (tight leading dimensions) must
-// run on cuBLASLt; padded ones, and double (whose epilogue support is cuBLASLt's choice), may be
-// refused, and are compared whenever they run.
+// (TF32 for float when tf32). In float without TF32 the tight geometries of the MLP's first layer
+// (64x256x784, every dimension a multiple of 16) must run on cuBLASLt; the rest (odd or padded
+// leading dimensions, TF32, double) are cuBLASLt's choice, compared whenever they run.
 template <class T> void check_gemm_epilogue(bool tf32, double tol) {
-  constexpr bool must_run = sizeof(T) == 4;
   auto lt = static_cast<cublasLtHandle_t>(cuda::cublaslt_handle(0));
   auto st = static_cast<cudaStream_t>(cuda::compute_stream(0));
   void* ws = cuda::workspace(0, kc::kGemmEpilogueWorkspace);
@@ -238,8 +237,8 @@ template <class T> void check_gemm_epilogue(bool tf32, double tol) {
                                      " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) +
                                      " relu=" + std::to_string(relu) + " pad=" + std::to_string(pad);
             const bool ran = run();
-            if (must_run && pad == 0) {
-              EXPECT_TRUE(ran) << what << ": cuBLASLt refused a tight geometry";
+            if (sizeof(T) == 4 && !tf32 && pad == 0 && c.m == 64) {
+              EXPECT_TRUE(ran) << what << ": cuBLASLt refused the MLP's first layer";
             }
             ran_count += ran;
             if (!ran) {
@@ -294,10 +293,11 @@ TEST(FusionCuda, TrainingStepsMatchCpu) {
     size_t chains = 0;
     const int64_t launches = kc::gemm_epilogue_launches();
     const auto gpu = net.run(Device::cuda(0), true, &chains);
-    // The two dense layers ran as cuBLASLt epilogue matmuls (f32 must; f64 may fall back).
+    // The dense layers ran as cuBLASLt epilogue matmuls: fc1 (8x16x144) at least in f32, in each
+    // of the 3 steps; fc2's 5-wide rows (20-byte leading dimension) and f64 are cuBLASLt's choice.
     const int64_t ran = kc::gemm_epilogue_launches() - launches;
     if (dt == DType::F32) {
-      EXPECT_EQ(ran, 6) << "2 dense layers x 3 steps";
+      EXPECT_GE(ran, 3) << "fc1 x 3 steps";
     }
     std::printf("[ cuBLASLt ] %s training: %lld epilogue matmuls\n", dtype_name(dt), static_cast<long long>(ran));
     const auto gpu_plain = net.run(Device::cuda(0), false);
