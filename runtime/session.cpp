@@ -17,10 +17,10 @@ bool is_update(Op op) { return op == Op::ApplySGD || op == Op::ApplyMomentum || 
 
 // One node of a plan with its bound tensors (pointers into Plan::values, which never moves).
 struct PlanStep {
-  enum class Kind : unsigned char { Kernel, Feed, Const, Var, Init, View, Fused };
+  enum class Kind : unsigned char { Kernel, Feed, Const, Var, Init, View };
   Kind kind = Kind::Kernel;
-  const Node* node = nullptr;  // Fused: the chain's last node
-  FusedChain* chain = nullptr;  // Fused only
+  const Node* node = nullptr;   // with a chain: the chain's last node
+  FusedChain* chain = nullptr;  // a Kernel step that runs a fused chain (Session::fuse_chains)
   int nin = 0, nout = 0;
   Tensor* in[8] = {};
   Tensor* out[2] = {};
@@ -320,14 +320,15 @@ void Session::fuse_chains(Plan& plan, const std::vector<Value>& fetches) {
     const size_t i = value_of(node.id, 0);
     if (uses[i] != 1 || bound_outputs_.count(int64_t(node.id) * 8)) return nullptr;
     PlanStep& r = plan.steps[size_t(reader[i])];
-    if (r.kind != PlanStep::Kind::Kernel || r.node->op != op || size_t(reader[i]) >= plan.first_update)
+    if (r.kind != PlanStep::Kind::Kernel || r.chain || r.node->op != op || size_t(reader[i]) >= plan.first_update)
       return nullptr;
     return &r;
   };
   std::vector<char> drop(plan.steps.size(), 0);
   for (size_t si = 0; si < plan.first_update; ++si) {
     PlanStep& root = plan.steps[si];
-    if (root.kind != PlanStep::Kind::Kernel || (root.node->op != Op::MatMul && root.node->op != Op::Conv2D)) continue;
+    if (root.kind != PlanStep::Kind::Kernel || root.chain || (root.node->op != Op::MatMul && root.node->op != Op::Conv2D))
+      continue;
     PlanStep* bias = sole_reader(*root.node, Op::BiasAdd);
     if (!bias || bias->node->inputs[0].node != root.node->id) continue;  // the product must be x, not the bias
     PlanStep* relu = sole_reader(*bias->node, Op::Relu);
@@ -341,7 +342,6 @@ void Session::fuse_chains(Plan& plan, const std::vector<Value>& fetches) {
     plan.values[value_of(root.node->id, 0)] = Tensor();
     if (relu) plan.values[value_of(bias->node->id, 0)] = Tensor();
     Tensor* const bias_value = bias->in[1];  // read before `last` (maybe *bias) is rewritten
-    last.kind = PlanStep::Kind::Fused;
     last.chain = chain.get();
     last.nin = root.nin + 1;
     std::copy(root.in, root.in + root.nin, last.in);
@@ -511,7 +511,6 @@ void Session::execute(Plan& plan, const RunOptions* options) {
         }
         break;
       }
-      case PlanStep::Kind::Fused:
       case PlanStep::Kind::Kernel: {
         // On a CUDA device a traced run waits for each op, so its span is the op's device time
         // (a blocking profile: slower than an untraced step, and no overlap between ops).
