@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Training throughput on one GPU: ringflow (and ringflow --cuda-graph and --fuse-epilogues off,
-# where the build has them) vs PyTorch eager and torch.compile, MLP and CNN, several batch sizes;
+# Training throughput on one GPU: ringflow (its default, which replays the step as a CUDA graph, and
+# --cuda-graph off and --fuse-epilogues off, where the build has them) vs PyTorch eager and torch.compile, MLP and CNN, several batch sizes;
 # prints samples/s and ratios.
 #
 # usage: bench/gpu_vs_torch.sh [--device cuda:0|cpu] [--models "mlp cnn"] [--batches "64 512"]
@@ -110,8 +110,11 @@ records="$tmp/records.jsonl"   # one line per ringflow run
 
 variants=(ringflow)
 rf_help="$("$rf" train --help 2>&1 || true)"
-if [[ "$device" != cpu ]] && grep -q -- '--cuda-graph' <<<"$rf_help"; then
-  variants+=(ringflow-cuda-graph)
+# The eager step (--cuda-graph off; the default, auto, captures one replica's step on a GPU): what
+# the graph is worth. (Not when --train-args sets --cuda-graph itself.)
+if [[ "$device" != cpu ]] && grep -q -- '--cuda-graph' <<<"$rf_help" &&
+   [[ " ${train_args[*]} " != *" --cuda-graph "* ]]; then
+  variants+=(ringflow-no-graph)
 fi
 # The same step without epilogue fusion: what the fused MatMul/Conv2D -> BiasAdd -> Relu steps
 # (cuBLASLt's bias/ReLU epilogue for dense layers) are worth, measured in the same run.
@@ -160,6 +163,7 @@ else:
     rec["sps"] = summary["samples_per_second"]
     rec["steps"] = summary.get("steps")
     rec["device"] = summary.get("device")
+    rec["cuda_graph"] = summary.get("cuda_graph")
     # Steady state: the steps after the warm-up, from the cumulative samples/s of the metrics lines
     # (time to step k = k * batch / sps_k).
     pts = {}
@@ -197,7 +201,7 @@ for m in "${model_list[@]}"; do
         cmd=("$rf" train --model "$m" --batch "$b" --max-steps "$total" --epochs 100000 "${data_args[@]}"
              --optimizer momentum --lr 0.05 --momentum 0.9 --lr-schedule constant --seed 0
              --device "$device" --quiet --metrics "$out.metrics" --metrics-every "$every")
-        [[ "$v" == ringflow-cuda-graph ]] && cmd+=(--cuda-graph)
+        [[ "$v" == ringflow-no-graph ]] && cmd+=(--cuda-graph off)
         [[ "$v" == ringflow-unfused ]] && cmd+=(--fuse-epilogues off)
         cmd+=("${train_args[@]}")
         rc=0
@@ -262,7 +266,7 @@ for model, batch in keys:
     res = {"bench": "gpu_vs_torch", "model": model, "batch": batch, "device": device, "gpu": gpu,
            "data": data, "runs": int(runs), "steps": int(steps), "warmup": int(warmup)}
     notes = []
-    for impl, key in (("ringflow", "ringflow"), ("ringflow-cuda-graph", "ringflow_cuda_graph"),
+    for impl, key in (("ringflow", "ringflow"), ("ringflow-no-graph", "ringflow_no_graph"),
                       ("ringflow-unfused", "ringflow_unfused")):
         rs = [r for r in mine if r["impl"] == impl]
         if not rs:
@@ -273,6 +277,8 @@ for model, batch in keys:
         notes += [f"{impl}: {e}" for e in errs]
         if impl == "ringflow" and (errs or res[key + "_sps"] is None):
             ok = False
+        if impl == "ringflow":  # did the default (--cuda-graph auto) replay a captured step?
+            res["ringflow_cuda_graph"] = any(r.get("cuda_graph") is True for r in rs)
     for v in ("eager", "compile"):
         t = tor.get(v)
         res[f"torch_{v}_sps"] = t.get("samples_per_second") if t else None
@@ -285,8 +291,10 @@ for model, batch in keys:
     for v in ("eager", "compile"):
         res[f"ratio_{v}"] = ratio(res.get("ringflow_sps"), res[f"torch_{v}_sps"])
         res[f"ratio_{v}_steady"] = ratio(res.get("ringflow_steady_sps"), res[f"torch_{v}_sps"])
-        if "ringflow_cuda_graph_sps" in res:
-            res[f"cuda_graph_ratio_{v}"] = ratio(res.get("ringflow_cuda_graph_sps"), res[f"torch_{v}_sps"])
+        if "ringflow_no_graph_sps" in res:
+            res[f"no_graph_ratio_{v}_steady"] = ratio(res.get("ringflow_no_graph_steady_sps"), res[f"torch_{v}_sps"])
+    if "ringflow_no_graph_steady_sps" in res:  # > 1: the CUDA graph pays
+        res["graph_over_no_graph_steady"] = ratio(res.get("ringflow_steady_sps"), res["ringflow_no_graph_steady_sps"])
     if "ringflow_unfused_steady_sps" in res:  # > 1: the fused epilogues pay
         res["fused_over_unfused_steady"] = ratio(res.get("ringflow_steady_sps"), res["ringflow_unfused_steady_sps"])
     res["notes"] = notes
@@ -297,20 +305,20 @@ def f(v, fmt):
 
 print(f"\nringflow vs PyTorch on {gpu or device}: medians of {runs} run(s) of {steps} steps after {warmup} "
       f"warm-up; ratio = ringflow / torch")
-print("%-5s %6s  %-22s %12s %9s %10s" % ("model", "batch", "impl", "samples/s", "/eager", "/compile"))
+print("%-5s %6s  %-26s %12s %9s %10s" % ("model", "batch", "impl", "samples/s", "/eager", "/compile"))
 for r in out:
     rows = [("ringflow", r.get("ringflow_sps")), ("ringflow (steady)", r.get("ringflow_steady_sps"))]
-    if "ringflow_cuda_graph_sps" in r:
-        rows += [("ringflow --cuda-graph", r.get("ringflow_cuda_graph_sps")),
-                 ("  (steady)", r.get("ringflow_cuda_graph_steady_sps"))]
+    if "ringflow_no_graph_sps" in r:
+        rows += [("ringflow --cuda-graph off", r.get("ringflow_no_graph_sps")),
+                 ("  (steady)", r.get("ringflow_no_graph_steady_sps"))]
     if "ringflow_unfused_sps" in r:
         rows += [("ringflow unfused", r.get("ringflow_unfused_sps")),
                  ("  (steady)", r.get("ringflow_unfused_steady_sps"))]
     for name, v in rows:
-        print("%-5s %6d  %-22s %12s %9s %10s" % (r["model"], r["batch"], name, f(v, "%.1f"),
+        print("%-5s %6d  %-26s %12s %9s %10s" % (r["model"], r["batch"], name, f(v, "%.1f"),
               f(ratio(v, r["torch_eager_sps"]), "%.3f"), f(ratio(v, r["torch_compile_sps"]), "%.3f")))
     for name, key in (("torch eager", "torch_eager_sps"), ("torch.compile", "torch_compile_sps")):
-        print("%-5s %6d  %-22s %12s" % (r["model"], r["batch"], name, f(r[key], "%.1f")))
+        print("%-5s %6d  %-26s %12s" % (r["model"], r["batch"], name, f(r[key], "%.1f")))
     for n in r["notes"]:
         print(f"      note: {n}")
 print()

@@ -164,8 +164,13 @@ int main(int argc, char** argv) {
                  "cuBLASLt matmul with the bias/ReLU epilogue)")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
-  tr->add_flag("--cuda-graph", c.cuda_graph,
-               "CUDA, one replica: capture a training step as a CUDA graph after two warm-up steps and replay it");
+  tr->add_option("--cuda-graph", c.cuda_graph,
+                 "capture the training step as a CUDA graph after two warm-up steps and replay it (auto: where "
+                 "it can, i.e. one replica on a GPU without --timeline; a bare --cuda-graph means on)")
+      ->expected(0, 1)
+      ->default_str("on")  // the value of a bare --cuda-graph; the default is c.cuda_graph's "auto"
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->option_text("[auto|on|off]=auto");
 
   try {
     app.parse(argc, argv);

@@ -54,6 +54,8 @@ void validate(const TrainConfig& c) {
   collective::parse_fuse(c.fuse_update);  // throws on anything but auto|on|off
   RF_CHECK(c.fuse_epilogues == "on" || c.fuse_epilogues == "off", "--fuse-epilogues must be on or off, got '",
            c.fuse_epilogues, "'");
+  RF_CHECK(c.cuda_graph == "auto" || c.cuda_graph == "on" || c.cuda_graph == "off",
+           "--cuda-graph must be auto, on or off, got '", c.cuda_graph, "'");
   RF_CHECK(!c.no_gradient_exchange || c.check_every == 0,
            "--no-gradient-exchange lets the replicas drift apart: it does not combine with --check-every");
   RF_CHECK(c.weight_decay >= 0 && std::isfinite(c.weight_decay), "--weight-decay must be >= 0, got ", c.weight_decay);
@@ -314,6 +316,7 @@ struct Setup {
   int64_t local_batch = 0;
   collective::CompressSpec compress;
   Device device = Device::cpu();
+  bool cuda_graph = false;  // --cuda-graph resolved: the training step is captured and replayed
   FashionMnist data;
   Model m;
   TrainOp t;
@@ -337,10 +340,6 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
            "--fuse-update on needs 2 or more ranks (one replica exchanges no gradients)");
   s.device = Device::parse(c.device);
   if (s.device.is_cuda() && comm.size() > 1) s.device = Device::cuda(comm.local_rank() % cuda_device_count());
-  RF_CHECK(!c.cuda_graph || s.device.is_cuda(), "--cuda-graph needs a CUDA device (--device cuda)");
-  RF_CHECK(!c.cuda_graph || comm.size() == 1, "--cuda-graph supports one replica for now");
-  RF_CHECK(!c.cuda_graph || c.timeline_path.empty(),
-           "--cuda-graph cannot record a --timeline (a replayed step has no per-op spans)");
   if (c.data == "fashion-mnist") {
     s.data = load_fashion_mnist(c.data_dir);
     for (const Dataset* d : {&s.data.train, &s.data.test})
@@ -371,6 +370,15 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
         break;
       }
   }
+  // --cuda-graph auto: wherever `on` is accepted. The Reducer's hooks (several replicas) and the
+  // timeline's per-op spans need the host inside the step; the models have no Dropout or host feed.
+  const bool graph_on = c.cuda_graph == "on";
+  RF_CHECK(!graph_on || s.device.is_cuda(), "--cuda-graph on needs a CUDA device (--device cuda)");
+  RF_CHECK(!graph_on || comm.size() == 1, "--cuda-graph on supports one replica for now");
+  RF_CHECK(!graph_on || c.timeline_path.empty(),
+           "--cuda-graph on cannot record a --timeline (a replayed step has no per-op spans)");
+  s.cuda_graph = graph_on || (c.cuda_graph == "auto" && s.device.is_cuda() && comm.size() == 1 &&
+                              c.timeline_path.empty());
   if (comm.size() > 1 && s.device.is_cuda()) {
     RF_CHECK(c.collective == "auto" || c.collective == "nccl", "--collective ", c.collective,
              " reduces host memory; replicas on GPUs use --collective nccl (or auto)");
@@ -510,7 +518,7 @@ nlohmann::json train(const TrainConfig& c) {
       gpu->options.before_update = step_options->before_update;
       gpu->options.timeline = step_options->timeline;
     }
-    gpu->options.cuda_graph = c.cuda_graph;
+    gpu->options.cuda_graph = setup.cuda_graph;
     step_options = &gpu->options;
   }
   const Stream step_stream = compute_stream(device);
@@ -616,7 +624,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["final_loss"] = final_loss;
   s["param_norm"] = param_norm(sess, g);
   s["compress"] = world > 1 ? compress.str() : "none";  // one replica exchanges no gradients
-  s["cuda_graph"] = c.cuda_graph;
+  s["cuda_graph"] = setup.cuda_graph;  // what ran, --cuda-graph auto resolved
   s["chains_fused"] = sess.chains_fused();
   // What this rank sent per step (mean over the run), as a bandwidth-optimal ring sends it, and
   // what the uncompressed allreduce would send.

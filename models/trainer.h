@@ -43,7 +43,8 @@ struct TrainConfig {
   std::string compress = "none";    // none | fp16 | bf16 | powersgd:RANK | topk:RATIO
   int64_t compress_warmup = 0;      // powersgd/topk: plain allreduce steps first
   double compress_momentum = 0;     // topk: DGC momentum correction factor (0: off)
-  bool cuda_graph = false;          // replay each training step as a captured CUDA graph
+  std::string cuda_graph = "auto";  // auto | on | off: replay each training step as a captured CUDA graph
+                                    // (auto: where it can, i.e. one replica on a GPU without --timeline)
   std::string fuse_epilogues = "on"; // on | off: MatMul/Conv2D -> BiasAdd [-> Relu] run as one step
   std::string fuse_update = "auto"; // auto | on | off: updates average the peers' gradients in place (one node)
   bool no_gradient_exchange = false; // diagnostics: replicas skip the gradient exchange (and drift apart)

@@ -32,9 +32,9 @@
 #             CPU's own f32 run (the control: f32 on the CPU drifts as far, 1.6e-2 against 1.9e-2)
 #   sanitize  compute-sanitizer memcheck (then racecheck, synccheck while time allows), 20 steps
 #             MLP and CNN on synthetic data: clean or the error count
-#   bench     bench/gpu_vs_torch.sh: ringflow (and --cuda-graph and --fuse-epilogues off, when
-#             `ringflow train --help` lists them) vs PyTorch eager and torch.compile, batch 64 and
-#             512, medians of 3 runs
+#   bench     bench/gpu_vs_torch.sh: ringflow (its default replays the step as a CUDA graph; also
+#             --cuda-graph off and --fuse-epilogues off, when `ringflow train --help` lists them)
+#             vs PyTorch eager and torch.compile, batch 64 and 512, medians of 3 runs
 #   profile   where a CNN step at batch 512 spends its device time: 30 steps with --timeline (a
 #             blocking profile on the GPU), steps 11-30 summed per op type; the top ones in the
 #             report (PASS when the run and the trace are there: it measures, it does not judge)
@@ -337,7 +337,7 @@ def err(name):
     errs = [l for l in lines if "error" in l.lower()]
     return ((errs or lines or ["no output"])[-1])[:200]
 
-res, parts, ok = {}, [], True
+res, parts, ok, graphed = {}, [], True, []
 for m, dt in (("mlp", "f32"), ("cnn", "f32"), ("cnn", "f64")):
     whole_run = (m, dt) != ("cnn", "f32")  # held to the tolerance at every step
     key = f"{m}-{dt}"
@@ -374,6 +374,8 @@ for m, dt in (("mlp", "f32"), ("cnn", "f32"), ("cnn", "f64")):
     late = rel(sum(a[k] for k in tail) / len(tail), sum(b[k] for k in tail) / len(tail)) if tail else float("nan")
     sa, sb = summary(os.path.join(work, f"diff-{key}-gpu.json")), summary(os.path.join(work, f"diff-{key}-cpu.json"))
     pn = rel(sa["param_norm"], sb["param_norm"]) if sa and sb and sb.get("param_norm") else float("nan")
+    if sa and sa.get("cuda_graph"):
+        graphed.append(key)
     r.update({"steps_compared": len(common), "max_rel_diff": worst, "at_step": at,
               "max_rel_diff_first_steps": worst_strict, "strict_steps": strict, "at_step_strict": at_strict,
               "last50_mean_loss_rel_diff": late, "param_norm_rel_diff": pn,
@@ -419,7 +421,8 @@ for m, dt in (("mlp", "f32"), ("cnn", "f32"), ("cnn", "f64")):
         txt += f" (expected {steps})"
     parts.append(txt)
     res[key] = r
-label = "cpu(1 thread) vs cpu" if dry else "gpu vs cpu"
+label = "cpu(1 thread) vs cpu" if dry else ("gpu (CUDA graph) vs cpu" if graphed and len(graphed) == len(res)
+                                              else "gpu vs cpu")
 out = {"status": "PASS" if ok else "FAIL", "summary": f"{label}: " + "; ".join(parts),
        "tol": tol, "late_tol": late_tol, "strict_steps": strict, "steps": steps, "models": res}
 json.dump(out, open(os.path.join(work, "diff.result.json"), "w"))
@@ -548,8 +551,8 @@ for r in rows:
     s = (f'{r["model"]}/{r["batch"]}: {f(r.get("ratio_eager_steady"))} eager, '
          f'{f(r.get("ratio_compile_steady"))} compile steady; whole run {f(r.get("ratio_eager"))}/'
          f'{f(r.get("ratio_compile"))}')
-    if "cuda_graph_ratio_eager" in r:
-        s += f' (--cuda-graph {f(r.get("cuda_graph_ratio_eager"))}/{f(r.get("cuda_graph_ratio_compile"))})'
+    if "no_graph_ratio_eager_steady" in r:
+        s += f' (--cuda-graph off: {f(r.get("no_graph_ratio_eager_steady"))} eager steady)'
     parts.append(s)
 summary = "ringflow/torch " + "; ".join(parts) if parts else "no results"
 if rc:
@@ -797,17 +800,19 @@ for s in stages:
 bench = next((s for s in stages if s["stage"] == "bench"), {})
 if bench.get("rows"):
     lines += ["", "bench (samples/s; ratio = ringflow / torch; st/eager: ringflow's steady state / eager;",
+              "       no-graph: steady state with --cuda-graph off; graph: steady / no-graph;",
               "       fuse: steady state with epilogue fusion / --fuse-epilogues off):",
-              f"  {'model':<5} {'batch':>5} {'ringflow':>10} {'steady':>10} {'rf+graph':>10} {'eager':>10} {'compile':>10}"
-              f" {'rf/eager':>8} {'rf/comp':>8} {'st/eager':>8} {'fuse':>6}"]
+              f"  {'model':<5} {'batch':>5} {'ringflow':>10} {'steady':>10} {'no-graph':>10} {'eager':>10} {'compile':>10}"
+              f" {'rf/eager':>8} {'rf/comp':>8} {'st/eager':>8} {'graph':>6} {'fuse':>6}"]
     def f(v, fmt="%.0f"):
         return "n/a" if v is None else fmt % v
     for r in bench["rows"]:
         lines.append(f"  {r['model']:<5} {r['batch']:>5} {f(r.get('ringflow_sps')):>10} {f(r.get('ringflow_steady_sps')):>10}"
-                     f" {f(r.get('ringflow_cuda_graph_sps')) if 'ringflow_cuda_graph_sps' in r else '-':>10}"
+                     f" {f(r.get('ringflow_no_graph_steady_sps')) if 'ringflow_no_graph_steady_sps' in r else '-':>10}"
                      f" {f(r.get('torch_eager_sps')):>10} {f(r.get('torch_compile_sps')):>10}"
                      f" {f(r.get('ratio_eager'), '%.3f'):>8} {f(r.get('ratio_compile'), '%.3f'):>8}"
                      f" {f(r.get('ratio_eager_steady'), '%.3f'):>8}"
+                     f" {f(r.get('graph_over_no_graph_steady'), '%.3f') if 'graph_over_no_graph_steady' in r else '-':>6}"
                      f" {f(r.get('fused_over_unfused_steady'), '%.3f') if 'fused_over_unfused_steady' in r else '-':>6}")
 text = "\n".join(lines) + "\n"
 open(os.path.join(work, "report.txt"), "w").write(text)

@@ -64,6 +64,8 @@ expect_error "topk ratio out of range" "topk" "${common[@]}" --data-dir "$tmp/go
 expect_error "compress needs f32" "dtype f32" "${common[@]}" --data-dir "$tmp/good" --compress fp16 --dtype f64
 expect_error "bad --fuse-update" "fuse-update" "${common[@]}" --data-dir "$tmp/good" --fuse-update maybe
 expect_error "bad --fuse-epilogues" "fuse-epilogues" "${common[@]}" --data-dir "$tmp/good" --fuse-epilogues maybe
+expect_error "bad --cuda-graph" "cuda-graph" "${common[@]}" --data-dir "$tmp/good" --cuda-graph maybe
+expect_error "bare --cuda-graph (on) on the CPU" "--cuda-graph on needs a CUDA device" "${common[@]}" --data-dir "$tmp/good" --device cpu --cuda-graph
 expect_error "no exchange with a replica check" "check-every" "${common[@]}" --data-dir "$tmp/good" --no-gradient-exchange --check-every 5
 expect_error "unknown collective" "gloo" "${common[@]}" --data-dir "$tmp/good" --collective gloo
 expect_error "images not 28x28" "14x14" "${common[@]}" --data-dir "$tmp/small"

@@ -4,6 +4,7 @@
 // (index batches, refusals) run everywhere.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -291,14 +292,28 @@ TEST(CudaGraph, TrainerGraphMatchesEagerAndCpu) {
   c.progress = false;
   c.threads = 2;
   c.device = "cuda";
+  c.cuda_graph = "off";
   const auto eager = train(c);
-  c.cuda_graph = true;
+  EXPECT_FALSE(eager["cuda_graph"].get<bool>());
+  c.cuda_graph = "on";
   const auto graphed = train(c);
   for (const char* key : {"final_loss", "param_norm", "test_accuracy", "test_loss"})
     EXPECT_EQ(eager[key].get<double>(), graphed[key].get<double>()) << key;
   EXPECT_TRUE(graphed["cuda_graph"].get<bool>());
+  // The default, auto, captures a single replica's step on a GPU, and gives the same numbers.
+  c.cuda_graph = "auto";
+  const auto automatic = train(c);
+  EXPECT_TRUE(automatic["cuda_graph"].get<bool>());
+  EXPECT_EQ(automatic["final_loss"].get<double>(), eager["final_loss"].get<double>());
+  // ... but not where the host must run inside the step: a --timeline records every op.
+  const std::string trace = ::testing::TempDir() + "rf_graph_auto_timeline.json";
+  c.timeline_path = trace;
+  c.max_steps = 4;
+  EXPECT_FALSE(train(c)["cuda_graph"].get<bool>());
+  std::remove(trace.c_str());
+  c.timeline_path.clear();
   // Three steps: another batch would move the loss by percents, rounding by far less.
-  c.cuda_graph = false;
+  c.cuda_graph = "off";
   c.max_steps = 3;
   const double gpu_loss = train(c)["final_loss"].get<double>();
   c.device = "cpu";

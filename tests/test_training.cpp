@@ -69,6 +69,7 @@ TEST(Training, EpilogueFusionChangesNoBit) {
     const auto plain = train(c);
     EXPECT_GT(fused["chains_fused"].get<int64_t>(), 0) << model;
     EXPECT_EQ(plain["chains_fused"].get<int64_t>(), 0) << model;
+    EXPECT_FALSE(fused["cuda_graph"].get<bool>()) << model << ": --cuda-graph auto captures nothing on the CPU";
     for (const char* key : {"final_loss", "param_norm", "test_loss", "test_accuracy"})
       EXPECT_EQ(fused[key].get<double>(), plain[key].get<double>()) << model << " " << key;
   }
@@ -146,6 +147,12 @@ TEST(Training, BadConfigurationsAreOneLineErrors) {
   c = quick("mlp");
   c.device = "cuda:7";
   EXPECT_NE(msg(c).find("cuda:7"), std::string::npos);
+  c = quick("mlp");
+  c.cuda_graph = "sometimes";
+  EXPECT_NE(msg(c).find("--cuda-graph must be auto, on or off"), std::string::npos);
+  c = quick("mlp");
+  c.cuda_graph = "on";  // explicit on, on the CPU: refused (auto would just not capture)
+  EXPECT_NE(msg(c).find("--cuda-graph on needs a CUDA device"), std::string::npos);
 }
 
 TEST(Training, MetricsFileHasStepAndEpochLines) {
