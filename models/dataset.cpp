@@ -47,13 +47,21 @@ class GzReader {
   explicit GzReader(const std::string& path) : path_(path) {
     // open(2) first: gzopen does not reliably report why it failed, and "No such file" vs
     // "Permission denied" tells the user what to fix.
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) fail("cannot open ", path, ": ", std::strerror(errno), " (", kInstallHint, ")");
     struct stat st {};
-    if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    if (::fstat(fd, &st) != 0) {
+      const int e = errno;
       ::close(fd);
-      fail("cannot open ", path, ": it is a directory, not an IDX file (", kInstallHint, ")");
+      fail("cannot open ", path, ": ", std::strerror(e));
     }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      fail("cannot open ", path, ": it is ", S_ISDIR(st.st_mode) ? "a directory" : "not a regular file",
+           ", not an IDX file (", kInstallHint, ")");
+    }
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     f_ = gzdopen(fd, "rb");
     if (!f_) {
       ::close(fd);
@@ -180,9 +188,12 @@ Dataset load_idx_images_labels(const std::string& images_gz, const std::string& 
   d.classes = 10;
 
   // Pixels: decompress in 1 MiB chunks and convert through a table while the chunk is in cache,
-  // instead of holding the whole byte image next to the float image.
+  // instead of holding the whole byte image next to the float image. The buffer grows with the
+  // data that arrives (capacity first: reserving touches no memory), so a header that promises
+  // far more than the file holds costs no more than the file before the truncation check fires.
   const int64_t total = d.n * d.sample_size();
-  d.images.resize(static_cast<size_t>(total));
+  constexpr int64_t kFirstReserve = int64_t{1} << 26;  // floats: 256 MiB, Fashion-MNIST's 47M fit
+  d.images.reserve(static_cast<size_t>(std::min(total, kFirstReserve)));
   float lut[256];
   for (int i = 0; i < 256; ++i) lut[i] = static_cast<float>(i) / 255.0f;
   std::vector<unsigned char> chunk(1 << 20);
@@ -190,6 +201,9 @@ Dataset load_idx_images_labels(const std::string& images_gz, const std::string& 
   while (done < total) {
     int64_t want = std::min<int64_t>(total - done, static_cast<int64_t>(chunk.size()));
     int64_t got = img.read(chunk.data(), want);
+    if (done + got > static_cast<int64_t>(d.images.capacity()))
+      d.images.reserve(static_cast<size_t>(std::min(total, 2 * static_cast<int64_t>(d.images.capacity()))));
+    d.images.resize(static_cast<size_t>(done + got));
     float* out = d.images.data() + done;
     for (int64_t i = 0; i < got; ++i) out[i] = lut[chunk[i]];
     done += got;

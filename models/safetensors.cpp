@@ -153,12 +153,15 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
 
 std::map<std::string, LoadedTensor> load_safetensors(const std::string& path,
                                                      std::map<std::string, std::string>* metadata) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever. It has
+  // no effect on the regular file that is all we read (with pread).
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (fd.get() < 0) fail("cannot open checkpoint ", path, ": ", std::strerror(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0)
     fail("cannot open checkpoint ", path, ": ", std::strerror(errno));
   if (S_ISDIR(st.st_mode)) fail("cannot open checkpoint ", path, ": it is a directory");
+  if (!S_ISREG(st.st_mode)) fail("cannot open checkpoint ", path, ": it is not a regular file");
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8)
     fail(path, " is not a safetensors file: it has ", file_size,

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include "autodiff/optimizer.h"
@@ -176,8 +177,12 @@ double param_norm(Session& s, const Graph& g) {
   return std::sqrt(acc);
 }
 
-void load_checkpoint(Session& s, const Graph& g, const std::string& path) {
+// A checkpoint's Variables, read and checked against the model before training starts (so a bad
+// file is a set-up error that every rank agrees on): each trainable Variable by name, with the
+// model's dtype and shape, every value finite, and nothing else in the file.
+std::vector<std::pair<int, Tensor>> read_checkpoint(const Graph& g, const std::string& path) {
   auto tensors = load_safetensors(path);
+  std::vector<std::pair<int, Tensor>> out;
   for (int id : g.variables(true)) {
     const Node& n = g.node(id);
     auto it = tensors.find(n.name);
@@ -187,12 +192,21 @@ void load_checkpoint(Session& s, const Graph& g, const std::string& path) {
              dtype_name(n.attrs.dtype), n.attrs.shape.str());
     Tensor host(n.attrs.shape, n.attrs.dtype);
     std::memcpy(host.raw(), it->second.bytes.data(), host.nbytes());
-    s.variable(id).copy_from(host);
-    s.set_initialized(id);
+    auto check = [&](const auto* v) {
+      for (int64_t i = 0; i < host.numel(); ++i)
+        RF_CHECK(std::isfinite(v[i]), path, ": Variable '", n.name, "' holds ", double(v[i]), " at index ", i,
+                 " (the checkpoint is corrupt, or was saved from a run that diverged)");
+    };
+    if (host.dtype() == DType::F32)
+      check(host.data<float>());
+    else if (host.dtype() == DType::F64)
+      check(host.data<double>());
+    out.emplace_back(id, std::move(host));
     tensors.erase(it);
   }
   RF_CHECK(tensors.empty(), path, ": the checkpoint has '", tensors.begin()->first,
            "', which is not a Variable of this model");
+  return out;
 }
 
 void save_checkpoint(Session& s, const Graph& g, const std::string& path) {
@@ -320,6 +334,7 @@ struct Setup {
   FashionMnist data;
   Model m;
   TrainOp t;
+  std::vector<std::pair<int, Tensor>> init;  // --init-from's Variables (host), checked against m
 };
 
 // Everything bad input can break, found before the first collective of training (throws
@@ -396,9 +411,13 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
     const std::string why = collective::peer_window_blocker(comm);
     RF_CHECK(why.empty(), "--fuse-update on: ", why);
   }
-  if (!c.init_from.empty())
-    RF_CHECK(std::ifstream(c.init_from).good(), "cannot read --init-from ", c.init_from, ": ",
-             std::strerror(errno));
+  if (!c.init_from.empty()) {
+    try {
+      s.init = read_checkpoint(g, c.init_from);
+    } catch (const Error& e) {
+      fail("--init-from: ", e.what());
+    }
+  }
   if (comm.rank() == 0) {  // rank 0 writes every output file: each one is known writable before training
     if (!c.metrics_path.empty()) check_writable(c.metrics_path, "--metrics", false);  // a stream: a FIFO will do
     if (!c.timeline_path.empty()) check_writable(c.timeline_path, "--timeline");
@@ -452,7 +471,11 @@ nlohmann::json train(const TrainConfig& c) {
   Session sess(g, device);
   sess.set_fuse_epilogues(c.fuse_epilogues == "on");
   sess.run({}, {}, g.initializers());
-  if (!c.init_from.empty()) load_checkpoint(sess, g, c.init_from);
+  for (const auto& [id, host] : setup.init) {  // --init-from: read and checked in set_up
+    sess.variable(id).copy_from(host);
+    sess.set_initialized(id);
+  }
+  setup.init.clear();
   if (world > 1) collective::broadcast_variables(sess, grad_comm);
 
   std::unique_ptr<Timeline> timeline;
@@ -599,6 +622,18 @@ nlohmann::json train(const TrainConfig& c) {
   progress.done();
   final_loss = global_mean(final_loss, 0, 1).first;
   if (world > 1 && !c.no_gradient_exchange) collective::check_replicas(sess, *comm, step);
+  // The per-step check reads each step's loss before its update; the last update, and what it did
+  // to the test loss, are checked here, before anything is saved.
+  const double norm = param_norm(sess, g);
+  const double test_loss = eval_json.is_object() ? eval_json.value("test_loss", 0.0) : 0.0;
+  std::string diverged;
+  if (!std::isfinite(norm) || !std::isfinite(test_loss)) {
+    std::ostringstream os;
+    os << "training diverged by step " << step << " (parameter norm " << norm << ", test loss " << test_loss
+       << "): lower --lr" << (c.save_path.empty() ? "" : "; nothing was saved to " + c.save_path);
+    diverged = os.str();
+  }
+  agree_or_throw(*comm, diverged);
   if (lead && !c.save_path.empty()) save_checkpoint(sess, g, c.save_path);
   if (timeline) write_timeline(*timeline, c.timeline_path, *comm);
 
@@ -622,7 +657,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["test_accuracy"] = eval_json.is_object() ? eval_json.value("test_accuracy", 0.0) : 0.0;
   s["test_loss"] = eval_json.is_object() ? eval_json.value("test_loss", 0.0) : 0.0;
   s["final_loss"] = final_loss;
-  s["param_norm"] = param_norm(sess, g);
+  s["param_norm"] = norm;
   s["compress"] = world > 1 ? compress.str() : "none";  // one replica exchanges no gradients
   s["cuda_graph"] = setup.cuda_graph;  // what ran, --cuda-graph auto resolved
   s["chains_fused"] = sess.chains_fused();

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -20,10 +21,11 @@ Device Device::parse(const std::string& s) {
   if (s == "auto") return cuda_device_count() > 0 ? cuda(0) : cpu();
   if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
     int idx = 0;
-    if (s.size() > 5) {
+    if (s != "cuda") {  // cuda:N, N a device index ("cuda:" alone is not one)
       char* end = nullptr;
+      errno = 0;
       long v = std::strtol(s.c_str() + 5, &end, 10);
-      RF_CHECK(*end == '\0' && v >= 0 && end != s.c_str() + 5, "bad device '", s,
+      RF_CHECK(*end == '\0' && end != s.c_str() + 5 && errno == 0 && v >= 0 && v <= 1 << 20, "bad device '", s,
                "': expected cpu, cuda, cuda:N or auto");
       idx = int(v);
     }

@@ -31,7 +31,7 @@ d = sys.argv[1]
 def write(path, magic, dims, payload):
     with gzip.open(path, "wb") as f:
         f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", x) for x in dims) + payload)
-for name, n in (("good", 100), ("badmagic", 100), ("short", 100), ("small", 100)):
+for name, n in (("good", 100), ("badmagic", 100), ("short", 100), ("small", 100), ("huge", 100)):
     os.makedirs(f"{d}/{name}")
     side = 14 if name == "small" else 28
     for split in ("train", "t10k"):
@@ -39,8 +39,9 @@ for name, n in (("good", 100), ("badmagic", 100), ("short", 100), ("small", 100)
         pixels = bytes((i * 7) % 256 for i in range(n * side * side))
         if name == "short" and split == "train":
             pixels = pixels[: len(pixels) // 2]
-        write(f"{d}/{name}/{split}-images-idx3-ubyte.gz", img_magic, (n, side, side), pixels)
-        write(f"{d}/{name}/{split}-labels-idx1-ubyte.gz", 0x00000801, (n,), bytes(i % 10 for i in range(n)))
+        claimed = 5_000_000 if name == "huge" else n  # the header promises 15.7 GB of float pixels
+        write(f"{d}/{name}/{split}-images-idx3-ubyte.gz", img_magic, (claimed, side, side), pixels)
+        write(f"{d}/{name}/{split}-labels-idx1-ubyte.gz", 0x00000801, (claimed,), bytes(i % 10 for i in range(n)))
 PY
 
 common=(train --quiet --epochs 1 --max-steps 2 --model mlp)
@@ -50,6 +51,17 @@ expect_error "unknown optimizer" "rmsprop" train --optimizer rmsprop
 expect_error "missing data directory" "/nonexistent/fmnist" "${common[@]}" --data-dir /nonexistent/fmnist
 expect_error "wrong IDX magic" "magic" "${common[@]}" --data-dir "$tmp/badmagic"
 expect_error "truncated IDX" "truncated" "${common[@]}" --data-dir "$tmp/short"
+# A header that promises far more than the file holds: found truncated without first allocating
+# what the header promises (1.5 GB of address space is plenty for the real data, not for 15.7 GB).
+# (A subshell holds the limit; its status carries the verdict out.)
+if (ulimit -v 1500000; f0=$fails; expect_error "IDX header promising 5M images" "truncated" "${common[@]}" \
+      --data-dir "$tmp/huge"; [[ $fails -eq $f0 ]]); then passes=$((passes + 1)); else fails=$((fails + 1)); fi
+# A FIFO in place of a data file: refused, not waited on for ever.
+mkdir -p "$tmp/fifodata" && cp "$tmp"/good/* "$tmp/fifodata/" && rm "$tmp/fifodata/train-images-idx3-ubyte.gz" &&
+  mkfifo "$tmp/fifodata/train-images-idx3-ubyte.gz"
+expect_error "FIFO as an IDX file" "not a regular file" "${common[@]}" --data-dir "$tmp/fifodata"
+expect_error "bare cuda: device" "bad device 'cuda:'" "${common[@]}" --data-dir "$tmp/good" --device cuda:
+expect_error "device index past int" "bad device" "${common[@]}" --data-dir "$tmp/good" --device cuda:2147483648
 expect_error "batch larger than data set" "larger than" "${common[@]}" --data-dir "$tmp/good" --batch 101
 expect_error "zero batch" "--batch" "${common[@]}" --data-dir "$tmp/good" --batch 0
 expect_error "negative batch" "--batch" "${common[@]}" --data-dir "$tmp/good" --batch -4
@@ -184,6 +196,29 @@ if timeout 120 "$bin" "${common[@]}" --device cpu --data-dir "$tmp/good" --batch
   echo "ok   good data set trains and saves"; passes=$((passes + 1))
 else
   echo "FAIL good data set: $(cat "$tmp/err")"; fails=$((fails + 1))
+fi
+
+# Checkpoints in: a NaN in a Variable is refused, naming it; a FIFO is refused, not waited on.
+python3 - "$tmp/ck.safetensors" "$tmp/nan.safetensors" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+start = 8 + n + json.loads(raw[8:8 + n])["fc2.weight"]["data_offsets"][0] + 4 * 5  # its 6th float
+open(sys.argv[2], "wb").write(raw[:start] + struct.pack("<f", float("nan")) + raw[start + 4:])
+PY
+expect_error "NaN in a checkpoint" "'fc2.weight' holds nan at index 5" "${common[@]}" --data-dir "$tmp/good" --batch 10 \
+  --init-from "$tmp/nan.safetensors"
+if [[ -n "${mpi_common+x}" ]]; then  # the mpirun cases ran: a bad checkpoint is a set-up error every rank agrees on
+  expect_mpi_error "NaN in --init-from" "holds nan" "${mpi_common[@]}" --batch 10 --init-from "$tmp/nan.safetensors"
+fi
+mkfifo "$tmp/ckfifo"
+expect_error "FIFO as --init-from" "not a regular file" "${common[@]}" --data-dir "$tmp/good" --init-from "$tmp/ckfifo"
+# Out: a run whose last update diverges (its loss, read before that update, was finite) ends
+# with an error and saves nothing.
+expect_error "diverged at the last step" "training diverged by step 1" train --quiet --model mlp --max-steps 1 \
+  --data-dir "$tmp/good" --batch 10 --lr 1e30 --save "$tmp/diverged.safetensors"
+if [[ -e "$tmp/diverged.safetensors" ]]; then
+  echo "FAIL a diverged run saved its checkpoint"; fails=$((fails + 1))
 fi
 echo "$passes passed, $fails failed"
 [[ $fails -eq 0 ]]
