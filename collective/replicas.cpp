@@ -1,6 +1,8 @@
 // Keeping replicas identical: the start-up broadcast and the cross-rank consistency check.
 #include "collective/replicas.h"
 
+#include <cmath>
+
 namespace rf::collective {
 
 // Per-Variable checksums (sum and sum of squares in double) compared across ranks; a replica
@@ -22,9 +24,14 @@ void check_replicas(Session& s, Communicator& comm, int64_t step) {
   std::vector<double> lo = sums, hi = sums;
   comm.allreduce(lo.data(), lo.size(), DType::F64, ReduceOp::Min);
   comm.allreduce(hi.data(), hi.size(), DType::F64, ReduceOp::Max);
-  for (size_t i = 0; i < sums.size(); ++i)
+  for (size_t i = 0; i < sums.size(); ++i) {
+    // NaN never equals itself: a Variable that overflowed on every rank is divergence of the
+    // training, not of the replicas.
+    RF_CHECK(std::isfinite(lo[i]) && std::isfinite(hi[i]), "training diverged by step ", step, ": Variable '",
+             g.node(vars[i / 2]).name, "' is not finite (checksum ", lo[i], " .. ", hi[i], "): lower --lr");
     RF_CHECK(lo[i] == hi[i], "replicas diverged at step ", step, ": Variable '", g.node(vars[i / 2]).name,
              "' differs across ranks (checksum ", lo[i], " vs ", hi[i], ")");
+  }
 }
 
 // Rank 0's Variables (weights and optimizer slots) to every rank, so replicas start identical.

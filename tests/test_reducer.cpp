@@ -7,6 +7,7 @@
 #include <cmath>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <thread>
 
@@ -268,6 +269,18 @@ TEST(Replicas, BroadcastAlignsAndCheckNamesTheDivergedVariable) {
   s.variable("layer.weight").data<float>()[5] += float(comm->rank());
   broadcast_variables(s, *comm);
   EXPECT_NO_THROW(check_replicas(s, *comm, 3));
+  // A NaN on every rank is the training diverging, not the replicas (NaN never equals itself).
+  const float kept = s.variable("layer.weight").data<float>()[2];
+  s.variable("layer.weight").data<float>()[2] = std::numeric_limits<float>::quiet_NaN();
+  try {
+    check_replicas(s, *comm, 9);
+    FAIL() << "a NaN Variable passed the replica check";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("training diverged by step 9: Variable 'layer.weight' is not finite"),
+              std::string::npos)
+        << e.what();
+  }
+  s.variable("layer.weight").data<float>()[2] = kept;
   if (comm->size() == 1) GTEST_SKIP() << "divergence needs two ranks (ctest reducer_np2 runs this at np=2)";
   if (comm->rank() == 1) s.variable("layer.bias").data<float>()[1] = 0.5f;
   try {
