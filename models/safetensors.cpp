@@ -151,8 +151,9 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
   }
 }
 
-std::map<std::string, LoadedTensor> load_safetensors(const std::string& path,
-                                                     std::map<std::string, std::string>* metadata) {
+std::map<std::string, LoadedTensor> load_safetensors(
+    const std::string& path, std::map<std::string, std::string>* metadata,
+    const std::function<void(const std::map<std::string, LoadedTensor>&)>& check_header) {
   // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever. It has
   // no effect on the regular file that is all we read (with pread).
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
@@ -286,6 +287,7 @@ std::map<std::string, LoadedTensor> load_safetensors(const std::string& path,
   if (expect != data_len)
     fail(path, ": the data section has ", data_len, " bytes but the tensors cover only ", expect,
          "; the file is corrupt");
+  if (check_header) check_header(out);
 
   for (const Entry& e : entries) {
     LoadedTensor& t = out.at(e.name);

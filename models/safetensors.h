@@ -2,6 +2,7 @@
 // save and strictly validated load of named tensors.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -37,8 +38,11 @@ struct LoadedTensor {
 // a missing file, a header length beyond the file, bad JSON, an unknown dtype, or data offsets
 // that are out of range, overlap, leave gaps, or do not match shape * dtype size. If metadata is
 // given, it receives "__metadata__" (empty when absent). Matching names and shapes against a
-// model is the caller's job.
+// model is the caller's job: check_header, if given, sees every tensor's name, dtype and shape
+// (bytes still empty) once the header is validated and before any data is read, and throws to
+// refuse the file (a checkpoint of another model is then rejected without reading gigabytes).
 std::map<std::string, LoadedTensor> load_safetensors(
-    const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
+    const std::string& path, std::map<std::string, std::string>* metadata = nullptr,
+    const std::function<void(const std::map<std::string, LoadedTensor>&)>& check_header = nullptr);
 
 }  // namespace rf

@@ -181,15 +181,28 @@ double param_norm(Session& s, const Graph& g) {
 // file is a set-up error that every rank agrees on): each trainable Variable by name, with the
 // model's dtype and shape, every value finite, and nothing else in the file.
 std::vector<std::pair<int, Tensor>> read_checkpoint(const Graph& g, const std::string& path) {
-  auto tensors = load_safetensors(path);
+  const std::vector<int> vars = g.variables(true);
+  // Names, dtypes and shapes from the header, before any data is read.
+  auto fits = [&](const std::map<std::string, LoadedTensor>& header) {
+    for (int id : vars) {
+      const Node& n = g.node(id);
+      auto it = header.find(n.name);
+      RF_CHECK(it != header.end(), path, ": Variable '", n.name, "' is missing from the checkpoint");
+      RF_CHECK(it->second.dtype == n.attrs.dtype && it->second.shape == n.attrs.shape, path, ": Variable '",
+               n.name, "' is ", dtype_name(it->second.dtype), it->second.shape.str(),
+               " in the checkpoint, the model has ", dtype_name(n.attrs.dtype), n.attrs.shape.str());
+    }
+    for (const auto& [name, t] : header) {
+      const int id = g.find(name);
+      RF_CHECK(id >= 0 && std::find(vars.begin(), vars.end(), id) != vars.end(), path, ": the checkpoint has '",
+               name, "', which is not a Variable of this model");
+    }
+  };
+  auto tensors = load_safetensors(path, nullptr, fits);
   std::vector<std::pair<int, Tensor>> out;
-  for (int id : g.variables(true)) {
+  for (int id : vars) {
     const Node& n = g.node(id);
     auto it = tensors.find(n.name);
-    RF_CHECK(it != tensors.end(), path, ": Variable '", n.name, "' is missing from the checkpoint");
-    RF_CHECK(it->second.dtype == n.attrs.dtype && it->second.shape == n.attrs.shape, path, ": Variable '",
-             n.name, "' is ", dtype_name(it->second.dtype), it->second.shape.str(), " in the checkpoint, the model has ",
-             dtype_name(n.attrs.dtype), n.attrs.shape.str());
     Tensor host(n.attrs.shape, n.attrs.dtype);
     std::memcpy(host.raw(), it->second.bytes.data(), host.nbytes());
     auto check = [&](const auto* v) {
@@ -202,10 +215,7 @@ std::vector<std::pair<int, Tensor>> read_checkpoint(const Graph& g, const std::s
     else if (host.dtype() == DType::F64)
       check(host.data<double>());
     out.emplace_back(id, std::move(host));
-    tensors.erase(it);
   }
-  RF_CHECK(tensors.empty(), path, ": the checkpoint has '", tensors.begin()->first,
-           "', which is not a Variable of this model");
   return out;
 }
 
