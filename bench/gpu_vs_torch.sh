@@ -111,9 +111,10 @@ records="$tmp/records.jsonl"   # one line per ringflow run
 variants=(ringflow)
 rf_help="$("$rf" train --help 2>&1 || true)"
 # The eager step (--cuda-graph off; the default, auto, captures one replica's step on a GPU): what
-# the graph is worth. (Not when --train-args sets --cuda-graph itself.)
-if [[ "$device" != cpu ]] && grep -q -- '--cuda-graph' <<<"$rf_help" &&
-   [[ " ${train_args[*]} " != *" --cuda-graph "* ]]; then
+# the graph is worth. (Not when --train-args sets --cuda-graph itself, nor with a build from before
+# auto, whose --cuda-graph was a plain flag.)
+if [[ "$device" != cpu ]] && grep -q -- '--cuda-graph \[auto' <<<"$rf_help" &&
+   [[ " ${train_args[*]} " != *" --cuda-graph "* && " ${train_args[*]} " != *" --cuda-graph="* ]]; then
   variants+=(ringflow-no-graph)
 fi
 # The same step without epilogue fusion: what the fused MatMul/Conv2D -> BiasAdd -> Relu steps

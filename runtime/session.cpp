@@ -433,6 +433,7 @@ const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const
     try {
       execute(plan, options);
       plan.graph = cuda::capture_end(device_.index, stream_.handle);
+      ++graphs_captured_;
     } catch (...) {
       cuda::capture_abort(device_.index, stream_.handle);
       throw;

@@ -89,6 +89,9 @@ class Session {
   Device device() const { return device_; }
   const Graph& graph() const { return graph_; }
   size_t plans_compiled() const { return plans_compiled_; }
+  // Steps captured as CUDA graphs so far (RunOptions::cuda_graph; a plan is captured on its
+  // third run): 0 on the CPU, or when no graphed plan has run three times.
+  size_t graphs_captured() const { return graphs_captured_; }
 
  private:
   Plan& plan_for(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
@@ -119,6 +122,7 @@ class Session {
   size_t plans_compiled_ = 0;
   bool fuse_epilogues_ = true;
   size_t chains_fused_ = 0;
+  size_t graphs_captured_ = 0;
 };
 
 }  // namespace rf
