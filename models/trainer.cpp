@@ -12,7 +12,6 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <map>
 #include <sstream>
 #include <thread>
 
@@ -20,9 +19,9 @@
 #include "collective/communicator.h"
 #include "collective/reducer.h"
 #include "collective/replicas.h"
+#include "models/checkpoint.h"
 #include "models/dataset.h"
 #include "models/models.h"
-#include "models/safetensors.h"
 #include "runtime/session.h"
 #if RINGFLOW_CUDA
 #include "runtime/cuda_backend.h"
@@ -162,73 +161,6 @@ void write_timeline(const Timeline& tl, const std::string& path, collective::Com
     std::remove(part.c_str());  // no half-written file stays behind
     fail("cannot write --timeline ", path, ": ", written ? std::strerror(code) : output_problem(path));
   }
-}
-
-// Sum of squares of every trainable Variable, accumulated in double.
-double param_norm(Session& s, const Graph& g) {
-  double acc = 0;
-  for (int id : g.variables(true)) {
-    const Tensor& t = s.variable(id);
-    if (t.dtype() == DType::F32)
-      for (float v : t.to_vector<float>()) acc += double(v) * double(v);
-    else
-      for (double v : t.to_vector<double>()) acc += v * v;
-  }
-  return std::sqrt(acc);
-}
-
-// A checkpoint's Variables, read and checked against the model before training starts (so a bad
-// file is a set-up error that every rank agrees on): each trainable Variable by name, with the
-// model's dtype and shape, every value finite, and nothing else in the file.
-std::vector<std::pair<int, Tensor>> read_checkpoint(const Graph& g, const std::string& path) {
-  const std::vector<int> vars = g.variables(true);
-  // Names, dtypes and shapes from the header, before any data is read.
-  auto fits = [&](const std::map<std::string, LoadedTensor>& header) {
-    for (int id : vars) {
-      const Node& n = g.node(id);
-      auto it = header.find(n.name);
-      RF_CHECK(it != header.end(), path, ": Variable '", n.name, "' is missing from the checkpoint");
-      RF_CHECK(it->second.dtype == n.attrs.dtype && it->second.shape == n.attrs.shape, path, ": Variable '",
-               n.name, "' is ", dtype_name(it->second.dtype), it->second.shape.str(),
-               " in the checkpoint, the model has ", dtype_name(n.attrs.dtype), n.attrs.shape.str());
-    }
-    for (const auto& [name, t] : header) {
-      const int id = g.find(name);
-      RF_CHECK(id >= 0 && std::find(vars.begin(), vars.end(), id) != vars.end(), path, ": the checkpoint has '",
-               name, "', which is not a Variable of this model");
-    }
-  };
-  auto tensors = load_safetensors(path, nullptr, fits);
-  std::vector<std::pair<int, Tensor>> out;
-  for (int id : vars) {
-    const Node& n = g.node(id);
-    auto it = tensors.find(n.name);
-    Tensor host(n.attrs.shape, n.attrs.dtype);
-    std::memcpy(host.raw(), it->second.bytes.data(), host.nbytes());
-    auto check = [&](const auto* v) {
-      for (int64_t i = 0; i < host.numel(); ++i)
-        RF_CHECK(std::isfinite(v[i]), path, ": Variable '", n.name, "' holds ", double(v[i]), " at index ", i,
-                 " (the checkpoint is corrupt, or was saved from a run that diverged)");
-    };
-    if (host.dtype() == DType::F32)
-      check(host.data<float>());
-    else if (host.dtype() == DType::F64)
-      check(host.data<double>());
-    out.emplace_back(id, std::move(host));
-  }
-  return out;
-}
-
-void save_checkpoint(Session& s, const Graph& g, const std::string& path) {
-  std::vector<Tensor> host;
-  std::vector<NamedTensor> named;
-  for (int id : g.variables(true)) host.push_back(s.variable(id).to(Device::cpu()));
-  size_t i = 0;
-  for (int id : g.variables(true)) {
-    const Tensor& t = host[i++];
-    named.push_back({g.node(id).name, t.dtype(), t.shape(), t.raw()});
-  }
-  save_safetensors(path, named);
 }
 
 // Rows of logits [B, C] whose largest entry is at the label.
