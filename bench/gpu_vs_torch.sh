@@ -165,6 +165,7 @@ else:
     rec["steps"] = summary.get("steps")
     rec["device"] = summary.get("device")
     rec["cuda_graph"] = summary.get("cuda_graph")
+    rec["graph_kernels"] = summary.get("cuda_graph_kernels")  # kernels one replayed step launches
     # Steady state: the steps after the warm-up, from the cumulative samples/s of the metrics lines
     # (time to step k = k * batch / sps_k).
     pts = {}
@@ -274,6 +275,9 @@ for model, batch in keys:
             continue
         res[key + "_sps"] = med(r["sps"] for r in rs)
         res[key + "_steady_sps"] = med(r["steady_sps"] for r in rs)
+        kernels = [r["graph_kernels"] for r in rs if r.get("graph_kernels") is not None]
+        if kernels:
+            res[key + "_graph_kernels"] = kernels[0]
         errs = sorted({r["error"] for r in rs if r.get("error")})
         notes += [f"{impl}: {e}" for e in errs]
         if impl == "ringflow" and (errs or res[key + "_sps"] is None):

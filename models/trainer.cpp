@@ -602,6 +602,7 @@ nlohmann::json train(const TrainConfig& c) {
   s["param_norm"] = norm;
   s["compress"] = world > 1 ? compress.str() : "none";  // one replica exchanges no gradients
   s["cuda_graph"] = sess.graphs_captured() > 0;  // what ran: a replayed step (auto resolved, 3+ steps)
+  if (sess.graphs_captured() > 0) s["cuda_graph_kernels"] = sess.graph_kernels();  // per training step
   s["chains_fused"] = sess.chains_fused();
   // What this rank sent per step (mean over the run), as a bandwidth-optimal ring sends it, and
   // what the uncompressed allreduce would send.

@@ -61,7 +61,9 @@ void* workspace(int device, size_t bytes);
 // not call cudaMalloc (an allocation without a cached block fails, naming the size) and keeps
 // the blocks freed meanwhile out of circulation (the graph may use them).
 void capture_begin(int device, void* stream);
-void* capture_end(int device, void* stream);    // the instantiated graph (cudaGraphExec_t)
+// The instantiated graph (cudaGraphExec_t); *kernels, if given, receives its number of kernel
+// nodes (what one replay launches: library calls that launch several kernels count them all).
+void* capture_end(int device, void* stream, size_t* kernels = nullptr);
 void capture_abort(int device, void* stream) noexcept;  // after a failure inside the capture
 void graph_launch(void* exec, void* stream);
 void graph_destroy(void* exec) noexcept;

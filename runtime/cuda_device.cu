@@ -376,14 +376,31 @@ void capture_begin(int device, void* stream) {
   s.alloc.set_capturing(true);
 }
 
-void* capture_end(int device, void* stream) {
+void* capture_end(int device, void* stream, size_t* kernels) {
   DeviceState& s = registry().at(device);
   DeviceGuard guard(device);
   s.alloc.set_capturing(false);
   cudaGraph_t graph = nullptr;
   CUDA_CHECK(cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &graph));
+  cudaError_t e = cudaSuccess;
+  if (kernels) {
+    *kernels = 0;
+    size_t n = 0;
+    e = cudaGraphGetNodes(graph, nullptr, &n);
+    std::vector<cudaGraphNode_t> nodes(n);
+    if (e == cudaSuccess && n > 0) e = cudaGraphGetNodes(graph, nodes.data(), &n);
+    for (size_t i = 0; e == cudaSuccess && i < n; ++i) {
+      cudaGraphNodeType type{};
+      e = cudaGraphNodeGetType(nodes[i], &type);
+      if (e == cudaSuccess && type == cudaGraphNodeTypeKernel) ++*kernels;
+    }
+    if (e != cudaSuccess) {
+      (void)cudaGraphDestroy(graph);
+      CUDA_CHECK(e);
+    }
+  }
   cudaGraphExec_t exec = nullptr;
-  const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+  e = cudaGraphInstantiate(&exec, graph, 0);
   (void)cudaGraphDestroy(graph);
   CUDA_CHECK(e);
   return exec;

@@ -432,7 +432,7 @@ const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const
     cuda::capture_begin(device_.index, stream_.handle);
     try {
       execute(plan, options);
-      plan.graph = cuda::capture_end(device_.index, stream_.handle);
+      plan.graph = cuda::capture_end(device_.index, stream_.handle, &graph_kernels_);
       ++graphs_captured_;
     } catch (...) {
       cuda::capture_abort(device_.index, stream_.handle);

@@ -90,8 +90,10 @@ class Session {
   const Graph& graph() const { return graph_; }
   size_t plans_compiled() const { return plans_compiled_; }
   // Steps captured as CUDA graphs so far (RunOptions::cuda_graph; a plan is captured on its
-  // third run): 0 on the CPU, or when no graphed plan has run three times.
+  // third run): 0 on the CPU, or when no graphed plan has run three times. graph_kernels():
+  // the kernel nodes of the last one, i.e. the kernels one replay of that step launches.
   size_t graphs_captured() const { return graphs_captured_; }
+  size_t graph_kernels() const { return graph_kernels_; }
 
  private:
   Plan& plan_for(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
@@ -123,6 +125,7 @@ class Session {
   bool fuse_epilogues_ = true;
   size_t chains_fused_ = 0;
   size_t graphs_captured_ = 0;
+  size_t graph_kernels_ = 0;
 };
 
 }  // namespace rf

@@ -553,6 +553,10 @@ for r in rows:
          f'{f(r.get("ratio_compile"))}')
     if "no_graph_ratio_eager_steady" in r:
         s += f' (--cuda-graph off: {f(r.get("no_graph_ratio_eager_steady"))} eager steady)'
+    if "ringflow_graph_kernels" in r:  # what one replayed step launches, fused and not
+        s += f'; {r["ringflow_graph_kernels"]} kernels/step'
+        if "ringflow_unfused_graph_kernels" in r:
+            s += f' ({r["ringflow_unfused_graph_kernels"]} unfused)'
     parts.append(s)
 summary = "ringflow/torch " + "; ".join(parts) if parts else "no results"
 if rc:

@@ -300,6 +300,10 @@ TEST(CudaGraph, TrainerGraphMatchesEagerAndCpu) {
   for (const char* key : {"final_loss", "param_norm", "test_accuracy", "test_loss"})
     EXPECT_EQ(eager[key].get<double>(), graphed[key].get<double>()) << key;
   EXPECT_TRUE(graphed["cuda_graph"].get<bool>());
+  // A CNN step is dozens of kernels (forward, backward, the fused update): the count is read
+  // from the captured graph.
+  EXPECT_GE(graphed.value("cuda_graph_kernels", 0), 20) << graphed.dump();
+  EXPECT_FALSE(eager.contains("cuda_graph_kernels"));
   // The default, auto, captures a single replica's step on a GPU, and gives the same numbers.
   c.cuda_graph = "auto";
   const auto automatic = train(c);
