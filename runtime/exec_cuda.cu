@@ -17,17 +17,21 @@
 #include "runtime/cuda_options.h"
 #include "runtime/error.h"
 #include "runtime/exec.h"
+#include "runtime/exec_cuda_common.h"
 
 namespace rf {
 
 namespace {
 
 namespace kc = kernels::cuda;
+using cuda_exec::dispatch;
+using cuda_exec::Hyper;
+using cuda_exec::read_hyper;
+using cuda_exec::stream_of;
 using kernels::BinaryOp;
 using kernels::ScalarOp;
 using kernels::UnaryOp;
 
-cudaStream_t stream_of(const ExecContext& ctx) { return static_cast<cudaStream_t>(ctx.stream.handle); }
 
 // Numpy broadcasting aligns shapes at the right: prepend size-1 axes up to `rank`.
 Shape left_pad(const Node& node, const Shape& s, int rank) {
@@ -60,19 +64,6 @@ Shape broadcast_source_shape(const Node& node, const Shape& x, int rank) {
   return out;
 }
 
-// Calls f(T{}) for the floating dtypes that have CUDA kernels.
-template <class F> void dispatch(const Node& node, DType t, F&& f) {
-  switch (t) {
-    case DType::F32: f(float{}); return;
-    case DType::F64: f(double{}); return;
-    case DType::F16:
-    case DType::BF16:
-    case DType::I32:
-    case DType::I64:
-    case DType::U8: break;
-  }
-  fail("op ", op_name(node.op), " (node '", node.name, "') has no CUDA kernel for dtype ", dtype_name(t));
-}
 
 void check_same_numel(const Node& node, const Tensor& a, const Tensor& b) {
   RF_CHECK(a.numel() == b.numel(), "node '", node.name, "' (", op_name(node.op), "): ", a.shape().str(), " vs ",
@@ -177,27 +168,6 @@ MatDims matmul_dims(const Node& node, const Tensor& a, const Tensor& b, const Te
   return {m, n, k};
 }
 
-struct Hyper {
-  double lr;
-  i64 step;
-};
-
-// The optimizer's {lr, step} live on the host (the Session writes them each step), so reading
-// them costs no device synchronisation.
-Hyper read_hyper(const Node& node, const Tensor& h) {
-  RF_CHECK(h.dtype() == DType::F64 && h.numel() == 2, "node '", node.name, "' (", op_name(node.op),
-           "): hyperparameters must be F64[2] {lr, step}, got ", dtype_name(h.dtype()), h.shape().str());
-  double v[2];
-  if (h.device().is_cpu()) {
-    v[0] = h.data<double>()[0];
-    v[1] = h.data<double>()[1];
-  } else {  // correct but synchronising; the Session is expected to keep them on the host
-    const std::vector<double> hv = h.to_vector<double>();
-    v[0] = hv[0];
-    v[1] = hv[1];
-  }
-  return {v[0], i64(std::llround(v[1]))};
-}
 
 kernels::ConvGeom conv_geom(const Node& n, const Shape& x, const Shape& w, const Shape& y) {
   RF_CHECK(x.rank == 4 && w.rank == 4 && y.rank == 4, "node '", n.name, "' (", op_name(n.op), "): needs NCHW / OIHW, got ",
@@ -630,200 +600,6 @@ bool cuda_has_kernel(Op op) {
   return false;
 }
 
-// ---- fused updates ----
-
-namespace cuda {
-
-namespace {
-
-constexpr size_t kScalarSlot = 128;  // bytes per group in the scalar buffers
-static_assert(sizeof(kc::UpdateScalars<double>) <= kScalarSlot);
-
-kc::UpdateKind update_kind(Op op) {
-  return op == Op::ApplySGD        ? kc::UpdateKind::SGD
-         : op == Op::ApplyMomentum ? kc::UpdateKind::Momentum
-                                   : kc::UpdateKind::Adam;
-}
-
-bool same_update(const Node& a, const Node& b) {
-  const Attrs& x = a.attrs;
-  const Attrs& y = b.attrs;
-  return a.op == b.op && a.inputs.back().node == b.inputs.back().node && x.weight_decay == y.weight_decay &&
-         x.momentum == y.momentum && x.nesterov == y.nesterov && x.beta1 == y.beta1 && x.beta2 == y.beta2 &&
-         x.eps == y.eps && x.decoupled == y.decoupled;
-}
-
-}  // namespace
-
-struct FusedUpdates::Group {
-  const Node* node = nullptr;  // the first member: op and attributes
-  DType dtype = DType::F32;
-  const Tensor* hyper = nullptr;
-  std::vector<int> ids;
-  std::vector<FusedUpdates::Update> members;
-  Tensor table;  // device: entries, then chunks
-  i64 nchunks = 0;
-  size_t chunks_offset = 0;
-};
-
-FusedUpdates::FusedUpdates(Device device, const std::vector<Update>& updates) : device_(device), done_(device) {
-  for (const Update& u : updates) {
-    const int nin = int(u.node->inputs.size());
-    const DType dt = u.in[0]->dtype();
-    auto it = std::find_if(groups_.begin(), groups_.end(),
-                           [&](const Group& g) { return g.dtype == dt && same_update(*g.node, *u.node); });
-    if (it == groups_.end()) {
-      groups_.emplace_back();
-      it = groups_.end() - 1;
-      it->node = u.node;
-      it->dtype = dt;
-      it->hyper = u.in[nin - 1];
-    }
-    it->ids.push_back(u.node->id);
-    it->members.push_back(u);
-  }
-  pinned_ = host_alloc(groups_.size() * kScalarSlot);
-  scalars_ = Tensor(Shape{i64(groups_.size() * kScalarSlot)}, DType::U8, device_);
-}
-
-FusedUpdates::~FusedUpdates() { host_free(pinned_); }
-
-size_t FusedUpdates::groups() const { return groups_.size(); }
-
-const std::vector<int>& FusedUpdates::nodes(size_t group) const { return groups_[group].ids; }
-
-void FusedUpdates::prepare() {
-  if (pending_) done_.synchronize();
-  pending_ = false;
-  for (size_t gi = 0; gi < groups_.size(); ++gi) {
-    const Group& g = groups_[gi];
-    const Node& n = *g.node;
-    const Attrs& at = n.attrs;
-    const Hyper h = read_hyper(n, *g.hyper);
-    char* slot = static_cast<char*>(pinned_) + gi * kScalarSlot;
-    dispatch(n, g.dtype, [&](auto tag) {
-      using T = decltype(tag);
-      kc::UpdateScalars<T> sc;
-      switch (update_kind(n.op)) {
-        case kc::UpdateKind::SGD: sc = kc::sgd_scalars<T>(h.lr, at.weight_decay); break;
-        case kc::UpdateKind::Momentum:
-          sc = kc::momentum_scalars<T>(h.lr, at.momentum, at.weight_decay, at.nesterov);
-          break;
-        case kc::UpdateKind::Adam:
-          try {
-            sc = kc::adam_scalars<T>(h.lr, at.beta1, at.beta2, at.eps, at.weight_decay, at.decoupled, h.step);
-          } catch (const std::invalid_argument& e) {
-            fail("node '", n.name, "' (ApplyAdam): ", e.what());
-          }
-          break;
-      }
-      std::memcpy(slot, &sc, sizeof sc);
-    });
-  }
-}
-
-void FusedUpdates::upload(const ExecContext& ctx) {
-  CUDA_CHECK(cudaMemcpyAsync(scalars_.raw(), pinned_, scalars_.nbytes(), cudaMemcpyHostToDevice, stream_of(ctx)));
-}
-
-void FusedUpdates::launch(size_t group, const ExecContext& ctx) {
-  CUDA_CHECK(cudaSetDevice(ctx.device.index));  // a kernel launch needs its stream's device current
-  Group& g = groups_[group];
-  const Node& n = *g.node;
-  dispatch(n, g.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if (!g.table.defined()) {  // first launch: every input is bound (views included)
-      std::vector<kc::MultiTensorEntry<T>> entries;
-      std::vector<i64> sizes;
-      for (const Update& u : g.members) {
-        const Node& m = *u.node;
-        Tensor* const* in = u.in;
-        const int nin = int(m.inputs.size());
-        Tensor& w = *in[0];
-        const Tensor& grad = *in[nin - 2];
-        for (int i = 0; i < nin - 1; ++i)
-          RF_CHECK(in[i]->dtype() == g.dtype && in[i]->numel() == w.numel(), "node '", m.name, "' (", op_name(m.op),
-                   "): input ", i, " is ", dtype_name(in[i]->dtype()), in[i]->shape().str(), ", the Variable ",
-                   dtype_name(w.dtype()), w.shape().str());
-        T* s1 = nin >= 4 ? in[1]->data<T>() : nullptr;
-        T* s2 = nin >= 5 ? in[2]->data<T>() : nullptr;
-        entries.push_back({w.data<T>(), s1, s2, grad.data<T>(), w.numel()});
-        sizes.push_back(w.numel());
-      }
-      const std::vector<kc::MultiTensorChunk> chunks = kc::multi_tensor_chunks(sizes.data(), int(sizes.size()));
-      const size_t eb = entries.size() * sizeof(entries[0]);
-      g.chunks_offset = (eb + 15) / 16 * 16;
-      const size_t bytes = g.chunks_offset + chunks.size() * sizeof(chunks[0]);
-      std::vector<char> host(bytes);
-      std::memcpy(host.data(), entries.data(), eb);
-      if (!chunks.empty())
-        std::memcpy(host.data() + g.chunks_offset, chunks.data(), chunks.size() * sizeof(chunks[0]));
-      g.table = Tensor(Shape{i64(bytes)}, DType::U8, device_);
-      cuda::memcpy(g.table.raw(), device_, host.data(), Device::cpu(), bytes);  // once per plan
-      g.nchunks = i64(chunks.size());
-    }
-    auto* base = static_cast<char*>(g.table.raw());
-    kc::multi_tensor_update<T>(update_kind(n.op), reinterpret_cast<const kc::MultiTensorEntry<T>*>(base),
-                               reinterpret_cast<const kc::MultiTensorChunk*>(base + g.chunks_offset), g.nchunks,
-                               reinterpret_cast<const kc::UpdateScalars<T>*>(static_cast<char*>(scalars_.raw()) +
-                                                                             group * kScalarSlot),
-                               stream_of(ctx));
-  });
-}
-
-void FusedUpdates::step_queued(const Stream& stream) {
-  done_.record(stream);
-  pending_ = true;
-}
-
-// ---- training-loop helpers ----
-
-void gather_batch(const Tensor& images, const Tensor& labels, const Tensor& idx, Tensor& out_images,
-                  Tensor& out_labels) {
-  const Device d = out_images.device();
-  RF_CHECK(d.is_cuda() && images.device() == d && labels.device() == d && idx.device() == d &&
-               out_labels.device() == d,
-           "gather_batch: every tensor must be on one CUDA device");
-  CUDA_CHECK(cudaSetDevice(d.index));  // the kernel launches on d's stream, as exec_cuda's do
-  RF_CHECK(images.dtype() == DType::F32 && out_images.dtype() == DType::F32 && labels.dtype() == DType::I32 &&
-               out_labels.dtype() == DType::I32 && idx.dtype() == DType::I32,
-           "gather_batch: images F32, labels and indices I32");
-  const i64 batch = out_labels.numel(), n = labels.numel();
-  RF_CHECK(batch <= idx.numel() && n > 0 && images.numel() % n == 0 &&
-               out_images.numel() == batch * (images.numel() / n),
-           "gather_batch: ", images.shape().str(), " / ", labels.shape().str(), " into ", out_images.shape().str(),
-           " / ", out_labels.shape().str(), " with ", idx.numel(), " indices");
-  kc::gather_batch(images.data<float>(), labels.data<int32_t>(), idx.data<int32_t>(), batch, images.numel() / n,
-                   out_images.data<float>(), out_labels.data<int32_t>(),
-                   static_cast<cudaStream_t>(compute_stream(d.index)));
-}
-
-void step_stats(const Tensor& loss, const Tensor& logits, const Tensor& labels, Tensor& stats) {
-  const Device d = stats.device();
-  RF_CHECK(d.is_cuda() && loss.device() == d && logits.device() == d && labels.device() == d,
-           "step_stats: every tensor must be on one CUDA device");
-  CUDA_CHECK(cudaSetDevice(d.index));
-  RF_CHECK(logits.shape().rank == 2 && labels.dtype() == DType::I32 && labels.numel() == logits.shape()[0] &&
-               loss.numel() == 1 && stats.dtype() == DType::F64 && stats.numel() == 2,
-           "step_stats: loss ", loss.shape().str(), ", logits ", logits.shape().str(), ", labels ",
-           labels.shape().str());
-  const auto st = static_cast<cudaStream_t>(compute_stream(d.index));
-  auto is_float = [](DType t) { return t == DType::F32 || t == DType::F64; };
-  RF_CHECK(is_float(loss.dtype()) && is_float(logits.dtype()), "step_stats: loss and logits must be F32 or F64");
-  auto with_loss = [&](auto tag) {
-    using L = decltype(tag);
-    if (logits.dtype() == DType::F64)
-      kc::step_stats<L, double>(loss.data<L>(), logits.data<double>(), labels.data<int32_t>(), logits.shape()[0],
-                                logits.shape()[1], stats.data<double>(), st);
-    else
-      kc::step_stats<L, float>(loss.data<L>(), logits.data<float>(), labels.data<int32_t>(), logits.shape()[0],
-                               logits.shape()[1], stats.data<double>(), st);
-  };
-  if (loss.dtype() == DType::F64) with_loss(double{});
-  else with_loss(float{});
-}
-
-}  // namespace cuda
 
 void exec_cuda(const Node& node, Tensor* const* in, Tensor* const* out, const ExecContext& ctx) {
   RF_CHECK(ctx.device.is_cuda(), "internal: exec_cuda for node '", node.name, "' on ", ctx.device.str());
