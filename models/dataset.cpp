@@ -211,12 +211,21 @@ Dataset load_idx_images_labels(const std::string& images_gz, const std::string& 
       fail(images_gz, " is truncated: expected ", total, " bytes of pixel data, got ", done,
            img.why_short());
   }
+  // Data past what the header declares means the header (or the file) is wrong: a silently
+  // ignored tail would train on a misread data set.
+  unsigned char extra;
+  if (img.read(&extra, 1) > 0)
+    fail(images_gz, ": more data after the ", total, " bytes of pixels its header declares (", d.n, " images of ",
+         d.height, "x", d.width, "); the file is corrupt or its header is wrong");
 
   std::vector<unsigned char> raw(static_cast<size_t>(d.n));
   int64_t got = lbl.read(raw.data(), d.n);
   if (got < d.n)
     fail(labels_gz, " is truncated: expected ", d.n, " bytes of label data, got ", got,
          lbl.why_short());
+  if (lbl.read(&extra, 1) > 0)
+    fail(labels_gz, ": more data after the ", d.n, " labels its header declares; the file is corrupt or its "
+         "header is wrong");
   d.labels.resize(static_cast<size_t>(d.n));
   for (int64_t i = 0; i < d.n; ++i) {
     if (raw[i] >= d.classes)

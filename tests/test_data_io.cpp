@@ -170,6 +170,17 @@ TEST_F(DataIoTest, TruncatedPixelAndLabelData) {
                {path("hdr.gz"), "truncated", "header"});
 }
 
+TEST_F(DataIoTest, DataPastTheHeaderIsAnError) {
+  write_gz(path("img.gz"), idx_images(0x803, 3, 4, 5, pattern(61)));  // header says 60
+  write_gz(path("lbl.gz"), idx_labels(0x801, 3, {1, 2, 3}));
+  expect_error([&] { rf::load_idx_images_labels(path("img.gz"), path("lbl.gz")); },
+               {path("img.gz"), "more data after the 60 bytes of pixels its header declares (3 images of 4x5)"});
+  write_gz(path("img2.gz"), idx_images(0x803, 3, 4, 5, pattern(60)));
+  write_gz(path("lbl2.gz"), idx_labels(0x801, 3, {1, 2, 3, 4}));
+  expect_error([&] { rf::load_idx_images_labels(path("img2.gz"), path("lbl2.gz")); },
+               {path("lbl2.gz"), "more data after the 3 labels its header declares"});
+}
+
 TEST_F(DataIoTest, CutOffGzipStreamIsAnError) {
   Bytes img = idx_images(0x803, 50, 28, 28, pattern(50 * 784, 7919));
   write_gz(path("full.gz"), img);
