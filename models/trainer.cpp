@@ -272,7 +272,7 @@ struct Setup {
   int64_t local_batch = 0;
   collective::CompressSpec compress;
   Device device = Device::cpu();
-  bool cuda_graph = false;  // --cuda-graph resolved: the training step is captured and replayed
+  bool cuda_graph = false;  // --cuda-graph resolved: the training step runs with RunOptions::cuda_graph
   FashionMnist data;
   Model m;
   TrainOp t;
