@@ -106,7 +106,13 @@ int main(int argc, char** argv) {
   tr->add_option("--epochs", c.epochs, "epochs over the training set")
       ->check(integer<int64_t>())->capture_default_str();
   tr->add_option("--max-steps", c.max_steps, "stop after this many steps (default: no limit)")
-      ->check(integer<int64_t>());
+      ->check(integer<int64_t>())
+      // The default, -1 (no limit), is not a value a user can pass.
+      ->check(CLI::Validator(
+          [](const std::string& v) -> std::string {
+            return v[0] == '-' || v.find_first_not_of('0') == std::string::npos ? "must be positive" : "";
+          },
+          ""));
   tr->add_option("--batch", c.batch, "global batch size")->check(integer<int64_t>())->capture_default_str();
   tr->add_option("--lr", c.lr, "base learning rate")->capture_default_str();
   tr->add_option("--optimizer", c.optimizer, "sgd | momentum | nesterov | adam | adamw")

@@ -64,6 +64,8 @@ if (ulimit -v 4000000; export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1; f0=$fail
 mkdir -p "$tmp/fifodata" && cp "$tmp"/good/* "$tmp/fifodata/" && rm "$tmp/fifodata/train-images-idx3-ubyte.gz" &&
   mkfifo "$tmp/fifodata/train-images-idx3-ubyte.gz"
 expect_error "FIFO as an IDX file" "not a regular file" "${common[@]}" --data-dir "$tmp/fifodata"
+expect_error "--max-steps -1 (the no-limit default) from a user" "--max-steps: must be positive" "${common[@]}" \
+  --data-dir "$tmp/good" --max-steps -1
 expect_error "bare cuda: device" "bad device 'cuda:'" "${common[@]}" --data-dir "$tmp/good" --device cuda:
 expect_error "device index past int" "bad device" "${common[@]}" --data-dir "$tmp/good" --device cuda:2147483648
 expect_error "batch larger than data set" "larger than" "${common[@]}" --data-dir "$tmp/good" --batch 101
