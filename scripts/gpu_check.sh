@@ -37,7 +37,9 @@
 #             vs PyTorch eager and torch.compile, batch 64 and 512, medians of 3 runs
 #   profile   where a CNN step at batch 512 spends its device time: 30 steps with --timeline (a
 #             blocking profile on the GPU), steps 11-30 summed per op type; the top ones in the
-#             report (PASS when the run and the trace are there: it measures, it does not judge)
+#             report (PASS when the run and the trace are there: it measures, it does not judge);
+#             then bench/epilogue_micro (cuBLASLt's bias/ReLU epilogue vs gemm + our bias kernel
+#             per dense layer, eager and in a CUDA graph, with the kernels each path launches)
 # Output: a table on stdout; report.txt, report.json and logs.tar.gz in $OUT when it is set,
 # else in BUILD/gpu_check/ (where the logs of every stage stay). Exit status: 0 when no stage
 # failed; 1 when one did; 3 without a CUDA device (one "no CUDA device: ..." line; no --dry-run).
@@ -159,6 +161,11 @@ stage_build() {
   if ((rc_t == 0)) && grep -q 'nccl collective backend on' "$GC_WORK/configure.log"; then
     timeout -k 5 "$(cap 100000)" cmake --build "$bd" -j "$jobs" --target ringflow_nccl_tests \
       >>"$GC_WORK/compile_tests.log" 2>&1 || log "build: ringflow_nccl_tests failed (the tests stage reports it)"
+  fi
+  # The profile stage's cuBLASLt microbenchmark; optional (profile reports it when built).
+  if ((rc_rf == 0)); then
+    timeout -k 5 "$(cap 100000)" cmake --build "$bd" -j "$jobs" --target epilogue_micro \
+      >>"$GC_WORK/compile.log" 2>&1 || log "build: bench/epilogue_micro failed to build (profile skips it)"
   fi
   tail -n 30 "$GC_WORK/compile.log"
   [[ -f "$GC_WORK/compile_tests.log" ]] && tail -n 30 "$GC_WORK/compile_tests.log"
@@ -573,9 +580,17 @@ stage_profile() {
   ((GC_DRY)) && { dev=(--device cpu --threads 1); batch=64; }
   train_run profile "$(($(left) - 5))" --model cnn "${data[@]}" "${dev[@]}" --batch "$batch" --max-steps 30 \
     --epochs 1000 --quiet --timeline "$GC_WORK/profile_trace.json" || rc=$?
-  python3 - "$GC_WORK/profile_trace.json" "$rc" "$batch" "$GC_WORK/profile.result.json" <<'EOF'
+  # cuBLASLt's epilogue matmul against gemm + our bias kernel, eager and in a graph, per dense layer
+  # (bench/epilogue_micro.cpp): the evidence for which path the fused dense step should take.
+  local micro="$GC_BUILD/bench/epilogue_micro"
+  : >"$GC_WORK/epilogue_micro.log"
+  if ((!GC_DRY)) && [[ -x "$micro" ]] && (($(left) > 20)); then
+    timeout -k 5 "$(($(left) - 10))" "$micro" >"$GC_WORK/epilogue_micro.log" 2>&1 ||
+      log "profile: epilogue_micro exited with status $?"
+  fi
+  python3 - "$GC_WORK/profile_trace.json" "$rc" "$batch" "$GC_WORK/profile.result.json" "$GC_WORK/epilogue_micro.log" <<'EOF'
 import collections, json, sys
-path, rc, batch, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+path, rc, batch, out, micro = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 try:
     ev = json.load(open(path))
     ev = ev["traceEvents"] if isinstance(ev, dict) else ev
@@ -614,6 +629,20 @@ if len(runs) > 10:
              "median_later_ms": sorted(runs[10:])[len(runs[10:]) // 2] / 1000}
     summary += (f"; first step {first['first_step_ms']:.0f} ms, steps 2-10 {first['steps_2_10_ms']:.0f} ms, "
                 f"later {first['median_later_ms']:.2f} ms each (traced)")
+rows = []
+for line in open(micro, errors="replace"):
+    if line.startswith('{"bench":"epilogue_micro"'):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+if rows:  # per layer, in a graph: cuBLASLt epilogue us (kernels) / gemm + bias kernel us (kernels)
+    summary += "; epilogue_micro graph us, cuBLASLt/gemm+bias (kernels): " + ", ".join(
+        (f"{r['layer']}/{r['m']} {r['graph_lt_us']:.1f}/{r['graph_gemm_bias_us']:.1f} "
+         f"({r['graph_lt_kernels']:g}/{r['graph_gemm_bias_kernels']:g})" if r["cublaslt_taken"]
+         else f"{r['layer']}/{r['m']} cuBLASLt not taken") + (" WRONG" if r["wrong"] else "")
+        for r in rows)
+first["epilogue_micro"] = rows
 json.dump({"status": "PASS" if rc == 0 else "FAIL", "summary": summary, **first,
            "per_op_us_per_step": {k: v / len(steps) for k, v in per.most_common()}}, open(out, "w"))
 EOF
