@@ -61,26 +61,19 @@ double time_us(F&& call, cudaStream_t st, int iters, int reps, bool graph, doubl
   cudaEvent_t t0, t1;
   CUDA_CHECK(cudaEventCreate(&t0));
   CUDA_CHECK(cudaEventCreate(&t1));
-  cudaGraphExec_t exec = nullptr;
+  void* exec = nullptr;  // the Session's capture path (runtime/cuda_backend.h), kernels counted
   if (graph) {
-    cudaGraph_t g = nullptr;
-    CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < iters; ++i) call();
-    CUDA_CHECK(cudaStreamEndCapture(st, &g));
-    size_t n = 0;
-    CUDA_CHECK(cudaGraphGetNodes(g, nullptr, &n));
-    std::vector<cudaGraphNode_t> nodes(n);
-    if (n) CUDA_CHECK(cudaGraphGetNodes(g, nodes.data(), &n));
-    size_t k = 0;
-    for (cudaGraphNode_t node : nodes) {
-      cudaGraphNodeType type{};
-      CUDA_CHECK(cudaGraphNodeGetType(node, &type));
-      k += type == cudaGraphNodeTypeKernel;
+    cuda::capture_begin(0, st);
+    try {
+      for (int i = 0; i < iters; ++i) call();
+    } catch (...) {
+      cuda::capture_abort(0, st);
+      throw;
     }
+    size_t k = 0;
+    exec = cuda::capture_end(0, st, &k);
     *kernels = double(k) / iters;
-    CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
-    CUDA_CHECK(cudaGraphDestroy(g));
-    CUDA_CHECK(cudaGraphLaunch(exec, st));  // warm
+    cuda::graph_launch(exec, st);  // warm
   } else {
     for (int i = 0; i < iters; ++i) call();  // warm
   }
@@ -88,7 +81,7 @@ double time_us(F&& call, cudaStream_t st, int iters, int reps, bool graph, doubl
   for (int r = 0; r < reps; ++r) {
     CUDA_CHECK(cudaEventRecord(t0, st));
     if (graph)
-      CUDA_CHECK(cudaGraphLaunch(exec, st));
+      cuda::graph_launch(exec, st);
     else
       for (int i = 0; i < iters; ++i) call();
     CUDA_CHECK(cudaEventRecord(t1, st));
@@ -97,7 +90,7 @@ double time_us(F&& call, cudaStream_t st, int iters, int reps, bool graph, doubl
     CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
     us.push_back(1000.0 * ms / iters);
   }
-  if (exec) CUDA_CHECK(cudaGraphExecDestroy(exec));
+  cuda::graph_destroy(exec);
   CUDA_CHECK(cudaEventDestroy(t0));
   CUDA_CHECK(cudaEventDestroy(t1));
   return median(us);
