@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training throughput on one GPU: ringflow (its default, which replays the step as a CUDA graph, and
-# --cuda-graph off and --fuse-epilogues off, where the build has them) vs PyTorch eager and torch.compile, MLP and CNN, several batch sizes;
-# prints samples/s and ratios.
+# --cuda-graph off and --fuse-epilogues off, where the build has them) vs PyTorch eager and
+# torch.compile, MLP and CNN, several batch sizes; prints samples/s and ratios.
 #
 # usage: bench/gpu_vs_torch.sh [--device cuda:0|cpu] [--models "mlp cnn"] [--batches "64 512"]
 #                              [--runs R] [--steps N] [--warmup W] [--data-dir DIR] [--synthetic]
