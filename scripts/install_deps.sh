@@ -1,18 +1,59 @@
 #!/usr/bin/env bash
-# Installs what ringflow needs with apt-get, only what is missing (idempotent).
+# Installs with apt-get what ringflow's configure, build, tests (scripts/test.sh: ctest, mpiexec,
+# the bash and python3 test scripts) and default training run (scripts/train.sh) need on a bare
+# Debian 12, and only what is missing (idempotent; nothing is touched when all is present).
 #   scripts/install_deps.sh          build + test + train dependencies
 #   scripts/install_deps.sh --bench  also PyTorch (Debian's python3-torch) for the benchmarks
+# Optional packages (oneDNN: CMake falls back to OpenBLAS without it) that apt cannot install
+# give a note, not a failure. The CUDA toolkit is not installed here: the CUDA backend is built
+# where nvcc is found (/usr/local/cuda). scripts/clean_room.sh proves this list on a bare root.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config zlib1g-dev libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin
-      libgtest-dev libcli11-dev nlohmann-json3-dev dataset-fashion-mnist python3)
-[[ "${1:-}" == "--bench" ]] && pkgs+=(python3-torch python3-numpy)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+
+# g++/make: the compilers (gcc comes with g++); cmake; the libraries of CMakeLists.txt;
+# openmpi-bin: mpiexec for the MPI tests; dataset-fashion-mnist: the default training data (and
+# the tests that train on it); python3: the test scripts' checks (json, gzip, struct).
+pkgs=(g++ make cmake zlib1g-dev libopenblas-dev libopenmpi-dev openmpi-bin libgtest-dev libcli11-dev
+      nlohmann-json3-dev dataset-fashion-mnist python3)
+optional=(libdnnl-dev)   # oneDNN's sgemm for f32 (faster on small batches); OpenBLAS otherwise
+
+while (($#)); do
+  case "$1" in
+    --bench) pkgs+=(python3-torch python3-numpy); shift ;;
+    -h|--help) sed -n '5,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install_deps: error: unknown argument '$1' (usage: scripts/install_deps.sh [--bench])" >&2; exit 2 ;;
+  esac
 done
-if ((${#missing[@]})); then
-  echo "install_deps: installing ${missing[*]}" >&2
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
+  echo "install_deps: error: needs Debian's dpkg and apt-get; elsewhere install: ${pkgs[*]} ${optional[*]}" >&2
+  exit 1
 fi
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+missing=() missing_opt=()
+for p in "${pkgs[@]}"; do installed "$p" || missing+=("$p"); done
+for p in "${optional[@]}"; do installed "$p" || missing_opt+=("$p"); done
+((${#missing[@]} + ${#missing_opt[@]})) || exit 0
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  if ! command -v sudo >/dev/null; then
+    echo "install_deps: error: missing ${missing[*]} ${missing_opt[*]}; run as root or install sudo" >&2
+    exit 1
+  fi
+  SUDO=(sudo)
+fi
+# env, not a variable assignment before sudo: sudo resets the environment.
+apt_install() {
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+echo "install_deps: installing ${missing[*]} ${missing_opt[*]}" >&2
+"${SUDO[@]}" apt-get update -qq
+if ((${#missing[@]})); then
+  apt_install "${missing[@]}" || { echo "install_deps: error: apt-get could not install: ${missing[*]}" >&2; exit 1; }
+fi
+for p in "${missing_opt[@]}"; do
+  apt_install "$p" 2>/dev/null ||
+    echo "install_deps: note: optional $p could not be installed; the build goes on without it" >&2
+done
