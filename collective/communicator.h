@@ -31,8 +31,8 @@ struct CommOptions {
   bool check_mismatch = false;            // env RINGFLOW_CHECK_COLLECTIVES=1
   double timeout_seconds = 300.0;         // env RINGFLOW_COLLECTIVE_TIMEOUT (seconds)
   size_t chunk_bytes = 0;                 // pipeline chunk; 0 = transport default (env RINGFLOW_CHUNK_BYTES)
-  // Testing only: pretend nodes of this many consecutive ranks (0 = the real nodes), so the
-  // hierarchical path runs on one machine. Env RINGFLOW_RANKS_PER_NODE.
+  // Testing only: pretend nodes of this many consecutive ranks of each real node (0 = the real
+  // nodes), so the hierarchical path runs on one machine. Env RINGFLOW_RANKS_PER_NODE.
   int ranks_per_node = 0;
   // now + timeout_seconds: when a collective started now gives up.
   std::chrono::steady_clock::time_point deadline() const {

@@ -4,11 +4,11 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <sstream>
 
 #include "collective/mismatch.h"
 #include "collective/mpi_env.h"
@@ -56,6 +56,20 @@ namespace {
 // at the same time: they take turns on this lock.
 std::mutex g_serial_mpi;
 
+std::string join(const std::vector<int>& ranks) {
+  std::string s;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ranks[i]);
+  }
+  return s;
+}
+
+std::string format_seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", s);
+  return buf;
+}
 
 }  // namespace
 
@@ -68,18 +82,19 @@ HostCommunicator::HostCommunicator(const CommOptions& opts) : opts_(opts) {
   MPI_CHECK(MPI_Comm_set_errhandler(world_, MPI_ERRORS_RETURN));
   MPI_CHECK(MPI_Comm_rank(world_, &rank_));
   MPI_CHECK(MPI_Comm_size(world_, &size_));
-  if (opts_.ranks_per_node > 0)
-    MPI_CHECK(MPI_Comm_split(world_, rank_ / opts_.ranks_per_node, rank_, &node_));
-  else
-    MPI_CHECK(MPI_Comm_split_type(world_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_));
+  MPI_CHECK(MPI_Comm_split_type(world_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_));
+  if (opts_.ranks_per_node > 0) {
+    // Pretend nodes are cut out of the real ones: shared memory never has to span machines.
+    MPI_Comm real = node_;
+    int local = 0;
+    MPI_CHECK(MPI_Comm_rank(real, &local));
+    MPI_CHECK(MPI_Comm_split(real, local / opts_.ranks_per_node, rank_, &node_));
+    MPI_CHECK(MPI_Comm_free(&real));
+  }
   MPI_CHECK(MPI_Comm_set_errhandler(node_, MPI_ERRORS_RETURN));
   MPI_CHECK(MPI_Comm_rank(node_, &local_rank_));
   MPI_CHECK(MPI_Comm_size(node_, &local_size_));
-  // The progress board: each rank stores the number of the collective it last started; on a
-  // timeout, a one-sided read of everyone's entry shows who never arrived.
-  MPI_CHECK(MPI_Win_allocate(sizeof(uint64_t), sizeof(uint64_t), MPI_INFO_NULL, world_, &board_, &board_win_));
-  *board_ = 0;
-  MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, board_win_));
+  board_ = std::make_unique<ProgressBoard>(world_);
 #endif
 }
 
@@ -94,10 +109,7 @@ HostCommunicator::~HostCommunicator() {
     if (rc != MPI_SUCCESS)
       std::fprintf(stderr, "ringflow: warning: %s failed: %s\n", what, mpi_error_string(rc).c_str());
   };
-  if (board_win_ != MPI_WIN_NULL) {
-    log(MPI_Win_unlock_all(board_win_), "MPI_Win_unlock_all");
-    log(MPI_Win_free(&board_win_), "MPI_Win_free");
-  }
+  board_.reset();
   if (node_ != MPI_COMM_NULL) log(MPI_Comm_free(&node_), "MPI_Comm_free");
   if (world_ != MPI_COMM_NULL) log(MPI_Comm_free(&world_), "MPI_Comm_free");
 #endif
@@ -177,8 +189,7 @@ void HostCommunicator::run(Task& t) {
       run_local(t);
     } else {
 #if RINGFLOW_MPI
-      __atomic_store_n(board_, t.seq, __ATOMIC_RELEASE);
-      MPI_CHECK(MPI_Win_sync(board_win_));
+      board_->started(t.seq);
 #endif
       if (opts_.check_mismatch) check_mismatch(t);
       if (t.kind == CollKind::ShmAlloc)
@@ -253,59 +264,40 @@ void HostCommunicator::check_mismatch(Task& t) {
 #endif
 }
 
-std::vector<int> HostCommunicator::ranks_not_started(uint64_t seq) {
-  std::vector<int> late;
-#if RINGFLOW_MPI
-  std::vector<uint64_t> val(static_cast<size_t>(size_), 0);
-  std::vector<MPI_Request> req(static_cast<size_t>(size_), MPI_REQUEST_NULL);
-  for (int r = 0; r < size_; ++r)
-    if (r != rank_ &&
-        MPI_Rget(&val[r], 1, MPI_UINT64_T, r, 0, 1, MPI_UINT64_T, board_win_, &req[r]) != MPI_SUCCESS)
-      req[r] = MPI_REQUEST_NULL;
-  // A peer that cannot answer within two seconds is not heard from either.
-  const auto until = Clock::now() + std::chrono::seconds(2);
-  std::vector<char> done(static_cast<size_t>(size_), 0);
-  for (bool all = false; !all && Clock::now() < until;) {
-    all = true;
-    for (int r = 0; r < size_; ++r) {
-      if (r == rank_ || done[r]) continue;
-      int flag = 0;
-      if (req[r] != MPI_REQUEST_NULL && MPI_Test(&req[r], &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag)
-        done[r] = 1;
-      else
-        all = false;
-    }
-    if (!all) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  for (int r = 0; r < size_; ++r)
-    if (r != rank_ && (!done[r] || val[r] < seq)) late.push_back(r);
-#else
-  (void)seq;
-#endif
-  return late;
-}
-
 void HostCommunicator::timeout_abort(const Task& t, const std::vector<int>& waiting_for) {
   static std::atomic<bool> aborting{false};
   if (aborting.exchange(true)) {  // another thread is already reporting; let it finish
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
-  std::vector<int> late;
+  std::vector<int> named = waiting_for, silent;
+  std::string me = "rank " + std::to_string(rank_);
 #if RINGFLOW_MPI
-  // Reading the board calls MPI; from the watchdog that needs MPI_THREAD_MULTIPLE. Waits outside
-  // the collective sequence (seq 0: the fused update's flags, on the compute thread) name the
-  // ranks they waited for instead.
-  const bool on_watchdog = std::this_thread::get_id() == wd_thread_.get_id();
-  if (t.seq > 0 && (!on_watchdog || mpi_env().thread_level >= MPI_THREAD_MULTIPLE)) late = ranks_not_started(t.seq);
+  if (board_) {
+    me += " on host " + board_->host(rank_);
+    // Asking calls MPI from this thread (the watchdog's too): the board only answers with
+    // MPI_THREAD_MULTIPLE. Waits outside the collective sequence (seq 0: the fused update's
+    // flags) name the ranks they waited for.
+    if (t.seq > 0) {
+      const ProgressBoard::Answer a = board_->ask(t.seq, std::chrono::seconds(2));
+      silent = a.silent;
+      if (!a.late.empty() || !a.silent.empty()) {
+        named = a.late;
+        named.insert(named.end(), a.silent.begin(), a.silent.end());
+        std::sort(named.begin(), named.end());
+      }
+    }
+  }
+  auto list = [&](const std::vector<int>& ranks) { return board_ ? board_->describe(ranks) : join(ranks); };
+#else
+  auto list = [&](const std::vector<int>& ranks) { return join(ranks); };
 #endif
-  if (late.empty()) late = waiting_for;
-  std::ostringstream os;
-  for (size_t i = 0; i < late.size(); ++i) os << (i ? "," : "") << late[i];
-  const std::string who = late.empty() ? "unknown" : os.str();
-  const std::string what = t.seq > 0 ? std::string(t.what ? t.what : coll_kind_name(t.kind)) + " #" + std::to_string(t.seq)
-                                     : std::string(t.what ? t.what : coll_kind_name(t.kind));
-  std::fprintf(stderr, "ringflow: error: %s timed out after %g s waiting for rank(s) %s (from rank %d)\n",
-               what.c_str(), opts_.timeout_seconds, who.c_str(), rank_);
+  std::string msg = std::string(t.what ? t.what : coll_kind_name(t.kind));
+  if (t.seq > 0) msg += " #" + std::to_string(t.seq);
+  msg += " timed out after " + format_seconds(opts_.timeout_seconds) + " s waiting for rank(s) " +
+         (named.empty() ? std::string("unknown") : list(named));
+  if (!silent.empty()) msg += " (no answer from " + join(silent) + ": dead, hung, or its link is down)";
+  msg += " (from " + me + ")";
+  std::fprintf(stderr, "ringflow: error: %s\n", msg.c_str());
   abort_job_now(1);
 }
 

@@ -16,6 +16,7 @@
 
 #include "collective/communicator.h"
 #include "collective/mpi_check.h"
+#include "collective/progress_board.h"
 
 namespace rf::collective {
 
@@ -49,8 +50,9 @@ class HostCommunicator : public Communicator {
   const CommOptions& options() const { return opts_; }
 
   // Ends the job: prints "ringflow: error: <kind> #<seq> timed out after <s> s waiting for
-  // rank(s) <r> (from rank <me>)" and aborts. The ranks named are those that never started the
-  // collective (read from a one-sided "progress board"); when all did, `waiting_for`.
+  // rank(s) <r> on host <h> (from rank <me> on host <h>)" and aborts. The ranks named are those
+  // that never started the collective or do not answer (asked through the ProgressBoard); when
+  // every rank answers that it started it, `waiting_for`.
   [[noreturn]] void timeout_abort(const Task& t, const std::vector<int>& waiting_for);
 
  protected:
@@ -86,7 +88,6 @@ class HostCommunicator : public Communicator {
   void run(Task& t);
   void run_local(Task& t);
   void check_mismatch(Task& t);
-  std::vector<int> ranks_not_started(uint64_t seq);
   void thread_main();
   void watchdog_main();
 
@@ -104,9 +105,7 @@ class HostCommunicator : public Communicator {
   std::thread wd_thread_;
 
 #if RINGFLOW_MPI
-  MPI_Win board_win_ = MPI_WIN_NULL;  // one uint64 per rank: the last collective it started
-  uint64_t* board_ = nullptr;
-  bool board_unified_ = true;
+  std::unique_ptr<ProgressBoard> board_;  // who started which collective, for the timeout message
 #endif
 };
 

@@ -1,7 +1,7 @@
 // The `ring` backend: picks the transport (shm when all ranks share a node, the point-to-point
-// ring when each node holds one rank, hierarchical otherwise: shared memory within the node,
-// the point-to-point ring between node leaders, as Horovod's hierarchical allreduce) and runs
-// each collective on it. RINGFLOW_RING_TRANSPORT forces p2p or shm (on one machine, shm with
+// ring when each node holds one rank, hierarchical otherwise: a reduce-scatter through shared
+// memory within the node, one point-to-point ring per local rank between the nodes, an allgather
+// within the node) and runs each collective on it. RINGFLOW_RING_TRANSPORT forces p2p or shm (on one machine, shm with
 // RINGFLOW_RANKS_PER_NODE exercises the hierarchical path).
 #include "collective/backends.h"
 
@@ -33,11 +33,21 @@ class RingCommunicator final : public HostCommunicator {
     // The flat ring serves p2p mode, and in hierarchical mode everything but allreduce.
     if (mode_ != Mode::Shm) ring_ = std::make_unique<P2PRing>(*this, world_, o.chunk_bytes ? o.chunk_bytes : kP2PChunk);
     if (mode_ == Mode::Hier) {
-      MPI_CHECK(MPI_Comm_split(world_, local_rank_ == 0 ? 0 : MPI_UNDEFINED, rank_, &leaders_));
-      if (leaders_ != MPI_COMM_NULL) {
-        MPI_CHECK(MPI_Comm_set_errhandler(leaders_, MPI_ERRORS_RETURN));
-        leader_ring_ = std::make_unique<P2PRing>(*this, leaders_, o.chunk_bytes ? o.chunk_bytes : kP2PChunk);
+      // Nodes are numbered by the world rank of their local rank 0, so every cross-node ring
+      // visits them in the same order.
+      int node_id = rank_, min_local = 0;
+      MPI_CHECK(MPI_Bcast(&node_id, 1, MPI_INT, 0, node_));
+      MPI_CHECK(MPI_Allreduce(&local_size_, &min_local, 1, MPI_INT, MPI_MIN, world_));
+      // Nodes of equal size: local rank p of every node forms ring p (NCCL's and Horovod's
+      // hierarchical layout). Otherwise only the node leaders form one.
+      const bool uniform = min_local == max_local;
+      const int color = uniform ? local_rank_ : (local_rank_ == 0 ? 0 : MPI_UNDEFINED);
+      MPI_CHECK(MPI_Comm_split(world_, color, node_id, &cross_));
+      if (cross_ != MPI_COMM_NULL) {
+        MPI_CHECK(MPI_Comm_set_errhandler(cross_, MPI_ERRORS_RETURN));
+        cross_ring_ = std::make_unique<P2PRing>(*this, cross_, o.chunk_bytes ? o.chunk_bytes : kP2PChunk);
       }
+      sliced_ = uniform;
     }
   }
   ~RingCommunicator() override {
@@ -45,7 +55,7 @@ class RingCommunicator final : public HostCommunicator {
     shm_.reset();
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (leaders_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&leaders_);
+    if (cross_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&cross_);
   }
   std::string name() const override {
     if (size_ == 1) return "ring";
@@ -101,13 +111,31 @@ class RingCommunicator final : public HostCommunicator {
     switch (mode_) {
       case Mode::P2P: return ring_->allreduce(t, in, out, t.count, t.dtype, t.op, size_);
       case Mode::Shm: return shm_->allreduce(t, in, out, t.count, t.dtype, t.op, size_, ShmNode::Gather::All);
-      case Mode::Hier:
-        // Node sum into the leader, the leaders' ring (which applies Avg's division by the
-        // world size), then the leader's result to its node.
-        shm_->allreduce(t, in, out, t.count, t.dtype, t.op, 0, ShmNode::Gather::Root, 0);
-        if (leader_ring_) leader_ring_->allreduce(t, out, out, t.count, t.dtype, t.op, size_);
-        return shm_->broadcast(t, out, t.count, t.dtype, 0);
+      case Mode::Hier: return sliced_ ? hier_sliced(t, in, out) : hier_leaders(t, in, out);
     }
+  }
+
+  // Each local rank reduces its slice over the node through shared memory, runs the cross-node
+  // allreduce of that slice with its counterparts on the other nodes (which applies Avg's
+  // division by the world size), and the node shares the slices back. A node's link carries
+  // 2(N-1)/N of the buffer per N nodes, as a ring over the nodes alone would, spread over L
+  // streams; the flat ring over all ranks sends 2(NL-1)/NL of it through every rank's link.
+  void hier_sliced(Task& t, const void* in, void* out) {
+    std::vector<size_t> off, len;
+    shm_->slices(t.count, t.dtype, off, len);
+    const size_t es = dtype_size(t.dtype);
+    shm_->allreduce(t, in, out, t.count, t.dtype, t.op, 0, ShmNode::Gather::None);
+    char* mine = static_cast<char*>(out) + off[local_rank_] * es;
+    cross_ring_->allreduce(t, mine, mine, len[local_rank_], t.dtype, t.op, size_);
+    shm_->allgatherv(t, mine, out, len, t.dtype);
+  }
+
+  // Nodes of different sizes: node sum into the leader, the leaders' ring, then the leader's
+  // result to its node.
+  void hier_leaders(Task& t, const void* in, void* out) {
+    shm_->allreduce(t, in, out, t.count, t.dtype, t.op, 0, ShmNode::Gather::Root, 0);
+    if (cross_ring_) cross_ring_->allreduce(t, out, out, t.count, t.dtype, t.op, size_);
+    shm_->broadcast(t, out, t.count, t.dtype, 0);
   }
 
   void mpi_barrier(Task& t) {
@@ -123,8 +151,9 @@ class RingCommunicator final : public HostCommunicator {
 
   Mode mode_ = Mode::P2P;
   std::unique_ptr<ShmNode> shm_;
-  std::unique_ptr<P2PRing> ring_, leader_ring_;
-  MPI_Comm leaders_ = MPI_COMM_NULL;
+  std::unique_ptr<P2PRing> ring_, cross_ring_;
+  MPI_Comm cross_ = MPI_COMM_NULL;  // hierarchical: this local rank's counterparts on every node
+  bool sliced_ = false;             // hierarchical over nodes of equal size: hier_sliced
 };
 
 }  // namespace

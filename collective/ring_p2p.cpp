@@ -187,6 +187,61 @@ void P2PRing::run(const Task& t, const Plan& p) {
   }
 }
 
+// Two ranks: each sends its whole input in chunks and combines each arriving chunk with its own
+// copy, so a chunk crosses the link once and waits one hop (a ring of two pays two). The operands
+// go in rank order, so both ranks compute op(rank 0's, rank 1's) and hold the same bits.
+void P2PRing::exchange(const Task& t, const void* send, void* recv, size_t count, DType dtype, ReduceOp op,
+                       int avg_div) {
+  const size_t es = dtype_size(dtype);
+  const size_t ce = std::max<size_t>(64 / es, chunk_bytes_ / es / (64 / es) * (64 / es));
+  const long G = static_cast<long>((count + ce - 1) / ce);
+  const char* in = static_cast<const char*>(send);
+  char* out = static_cast<char*>(recv);
+  const bool in_place = send == recv;
+  const int peer = right_;
+  auto len = [&](long g) { return std::min(ce, count - static_cast<size_t>(g) * ce); };
+  const size_t nslots = static_cast<size_t>(kRecvAhead);
+  if (slots_.size() < nslots * ce * es) slots_.assign(nslots * ce * es, std::byte{0});
+  auto slot = [&](long g) { return reinterpret_cast<char*>(slots_.data()) + static_cast<size_t>(g % kRecvAhead) * ce * es; };
+  std::vector<MPI_Request> rreq(static_cast<size_t>(G), MPI_REQUEST_NULL), sreq(static_cast<size_t>(G), MPI_REQUEST_NULL);
+  std::vector<char> sent(static_cast<size_t>(G), 0);
+  Poller poll(owner_, t);
+  long tp = 0, tr = 0, ts = 0, tsdone = 0;  // processed, receives posted, sends posted, sends completed in order
+  while (tp < G) {
+    bool progress = false;
+    for (; tr < G && tr < tp + kRecvAhead; ++tr, progress = true)
+      MPI_CHECK(MPI_Irecv(slot(tr), static_cast<int>(len(tr) * es), MPI_BYTE, peer, tag_of(tr), comm_, &rreq[tr]));
+    for (; ts < G && ts < tp + 2 * kRecvAhead; ++ts, progress = true)
+      MPI_CHECK(MPI_Isend(in + static_cast<size_t>(ts) * ce * es, static_cast<int>(len(ts) * es), MPI_BYTE, peer,
+                          tag_of(ts), comm_, &sreq[ts]));
+    for (long g = tsdone; g < ts; ++g) {
+      if (sent[g]) continue;
+      int done = 0;
+      MPI_CHECK(MPI_Test(&sreq[g], &done, MPI_STATUS_IGNORE));
+      sent[g] = static_cast<char>(done);
+    }
+    while (tsdone < ts && sent[tsdone]) ++tsdone, progress = true;
+    int done = 0;
+    if (tp < tr) MPI_CHECK(MPI_Test(&rreq[tp], &done, MPI_STATUS_IGNORE));
+    if (done && (!in_place || sent[tp])) {  // in place, chunk tp is overwritten only once it has left
+      const size_t off = static_cast<size_t>(tp) * ce * es;
+      const void* mine = in + off;
+      const void* theirs = slot(tp);
+      reduce2(out + off, r_ == 0 ? mine : theirs, r_ == 0 ? theirs : mine, len(tp), dtype, op, avg_div);
+      ++tp;
+      progress = true;
+    }
+    if (progress) poll.progressed();
+    else poll.idle([&] { return std::vector<int>{left_world_}; });
+  }
+  while (tsdone < ts) {
+    int done = 0;
+    MPI_CHECK(MPI_Test(&sreq[tsdone], &done, MPI_STATUS_IGNORE));
+    if (done) ++tsdone, poll.progressed();
+    else poll.idle([&] { return std::vector<int>{right_world_}; });
+  }
+}
+
 void P2PRing::allreduce(const Task& t, const void* send, void* recv, size_t count, DType dtype, ReduceOp op,
                         int avg_div) {
   const size_t es = dtype_size(dtype);
@@ -198,6 +253,7 @@ void P2PRing::allreduce(const Task& t, const void* send, void* recv, size_t coun
     }
     return;
   }
+  if (n_ == 2) return exchange(t, send, recv, count, dtype, op, avg_div);
   Plan p;
   // Segments of ceil(count / n) elements rounded to whole cache lines; the last ones may be
   // shorter or empty (count < n, count 0).

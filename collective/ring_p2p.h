@@ -1,6 +1,7 @@
 // The ring over MPI non-blocking point-to-point: reduce-scatter then allgather around the ranks
 // of a communicator, each segment step cut into chunks that are pipelined (receives posted
 // ahead, partial sums kept in a few chunk slots) so reducing one chunk overlaps moving the next.
+// Between two ranks allreduce is a pipelined exchange instead (one hop, the same bytes).
 #pragma once
 #if RINGFLOW_MPI
 #include <cstddef>
@@ -28,6 +29,7 @@ class P2PRing {
  private:
   struct Plan;
   void run(const Task& t, const Plan& p);
+  void exchange(const Task& t, const void* send, void* recv, size_t count, DType dtype, ReduceOp op, int avg_div);
 
   HostCommunicator& owner_;
   MPI_Comm comm_;

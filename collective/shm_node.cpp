@@ -196,24 +196,29 @@ void ShmNode::reduce(const Task& t, const Reduce& r) {
   end(c, nb);
 }
 
+void ShmNode::slices(size_t count, DType dtype, std::vector<size_t>& off, std::vector<size_t>& len) const {
+  const size_t line = 64 / dtype_size(dtype);
+  const size_t slice = ((count + L_ - 1) / L_ + line - 1) / line * line;
+  off.clear();
+  len.clear();
+  for (int i = 0; i < L_; ++i) {
+    const size_t b = std::min(count, static_cast<size_t>(i) * slice);
+    off.push_back(b);
+    len.push_back(std::min(count, b + slice) - b);
+  }
+}
+
 void ShmNode::allreduce(const Task& t, const void* in, void* out, size_t count, DType dtype, ReduceOp op,
                         int avg_div, Gather gather, int root) {
   const size_t es = dtype_size(dtype);
   Reduce r;
-  // Slices of ceil(count / L) rounded to whole cache lines (the last ones shorter or empty).
-  const size_t line = 64 / es;
-  const size_t slice = ((count + L_ - 1) / L_ + line - 1) / line * line;
-  for (int i = 0; i < L_; ++i) {
-    const size_t b = std::min(count, static_cast<size_t>(i) * slice);
-    r.off.push_back(b);
-    r.len.push_back(std::min(count, b + slice) - b);
-  }
+  slices(count, dtype, r.off, r.len);
   r.in = static_cast<const char*>(in);
   if (!in) r.base = t.offset * es;
   r.out = in ? static_cast<char*>(out) : data_[p_] + r.base;
   r.gather_all = gather == Gather::All;
-  r.root = root;
-  if (in && (r.gather_all || p_ == root)) r.own_out = r.out + r.off[p_] * es;
+  r.root = gather == Gather::Root ? root : -1;
+  if (in && (gather != Gather::Root || p_ == root)) r.own_out = r.out + r.off[p_] * es;
   r.dtype = dtype;
   r.op = op;
   r.avg_div = avg_div;

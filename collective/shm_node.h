@@ -20,11 +20,16 @@ class ShmNode final : public PeerWindow {
   int size() const { return L_; }
   int rank() const { return p_; }
 
-  enum class Gather { All, Root };  // who receives the whole reduction
+  // Who receives the whole reduction: every rank, local rank `root`, or nobody (each rank gets
+  // only its own slice of slices(): a reduce-scatter in allreduce's layout).
+  enum class Gather { All, Root, None };
   // out = op over the node's `in` (every rank, or only local rank `root`). in == nullptr: the
   // input is this rank's data region (data()), reduced in place there. avg_div as in reduce_into.
   void allreduce(const Task& t, const void* in, void* out, size_t count, DType dtype, ReduceOp op, int avg_div,
                  Gather gather, int root = 0);
+  // allreduce's slices of `count` elements, one per local rank: ceil(count / size()) rounded to
+  // whole cache lines, contiguous and in rank order (the last ones shorter or empty).
+  void slices(size_t count, DType dtype, std::vector<size_t>& off, std::vector<size_t>& len) const;
   void reduce_scatter(const Task& t, const void* in, void* out, size_t recv_count, DType dtype, ReduceOp op,
                       int avg_div);
   void broadcast(const Task& t, void* buf, size_t count, DType dtype, int root);

@@ -15,9 +15,10 @@ for case in "ring p2p" "ring shm" "mpi auto" "flag shm"; do
     "$mpiexec" --allow-run-as-root --oversubscribe -np 3 "$helper" "$backend" >"$tmp/out" 2>"$tmp/err"
   rc=$?
   took=$(( $(date +%s) - start ))
-  pattern='^ringflow: error: allreduce #2 timed out after 2 s waiting for rank\(s\) 2 \(from rank [01]\)$'
+  host='[^ ]+'
+  pattern="^ringflow: error: allreduce #2 timed out after 2 s waiting for rank\(s\) 2 on host $host \(from rank [01] on host $host\)$"
   [[ $backend == flag ]] &&
-    pattern="^ringflow: error: fused update \(waiting for the peers' gradients\) timed out after 2 s waiting for rank\(s\) 2 \(from rank [01]\)$"
+    pattern="^ringflow: error: fused update \(waiting for the peers' gradients\) timed out after 2 s waiting for rank\(s\) 2 on host $host \(from rank [01] on host $host\)$"
   if [[ $rc -ne 0 && $rc -ne 124 ]] && grep -qE "$pattern" "$tmp/err"; then
     echo "ok   $backend/$transport (${took}s): $(grep -E "$pattern" "$tmp/err" | head -1)"
     passes=$((passes + 1))
