@@ -138,6 +138,7 @@ int main(int argc, char** argv) {
     const int n = sync->size(), rank = sync->rank();
     const size_t max_count = std::max<size_t>(1, a.max_bytes / sizeof(float));
     std::vector<Bench> comms;
+    long long total_wrong = 0;  // any wrong element fails the run (exit 2)
     for (const std::string& b : a.backends) {
       std::vector<std::string> names = {b};
       if (b == "all") names = {"ring", "mpi", "nccl"};
@@ -242,9 +243,14 @@ int main(int argc, char** argv) {
         const double t = median(ts);
         const double algbw = bytes / t / 1e9;
         if (rank == 0) print({label, bytes, t * 1e6, algbw, algbw * 2.0 * (n - 1) / n, wrong}, a);
+        total_wrong += wrong;
       }
     }
     comms.clear();
+    if (total_wrong > 0) {
+      if (rank == 0) std::fprintf(stderr, "allreduce_bench: error: %lld wrong elements in all\n", total_wrong);
+      return 2;
+    }
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "allreduce_bench: error: %s\n", e.what());

@@ -6,7 +6,9 @@
 #include "collective/backends.h"
 
 #if RINGFLOW_MPI
+#include <cstdio>
 #include <memory>
+#include <string>
 
 #include "collective/host_engine.h"
 #include "collective/ring_p2p.h"
@@ -29,7 +31,7 @@ class RingCommunicator final : public HostCommunicator {
       mode_ = Mode::P2P;
     else
       mode_ = one_node ? Mode::Shm : Mode::Hier;
-    if (mode_ != Mode::P2P) shm_ = std::make_unique<ShmNode>(*this, node_, o.chunk_bytes ? o.chunk_bytes : kShmBlock);
+    if (mode_ != Mode::P2P) make_shm(o);
     // The flat ring serves p2p mode, and in hierarchical mode everything but allreduce.
     if (mode_ != Mode::Shm) ring_ = std::make_unique<P2PRing>(*this, world_, o.chunk_bytes ? o.chunk_bytes : kP2PChunk);
     if (mode_ == Mode::Hier) {
@@ -105,6 +107,28 @@ class RingCommunicator final : public HostCommunicator {
 
  private:
   enum class Mode { P2P, Shm, Hier };
+
+  // The node's shared-memory window, or, where MPI cannot make one (an osc component that does
+  // not serve MPI_Win_allocate_shared, e.g. --mca osc ^sm), the point-to-point ring for
+  // everything, agreed by every rank. A transport asked for by name fails instead.
+  void make_shm(const CommOptions& o) {
+    std::string why;
+    try {
+      shm_ = std::make_unique<ShmNode>(*this, node_, o.chunk_bytes ? o.chunk_bytes : kShmBlock);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    int first_failed = why.empty() ? size_ : rank_;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first_failed, 1, MPI_INT, MPI_MIN, world_));
+    if (first_failed == size_) return;
+    RF_CHECK(o.transport != Transport::Shm, "the ring's shm transport was asked for (RINGFLOW_RING_TRANSPORT=shm) but ",
+             "rank ", first_failed, " could not make its node's MPI shared-memory window", why.empty() ? "" : ": ", why);
+    if (rank_ == first_failed)
+      std::fprintf(stderr, "ringflow: warning: no MPI shared-memory window (%s): the ring runs point-to-point\n",
+                   why.c_str());
+    shm_.reset();
+    mode_ = Mode::P2P;
+  }
 
   // in == nullptr: the data is in the shared window already (allreduce_shm).
   void allreduce(Task& t, const void* in, void* out) {
