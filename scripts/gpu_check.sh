@@ -23,8 +23,8 @@
 #             found, build/ringflow_nccl_tests (world size 1): pass/fail counts; with a GPU, any
 #             skipped test fails the stage (except skips saying "a CUDA device is present")
 #   diff      200 steps, same seed, on cuda:0 and on the CPU (TF32 off), per-step losses: the MLP
-#             (f32) and the CNN in f64 must agree within 1e-3 relative at every step (H200,
-#             2026-11-26: 1.2e-5 and 1.1e-15). The CNN in f32 is reported too: last-bit rounding
+#             (f32) and the CNN in f64 must agree within 1e-3 relative at every step (measured
+#             figures: bench/RESULTS.md). The CNN in f32 is reported too: last-bit rounding
 #             flips ReLU/max-pool decisions and its trajectories drift apart (9e-6 at step 10, 1e-3
 #             at step 15, 0.13 at step 77), so it must agree within 1e-3 over the first 10 steps,
 #             within 5% in the mean loss of the last 50, within 1e-2 in the final parameter norm,

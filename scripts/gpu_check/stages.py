@@ -12,8 +12,8 @@ from gpu_check.report import result_path, write_json
 DIFF_RUN_SECONDS = 150
 SANITIZE_PLAN = (("memcheck", "mlp", 20), ("memcheck", "cnn", 20), ("racecheck", "mlp", 5),
                  ("synccheck", "mlp", 5), ("synccheck", "cnn", 5),
-                 # racecheck on the CNN's cuDNN kernels is the slowest: last, and 2 steps (75 s on
-                 # an H200, 2026-11-26; 5 steps did not finish in the time left).
+                 # racecheck on the CNN's cuDNN kernels is the slowest: last, and 2 steps (5 did
+                 # not finish in the time left on an H200; bench/RESULTS.md, gpu_check.sh).
                  ("racecheck", "cnn", 2))
 SANITIZER_PATHS = ("/usr/local/cuda/bin/compute-sanitizer", "/usr/local/cuda/compute-sanitizer/compute-sanitizer")
 
