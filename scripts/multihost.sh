@@ -22,7 +22,9 @@
 #                                              (from the root namespace; --from hK: inside hK;
 #                                              RINGFLOW_* variables are passed on with -x; no
 #                                              --oversubscribe and no binding by default: give
-#                                              slots, h1:2; a --mca NAME you pass replaces ours)
+#                                              slots, h1:2; idle ranks yield the CPU only where
+#                                              all hosts' ranks outnumber the real cores; a
+#                                              --mca NAME you pass replaces ours)
 #   scripts/multihost.sh exec hK CMD [ARGS...] run a command inside host hK
 #   scripts/multihost.sh kill-host hK [SIG]    kill every process of host hK (default KILL)
 #   scripts/multihost.sh link-down hK | link-up hK   cut / restore host hK's link (silently:
@@ -347,8 +349,23 @@ mpirun_cmd() {  # fills CMD with the mpirun command line; a --mca NAME the calle
   # would pile onto the same cores. No --oversubscribe: with it Open MPI 4.1 marks the nodes
   # oversubscribed and idle ranks sched_yield(), which on a busy machine turns a 0.1 ms
   # message into several ms; give slots instead (--host h1:2,h2:2)
+  # mpi_yield_when_idle 1 only where the ranks of all hosts together outnumber the real cores:
+  # the hosts share them, and busy-polling ranks then wait whole time slices for each other
+  local ranks=0 np=0 spec h
+  for ((i = 0; i + 1 < ${#user[@]}; i++)); do
+    case ${user[i]} in
+      --host | -host | -H)
+        for spec in ${user[i + 1]//,/ }; do
+          h=${spec#*:}; [[ $spec == *:* && $h =~ ^[0-9]+$ ]] && ranks=$((ranks + h)) || ranks=$((ranks + 1))
+        done ;;
+      -np | -n | --np | -c) [[ ${user[i + 1]} =~ ^[0-9]+$ ]] && np=${user[i + 1]} ;;
+    esac
+  done
+  ((np == 0)) || ranks=$np
+  local yield=""
+  ((ranks <= $(nproc))) || yield=mpi_yield_when_idle=1
   for v in plm_rsh_agent="$STATE/agent" plm_rsh_no_tree_spawn=1 btl=tcp,vader,self \
-    btl_tcp_if_include="$NET.0/24" oob_tcp_if_include="$NET.0/24" hwloc_base_binding_policy=none; do
+    btl_tcp_if_include="$NET.0/24" oob_tcp_if_include="$NET.0/24" hwloc_base_binding_policy=none $yield; do
     name=${v%%=*}; value=${v#*=}
     for ((i = 0; i + 1 < ${#user[@]}; i++)); do
       [[ ${user[i]} == --mca || ${user[i]} == -mca ]] && [[ ${user[i + 1]} == "$name" ]] && continue 2
@@ -457,4 +474,5 @@ main() {
   esac
 }
 
-main "$@"
+main "$@"; exit  # on one line: bash has read it all before running, so editing this file
+# while a `with` session runs cannot make the running copy read garbage afterwards
