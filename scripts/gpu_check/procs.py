@@ -7,6 +7,7 @@ import sys
 import time
 
 TIMED_OUT = (124, 137)
+RUNNING = []  # the commands run() is waiting for
 
 
 def now():
@@ -97,12 +98,26 @@ def run(cmd, limit=None, out=None, err="out", append=False, env=None):
         else:
             se = None
         try:
-            return subprocess.call(cmd, stdout=so, stderr=se, env=env)
+            p = subprocess.Popen(cmd, stdout=so, stderr=se, env=env)
         except OSError:
             return 127
+        RUNNING.append(p)
+        try:
+            return p.wait()
+        finally:
+            RUNNING.remove(p)
     finally:
         for fh in files:
             fh.close()
+
+
+def forward_term(signum, frame):
+    """SIGTERM handler for a stage process: pass the signal on to the command it is running
+    (`timeout` runs it in a process group of its own, which the driver's `timeout` does not
+    reach), then exit."""
+    for p in list(RUNNING):
+        p.terminate()
+    sys.exit(128 + signum)
 
 
 def capture(cmd, limit=None, merge=True):

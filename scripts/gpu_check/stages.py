@@ -4,9 +4,10 @@ each as `python3 -m gpu_check --stage NAME` under `timeout`, with its settings i
 TIMEOUT). Output goes to the stage's log, WORK/NAME.log."""
 import os
 import shutil
+import signal
 
 from gpu_check import bench, buildlog, gtest, lossdiff, sanitizer, timeline
-from gpu_check.procs import TIMED_OUT, Clock, capture, is_exe, log, now, read_text, run, say, tail
+from gpu_check.procs import TIMED_OUT, Clock, capture, forward_term, is_exe, log, now, read_text, run, say, tail
 from gpu_check.report import result_path, write_json
 
 DIFF_RUN_SECONDS = 150
@@ -275,6 +276,7 @@ STAGE_BODIES = {"build": stage_build, "tests": stage_tests, "diff": stage_diff, 
 
 def main(name):
     """`--stage NAME`: runs the stage and writes its result."""
+    signal.signal(signal.SIGTERM, forward_term)
     ctx = Ctx.from_env(os.environ)
     r = STAGE_BODIES[name](ctx)
     write_json(result_path(ctx.work, name), r)
