@@ -3,9 +3,12 @@
 #include "collective/host_engine.h"
 
 #include <sched.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cinttypes>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -65,6 +68,38 @@ std::string join(const std::vector<int>& ranks) {
   return s;
 }
 
+// The last words (HostCommunicator::note_wait): two buffers written in turn under a mutex; the
+// SIGTERM handler writes whichever is current (write(2) only), then dies of the signal as it
+// would have.
+struct LastWords {
+  char text[2][1024];
+  size_t len[2] = {0, 0};
+  std::atomic<int> current{-1};
+  std::mutex mu;
+  int next = 0;
+};
+LastWords g_words;
+
+extern "C" void say_last_words(int sig) {
+  const int i = g_words.current.load(std::memory_order_acquire);
+  if (i >= 0) {
+    const ssize_t n = write(STDERR_FILENO, g_words.text[i], g_words.len[i]);
+    (void)n;
+  }
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
+void install_last_words() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa = {};
+    sa.sa_handler = say_last_words;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+  });
+}
+
 std::string format_seconds(double s) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", s);
@@ -95,6 +130,7 @@ HostCommunicator::HostCommunicator(const CommOptions& opts) : opts_(opts) {
   MPI_CHECK(MPI_Comm_rank(node_, &local_rank_));
   MPI_CHECK(MPI_Comm_size(node_, &local_size_));
   board_ = std::make_unique<ProgressBoard>(world_);
+  install_last_words();
 #endif
 }
 
@@ -270,38 +306,65 @@ void HostCommunicator::timeout_abort(const Task& t, const std::vector<int>& wait
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   std::vector<int> named = waiting_for, silent;
-  std::string me = "rank " + std::to_string(rank_);
 #if RINGFLOW_MPI
-  if (board_) {
-    me += " on host " + board_->host(rank_);
-    // Asking calls MPI from this thread (the watchdog's too): the board only answers with
-    // MPI_THREAD_MULTIPLE. Waits outside the collective sequence (seq 0: the fused update's
-    // flags) name the ranks they waited for.
-    if (t.seq > 0) {
-      const ProgressBoard::Answer a = board_->ask(t.seq, std::chrono::seconds(2));
-      silent = a.silent;
-      if (!a.late.empty() || !a.silent.empty()) {
-        named = a.late;
-        named.insert(named.end(), a.silent.begin(), a.silent.end());
-        std::sort(named.begin(), named.end());
-      }
+  // Asking calls MPI from this thread (the watchdog's too): the board only answers with
+  // MPI_THREAD_MULTIPLE. Waits outside the collective sequence (seq 0: the fused update's flags)
+  // name the ranks they waited for.
+  if (board_ && t.seq > 0) {
+    const ProgressBoard::Answer a = board_->ask(t.seq, std::chrono::seconds(2));
+    silent = a.silent;
+    if (!a.late.empty() || !a.silent.empty()) {
+      named = a.late;
+      named.insert(named.end(), a.silent.begin(), a.silent.end());
+      std::sort(named.begin(), named.end());
     }
   }
-  auto list = [&](const std::vector<int>& ranks) { return board_ ? board_->describe(ranks) : join(ranks); };
-#else
-  auto list = [&](const std::vector<int>& ranks) { return join(ranks); };
 #endif
-  std::string msg = std::string(t.what ? t.what : coll_kind_name(t.kind));
-  if (t.seq > 0) msg += " #" + std::to_string(t.seq);
-  msg += " timed out after " + format_seconds(opts_.timeout_seconds) + " s waiting for rank(s) " +
-         (named.empty() ? std::string("unknown") : list(named));
+  std::string msg = task_name(t) + " timed out after " + format_seconds(opts_.timeout_seconds) +
+                    " s waiting for rank(s) " + (named.empty() ? std::string("unknown") : ranks_named(named));
   if (!silent.empty()) msg += " (no answer from " + join(silent) + ": dead, hung, or its link is down)";
-  msg += " (from " + me + ")";
+  msg += " (from " + me() + ")";
   std::fprintf(stderr, "ringflow: error: %s\n", msg.c_str());
   abort_job_now(1);
 }
 
+std::string HostCommunicator::task_name(const Task& t) const {
+  std::string s = t.what ? t.what : coll_kind_name(t.kind);
+  if (t.seq > 0) s += " #" + std::to_string(t.seq);
+  return s;
+}
+
+std::string HostCommunicator::ranks_named(const std::vector<int>& r) const {
+#if RINGFLOW_MPI
+  if (board_) return board_->describe(r);
+#endif
+  return join(r);
+}
+
+std::string HostCommunicator::me() const {
+  std::string s = "rank " + std::to_string(rank_);
+#if RINGFLOW_MPI
+  if (board_) s += " on host " + board_->host(rank_);
+#endif
+  return s;
+}
+
+void HostCommunicator::note_wait(const Task& t, const std::vector<int>& peers) {
+  std::string line = "ringflow: error: " + me() + ": ended by the launcher (SIGTERM) while " + task_name(t) +
+                     (peers.empty() ? std::string(" was running") : " waited for rank(s) " + ranks_named(peers)) + "\n";
+  std::lock_guard<std::mutex> lk(g_words.mu);
+  const int i = g_words.next;
+  g_words.next ^= 1;
+  const size_t n = std::min(line.size(), sizeof g_words.text[i]);
+  std::memcpy(g_words.text[i], line.data(), n);
+  g_words.len[i] = n;
+  g_words.current.store(i, std::memory_order_release);
+}
+
+void HostCommunicator::clear_wait() { g_words.current.store(-1, std::memory_order_release); }
+
 void HostCommunicator::arm_watchdog(const Task* t) {
+  note_wait(*t, {});
   std::lock_guard<std::mutex> lk(wd_mu_);
   if (!wd_thread_.joinable()) wd_thread_ = std::thread(&HostCommunicator::watchdog_main, this);
   wd_task_ = t;
@@ -309,6 +372,7 @@ void HostCommunicator::arm_watchdog(const Task* t) {
 }
 
 void HostCommunicator::disarm_watchdog() {
+  clear_wait();
   std::lock_guard<std::mutex> lk(wd_mu_);
   wd_task_ = nullptr;
   wd_cv_.notify_all();

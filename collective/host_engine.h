@@ -55,6 +55,13 @@ class HostCommunicator : public Communicator {
   // every rank answers that it started it, `waiting_for`.
   [[noreturn]] void timeout_abort(const Task& t, const std::vector<int>& waiting_for);
 
+  // Last words: a wait that lasts records what it waits for, and if the launcher ends the job
+  // meanwhile (SIGTERM: another rank or a host failed), this rank says so in one line:
+  // "ringflow: error: rank 0 on host h1: ended by the launcher (SIGTERM) while allreduce #57
+  // waited for rank(s) 3 on host h2". clear_wait() when the wait is over.
+  void note_wait(const Task& t, const std::vector<int>& peers);
+  static void clear_wait();
+
  protected:
   explicit HostCommunicator(const CommOptions& opts);
   // Derived destructors call this first: runs what is queued, then stops the thread.
@@ -88,6 +95,9 @@ class HostCommunicator : public Communicator {
   void run(Task& t);
   void run_local(Task& t);
   void check_mismatch(Task& t);
+  std::string task_name(const Task& t) const;                 // "allreduce #17"
+  std::string ranks_named(const std::vector<int>& r) const;   // "2,3 on host h2"
+  std::string me() const;                                     // "rank 0 on host h1"
   void thread_main();
   void watchdog_main();
 
@@ -114,23 +124,31 @@ class HostCommunicator : public Communicator {
 class Poller {
  public:
   Poller(HostCommunicator& c, const Task& t) : c_(c), t_(t) {}
+  ~Poller() {
+    if (noted_) HostCommunicator::clear_wait();
+  }
+  Poller(const Poller&) = delete;
+  Poller& operator=(const Poller&) = delete;
   void progressed() { idle_ = 0; }
-  // waiting_for() lists the peers this loop waits on (the fallback for the timeout message).
+  // waiting_for() lists the peers this loop waits on (for the timeout message and last words).
   template <class F> void idle(F&& waiting_for) {
     if (++idle_ < kSpin) return relax();
+    if (idle_ == kNote) c_.note_wait(t_, waiting_for()), noted_ = true;
     if (Clock::now() > t_.deadline) c_.timeout_abort(t_, waiting_for());
     backoff();
   }
 
  private:
   // ~64 pauses, then a few milliseconds of yields, then naps: a peer that is late by more
-  // than that (still computing) should not cost this process a core.
-  static constexpr unsigned kSpin = 64, kYield = 4000;
+  // than that (still computing) should not cost this process a core. A wait that reaches
+  // kNote (some hundred microseconds) is recorded for the last words.
+  static constexpr unsigned kSpin = 64, kNote = 512, kYield = 4000;
   static void relax();
   void backoff();
   HostCommunicator& c_;
   const Task& t_;
   unsigned idle_ = 0;
+  bool noted_ = false;
 };
 
 }  // namespace rf::collective

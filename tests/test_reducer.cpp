@@ -46,6 +46,8 @@ struct MlpStep {
   }
 };
 constexpr const char* kNeedsTwo = "the fused update needs two ranks (ctest reducer_np2 runs this at np=2)";
+constexpr const char* kNeedsOneNode =
+    "the fused update needs every rank on one node; this job spans several (FuseOnNamesWhatPreventsIt covers it)";
 
 // The ring communicator, an initialised MLP session and --fuse-update on, for the fused tests.
 struct FusedOn {
@@ -122,6 +124,7 @@ TEST_P(FusedVsAllreduce, BitIdenticalAfterSteps) {
   auto comm_b = make_communicator("ring");
   const int rank = comm_a->rank(), world = comm_a->size();
   if (world == 1) GTEST_SKIP() << kNeedsTwo;
+  if (!comm_a->peer_window()) GTEST_SKIP() << kNeedsOneNode;
   OptimizerConfig oc;
   oc.kind = GetParam();
   if (oc.kind == OptimizerConfig::Kind::AdamW) oc.weight_decay = 0.01;
@@ -164,6 +167,7 @@ TEST(Reducer, FusedStepWithoutUpdatesStopsTheNextStep) {
   FusedOn f;
   auto& [comm, p, s, ro] = f;
   if (comm->size() == 1) GTEST_SKIP() << kNeedsTwo;
+  if (!comm->peer_window()) GTEST_SKIP() << kNeedsOneNode;
   Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
   fill_batch(p.x, p.y, comm->rank());
   s->run({p.m.loss}, p.feeds, p.t.updates, &r.run_options());
@@ -184,6 +188,7 @@ TEST(Reducer, FusedReducerLetsPeersFinishBeforeItsWindowIsReused) {
   auto& [comm, p, s, ro] = f;
   const int rank = comm->rank(), world = comm->size();
   if (world == 1) GTEST_SKIP() << kNeedsTwo;
+  if (!comm->peer_window()) GTEST_SKIP() << kNeedsOneNode;
   {
     Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
     RunOptions slow = r.run_options();
@@ -206,6 +211,7 @@ TEST(Reducer, FusedRefusesAGradientRunWithoutItsOptions) {
   FusedOn f;
   auto& [comm, p, s, ro] = f;
   if (comm->size() == 1) GTEST_SKIP() << kNeedsTwo;
+  if (!comm->peer_window()) GTEST_SKIP() << kNeedsOneNode;
   Reducer r(*comm, *s, p.t.vars, p.t.grads, ro);
   fill_batch(p.x, p.y, comm->rank());
   s->run({p.m.loss}, p.feeds, p.t.updates, &r.run_options());
@@ -220,19 +226,27 @@ TEST(Reducer, FusedRefusesAGradientRunWithoutItsOptions) {
   EXPECT_NO_THROW(check_replicas(*s, *comm, 2));
 }
 
-// --fuse-update on where it cannot run says why (here: the mpi backend has no shared window).
+// --fuse-update on where it cannot run says why: the mpi backend has no shared window, nor has
+// the ring when the job spans several nodes (then auto leaves the exchange to the allreduce).
 TEST(Reducer, FuseOnNamesWhatPreventsIt) {
-  auto comm = make_communicator("mpi");
-  if (comm->size() == 1) GTEST_SKIP() << "nothing is reduced at world size 1";
+  auto mpi = make_communicator("mpi");
+  auto ring = make_communicator("ring");
+  if (mpi->size() == 1) GTEST_SKIP() << "nothing is reduced at world size 1";
   MlpStep p;
   Session s(p.g);
-  ReducerOptions ro;
-  ro.fuse = ReducerOptions::Fuse::On;
-  try {
+  for (Communicator* comm : {mpi.get(), ring.get()}) {
+    if (comm->peer_window()) continue;  // the ring on one node fuses (FusedVsAllreduce)
+    ReducerOptions ro;
+    ro.fuse = ReducerOptions::Fuse::On;
+    try {
+      Reducer r(*comm, s, p.t.vars, p.t.grads, ro);
+      ADD_FAILURE() << "--fuse-update on was accepted with " << comm->name();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("one node with the ring backend"), std::string::npos) << e.what();
+    }
+    ro.fuse = ReducerOptions::Fuse::Auto;
     Reducer r(*comm, s, p.t.vars, p.t.grads, ro);
-    FAIL() << "--fuse-update on was accepted with the mpi backend";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("one node with the ring backend"), std::string::npos) << e.what();
+    EXPECT_FALSE(r.fused()) << comm->name();
   }
 }
 
@@ -243,6 +257,7 @@ TEST(Reducer, FuseOnRefusesTwoUpdatesOfAVariable) {
   FusedOn f;
   auto& [comm, p, s, ro] = f;
   if (comm->size() == 1) GTEST_SKIP() << kNeedsTwo;
+  if (!comm->peer_window()) GTEST_SKIP() << kNeedsOneNode;
   const Value first{&p.g, p.t.vars[0], 0};  // a second update op for the first Variable
   (void)p.g.add(Op::ApplySGD, {first, p.t.grads[0], p.t.hyper}, Attrs{}, "second/update");
   try {
