@@ -3,12 +3,9 @@
 #include "collective/host_engine.h"
 
 #include <sched.h>
-#include <signal.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cinttypes>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -68,38 +65,6 @@ std::string join(const std::vector<int>& ranks) {
   return s;
 }
 
-// The last words (HostCommunicator::note_wait): two buffers written in turn under a mutex; the
-// SIGTERM handler writes whichever is current (write(2) only), then dies of the signal as it
-// would have.
-struct LastWords {
-  char text[2][1024];
-  size_t len[2] = {0, 0};
-  std::atomic<int> current{-1};
-  std::mutex mu;
-  int next = 0;
-};
-LastWords g_words;
-
-extern "C" void say_last_words(int sig) {
-  const int i = g_words.current.load(std::memory_order_acquire);
-  if (i >= 0) {
-    const ssize_t n = write(STDERR_FILENO, g_words.text[i], g_words.len[i]);
-    (void)n;
-  }
-  std::signal(sig, SIG_DFL);
-  std::raise(sig);
-}
-
-void install_last_words() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    struct sigaction sa = {};
-    sa.sa_handler = say_last_words;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, nullptr);
-  });
-}
-
 std::string format_seconds(double s) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", s);
@@ -130,7 +95,7 @@ HostCommunicator::HostCommunicator(const CommOptions& opts) : opts_(opts) {
   MPI_CHECK(MPI_Comm_rank(node_, &local_rank_));
   MPI_CHECK(MPI_Comm_size(node_, &local_size_));
   board_ = std::make_unique<ProgressBoard>(world_);
-  install_last_words();
+  arm_last_words();
 #endif
 }
 
@@ -350,18 +315,11 @@ std::string HostCommunicator::me() const {
 }
 
 void HostCommunicator::note_wait(const Task& t, const std::vector<int>& peers) {
-  std::string line = "ringflow: error: " + me() + ": ended by the launcher (SIGTERM) while " + task_name(t) +
-                     (peers.empty() ? std::string(" was running") : " waited for rank(s) " + ranks_named(peers)) + "\n";
-  std::lock_guard<std::mutex> lk(g_words.mu);
-  const int i = g_words.next;
-  g_words.next ^= 1;
-  const size_t n = std::min(line.size(), sizeof g_words.text[i]);
-  std::memcpy(g_words.text[i], line.data(), n);
-  g_words.len[i] = n;
-  g_words.current.store(i, std::memory_order_release);
+  set_last_words("ringflow: error: " + me() + ": ended by the launcher (SIGTERM) while " + task_name(t) +
+                 (peers.empty() ? std::string(" was running") : " waited for rank(s) " + ranks_named(peers)) + "\n");
 }
 
-void HostCommunicator::clear_wait() { g_words.current.store(-1, std::memory_order_release); }
+void HostCommunicator::clear_wait() { clear_last_words(); }
 
 void HostCommunicator::arm_watchdog(const Task* t) {
   note_wait(*t, {});

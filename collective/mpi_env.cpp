@@ -1,8 +1,15 @@
 // MPI initialisation on demand and finalisation at exit (see mpi_env.h).
 #include "collective/mpi_env.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <mutex>
 #include <thread>
@@ -69,10 +76,35 @@ const MpiEnv& mpi_env() {
 }
 
 namespace {
+// Two buffers written in turn under a mutex; the SIGTERM handler writes whichever is current
+// (write(2) only), then dies of the signal as it would have.
+struct LastWords {
+  char text[2][1024];
+  size_t len[2] = {0, 0};
+  std::atomic<int> current{-1};
+  std::atomic<bool> silenced{false};
+  std::mutex mu;
+  int next = 0;
+};
+LastWords g_words;
+
+extern "C" void say_last_words(int sig) {
+  const int i = g_words.current.load(std::memory_order_acquire);
+  if (i >= 0 && !g_words.silenced.load(std::memory_order_acquire)) {
+    const ssize_t n = write(STDERR_FILENO, g_words.text[i], g_words.len[i]);
+    (void)n;
+  }
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+}  // namespace
+
+namespace {
 // MPI_Abort where this process is one of several ranks; returns otherwise. The pause first lets
 // the launcher forward the error line just written to stderr: Open MPI tears the job down on
 // MPI_Abort and can drop output still in flight (seen: a job that ended with only its banner).
 void abort_ranks(int code) {
+  g_words.silenced.store(true, std::memory_order_release);
   std::fflush(stderr);
 #if RINGFLOW_MPI
   int initialised = 0, finalized = 0;
@@ -91,6 +123,29 @@ void abort_ranks(int code) {
 #endif
 }
 }  // namespace
+
+
+void arm_last_words() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa = {};
+    sa.sa_handler = say_last_words;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+  });
+}
+
+void set_last_words(const std::string& line) {
+  std::lock_guard<std::mutex> lk(g_words.mu);
+  const int i = g_words.next;
+  g_words.next ^= 1;
+  const size_t n = std::min(line.size(), sizeof g_words.text[i]);
+  std::memcpy(g_words.text[i], line.data(), n);
+  g_words.len[i] = n;
+  g_words.current.store(i, std::memory_order_release);
+}
+
+void clear_last_words() { g_words.current.store(-1, std::memory_order_release); }
 
 void abort_job(int code) {
   abort_ranks(code);

@@ -2,6 +2,7 @@
 // started by an MPI launcher (mpirun/mpiexec/srun put their rank variables in the environment);
 // otherwise it is never touched and the job is world size 1, so single-device runs need no MPI.
 #pragma once
+#include <string>
 
 namespace rf::collective {
 
@@ -25,5 +26,14 @@ const MpiEnv& mpi_env();
 // The same from any thread while others run (a watchdog): MPI_Abort, or std::_Exit (no atexit
 // handlers, no static destructors) for one process. stderr is flushed first.
 [[noreturn]] void abort_job_now(int code);
+
+// Last words: a line this process writes to stderr if the launcher ends it with SIGTERM (as
+// mpirun does to every rank when another rank or a host fails), saying what it was waiting for.
+// arm_last_words installs the handler (once); set_last_words replaces the line, clear_last_words
+// withdraws it. A process that ends the job itself (abort_job*) has said its own line and stays
+// silent.
+void arm_last_words();
+void set_last_words(const std::string& line);
+void clear_last_words();
 
 }  // namespace rf::collective

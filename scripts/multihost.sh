@@ -364,8 +364,12 @@ mpirun_cmd() {  # fills CMD with the mpirun command line; a --mca NAME the calle
   ((np == 0)) || ranks=$np
   local yield=""
   ((ranks <= $(nproc))) || yield=mpi_yield_when_idle=1
+  # oob_tcp_keepalive_*: a host whose link goes down is declared lost after ~8 s of silence
+  # instead of Open MPI's ~490 s (300 s idle + 9 probes x 20 s), so mpirun ends the job
+  # (README: what we recommend on real clusters too)
   for v in plm_rsh_agent="$STATE/agent" plm_rsh_no_tree_spawn=1 btl=tcp,vader,self \
-    btl_tcp_if_include="$NET.0/24" oob_tcp_if_include="$NET.0/24" hwloc_base_binding_policy=none $yield; do
+    btl_tcp_if_include="$NET.0/24" oob_tcp_if_include="$NET.0/24" hwloc_base_binding_policy=none \
+    oob_tcp_keepalive_time=5 oob_tcp_keepalive_intvl=1 oob_tcp_keepalive_probes=3 $yield; do
     name=${v%%=*}; value=${v#*=}
     for ((i = 0; i + 1 < ${#user[@]}; i++)); do
       [[ ${user[i]} == --mca || ${user[i]} == -mca ]] && [[ ${user[i + 1]} == "$name" ]] && continue 2

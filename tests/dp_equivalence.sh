@@ -27,30 +27,7 @@ run() {  # run NP VARIANT MODEL OUT; VARIANT: ring (fused update at <= 4 ranks),
     --lr-schedule constant --check-every 10 --quiet --save "$4" >"$4.json" 2>"$4.err"
 }
 compare() {  # compare A B -> prints the worst relative difference, exit 1 if > 1e-5
-  python3 - "$1" "$2" <<'PY'
-import json, struct, sys
-def load(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        blob = f.read()
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__": continue
-        code, size = {"F32": ("f", 4), "F64": ("d", 8)}[t["dtype"]]
-        b, e = t["data_offsets"]
-        out[name] = struct.unpack("<%d%s" % ((e - b) // size, code), blob[b:e])
-    return out
-a, b = load(sys.argv[1]), load(sys.argv[2])
-assert a.keys() == b.keys(), (sorted(a), sorted(b))
-worst, where = 0.0, ""
-for name in a:
-    scale = max(max(abs(v) for v in b[name]), 1e-30)
-    d = max(abs(x - y) for x, y in zip(a[name], b[name])) / scale
-    if d > worst: worst, where = d, name
-print("%.3g (%s)" % (worst, where))
-sys.exit(0 if worst <= 1e-5 else 1)
-PY
+  python3 "$(dirname "${BASH_SOURCE[0]}")/safetensors_diff.py" "$1" "$2" 1e-5
 }
 for model in mlp cnn; do
   if ! run 1 ring "$model" "$tmp/$model.np1.safetensors"; then
