@@ -540,7 +540,8 @@ TEST(OpsGradcheck, Reshape) {
   const Shape xs{2, 3, 4};
   for (const auto& [target, out] : std::vector<std::pair<Shape, Shape>>{
            {Shape{6, 4}, Shape{6, 4}}, {Shape{4, -1}, Shape{4, 6}}, {Shape{24}, Shape{24}}, {Shape{2, 2, 3, 2}, Shape{2, 2, 3, 2}}})
-    check_op("Reshape to " + target.str(), {U(xs)}, [=](const Values& x) { return ops::reshape(x[0], target); }, out,
+    // A copy to capture: clang before 16 cannot capture a structured binding.
+    check_op("Reshape to " + target.str(), {U(xs)}, [to = target](const Values& x) { return ops::reshape(x[0], to); }, out,
              [](const std::vector<Vec>& v) { return v[0]; });
   // A reshape in the middle of a chain (the view feeds a kernel and receives a kernel's gradient).
   check_op("Exp(Reshape(Square))", {U(xs)},
