@@ -39,7 +39,9 @@ constexpr int64_t kMaxSynthetic = 2'500'000;
 // More OpenMP threads than this is no machine ringflow runs on (and 100000 crashes libgomp).
 constexpr int kMaxThreads = 1024;
 
-void validate(const TrainConfig& c) {
+}  // namespace
+
+void validate_config(const TrainConfig& c) {
   RF_CHECK(c.model == "mlp" || c.model == "cnn", "unknown model '", c.model, "': expected mlp or cnn");
   RF_CHECK(c.data == "fashion-mnist" || c.data == "synthetic", "unknown data set '", c.data,
            "': expected fashion-mnist or synthetic");
@@ -83,6 +85,8 @@ void validate(const TrainConfig& c) {
   parse_optimizer(c.optimizer);
   parse_schedule(c.schedule);
 }
+
+namespace {
 
 // Why no file can be written at `path` ("" when one can): a directory in its place, a missing
 // parent, or whatever creating (and removing) a probe file next to it says. A file written by
@@ -372,7 +376,7 @@ nlohmann::json train(const TrainConfig& c) {
   // alike with one message instead of leaving the others waiting.
   std::string setup_error;
   try {
-    validate(c);
+    validate_config(c);
   } catch (const std::exception& e) {
     setup_error = e.what();
   }

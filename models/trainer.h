@@ -58,6 +58,10 @@ struct JobError : Error {
   bool print;
 };
 
+// Checks every flag's value and their combinations that can be known without data, devices or
+// peers (throws rf::Error with a one-line message); train() starts with it.
+void validate_config(const TrainConfig& cfg);
+
 // Validates the configuration (throws JobError with a one-line message on bad input), trains
 // and returns the summary (model, device, world_size, steps, train_seconds, samples_per_second,
 // test_accuracy, final_loss, param_norm, ...).
