@@ -67,7 +67,9 @@ class GzReader {
       ::close(fd);
       fail("cannot open ", path, ": zlib could not allocate a reader (out of memory?)");
     }
-    gzbuffer(f_, 1 << 20);  // fewer, larger read(2) calls than zlib's 8 KiB default
+    // Fewer, larger read(2) calls than zlib's 8 KiB default; no larger than the file, since zlib
+    // allocates three times this (input and output buffers) for every file it opens.
+    gzbuffer(f_, static_cast<unsigned>(std::clamp<int64_t>(st.st_size, 8 << 10, 1 << 20)));
   }
   ~GzReader() {
     if (f_) gzclose(f_);
@@ -196,7 +198,7 @@ Dataset load_idx_images_labels(const std::string& images_gz, const std::string& 
   d.images.reserve(static_cast<size_t>(std::min(total, kFirstReserve)));
   float lut[256];
   for (int i = 0; i < 256; ++i) lut[i] = static_cast<float>(i) / 255.0f;
-  std::vector<unsigned char> chunk(1 << 20);
+  std::vector<unsigned char> chunk(static_cast<size_t>(std::min<int64_t>(total, 1 << 20)));
   int64_t done = 0;
   while (done < total) {
     int64_t want = std::min<int64_t>(total - done, static_cast<int64_t>(chunk.size()));
