@@ -676,6 +676,20 @@ TEST_F(DataIoTest, SafetensorsLoadRejectsBadFiles) {
            eight);
   expect_error([&] { rf::load_safetensors(p); }, {p, "__metadata__", "not a string"});
 
+  // Found with tests/fuzz/fuzz_safetensors.cpp (UBSan, on a crafted input): an empty tensor whose
+  // other dims overflow i64 was accepted, and Shape::numel() then overflowed before reaching the 0.
+  write_st(p, R"({"x":{"dtype":"F32","shape":[4611686018427387904,4,0],"data_offsets":[0,0]}})", {});
+  expect_error([&] { rf::load_safetensors(p); }, {p, "'x'", "[4611686018427387904,4,0]", "multiply past 64 bits"});
+  write_st(p, R"({"x":{"dtype":"F32","shape":[0,4611686018427387904],"data_offsets":[0,0]}})", {});
+  EXPECT_EQ(rf::load_safetensors(p).at("x").shape.numel(), 0);  // huge but within i64: still fine
+
+  // Found while fuzzing (a crafted input past the fuzzer's 4 KB inputs): JSON nested a million
+  // deep cost ~200 bytes of memory per byte of header; nesting is now refused past 128 levels.
+  write_st(p, "{\"x\":" + std::string(100000, '[') + std::string(100000, ']') + "}", {});
+  expect_error([&] { rf::load_safetensors(p); }, {p, "nests JSON deeper than 128 levels"});
+  write_st(p, "{\"x\":" + std::string(100, '[') + std::string(100, ']') + "}", {});
+  expect_error([&] { rf::load_safetensors(p); }, {p, "'x'", "not a JSON object"});  // 100 deep: parsed
+
   // And a hand-written valid file (data in a different order than the keys) loads.
   Bytes data = pattern(12);
   write_st(p, R"({"x":{"dtype":"U8","shape":[4],"data_offsets":[8,12]},)"
