@@ -29,16 +29,27 @@ if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
   exit 1
 fi
 
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# grep without -q: -q stops reading at the first match, and the writer's SIGPIPE fails the pipe
+# under pipefail.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep "install ok installed" >/dev/null; }
+has_candidate() { apt-cache policy "$1" 2>/dev/null | grep 'Candidate: [^(]' >/dev/null; }  # apt's lists offer it
 missing=() missing_opt=()
 for p in "${pkgs[@]}"; do installed "$p" || missing+=("$p"); done
 for p in "${optional[@]}"; do installed "$p" || missing_opt+=("$p"); done
-((${#missing[@]} + ${#missing_opt[@]})) || exit 0
+if ((${#missing[@]} == 0)); then
+  # Only optional ones missing: worth an apt-get only where apt's lists offer them (an optional
+  # package this release lacks must not cost an apt-get update on every run).
+  offered=()
+  for p in "${missing_opt[@]}"; do has_candidate "$p" && offered+=("$p"); done
+  ((${#offered[@]})) || exit 0
+  [[ $(id -u) -eq 0 ]] || command -v sudo >/dev/null || exit 0
+  missing_opt=("${offered[@]}")
+fi
 
 SUDO=()
 if [[ $(id -u) -ne 0 ]]; then
   if ! command -v sudo >/dev/null; then
-    echo "install_deps: error: missing ${missing[*]} ${missing_opt[*]}; run as root or install sudo" >&2
+    echo "install_deps: error: missing ${missing[*]}; run as root or install sudo" >&2
     exit 1
   fi
   SUDO=(sudo)
@@ -48,12 +59,14 @@ apt_install() {
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-echo "install_deps: installing ${missing[*]} ${missing_opt[*]}" >&2
+all=("${missing[@]}" "${missing_opt[@]}")
+echo "install_deps: installing ${all[*]}" >&2
 "${SUDO[@]}" apt-get update -qq
 if ((${#missing[@]})); then
   apt_install "${missing[@]}" || { echo "install_deps: error: apt-get could not install: ${missing[*]}" >&2; exit 1; }
 fi
 for p in "${missing_opt[@]}"; do
-  apt_install "$p" 2>/dev/null ||
-    echo "install_deps: note: optional $p could not be installed; the build goes on without it" >&2
+  if ! has_candidate "$p" || ! apt_install "$p" 2>/dev/null; then
+    echo "install_deps: note: optional $p is not installable here; the build goes on without it" >&2
+  fi
 done
