@@ -28,7 +28,8 @@
 #   clean_room: [cuda] bash scripts/test.sh ... ok (1834 s): 140 tests, 0 failed (2 skipped); ...
 # On the first failure: that stage's line, the tail of its log, and a non-zero exit. Mounts (proc,
 # sys, dev, dev/pts, dev/shm, the apt archives, the CUDA toolkit) are undone on every exit (trap);
-# processes left inside a root are killed first.
+# processes left inside a root are killed first; what a run killed outright (SIGKILL) left, the
+# next run undoes before it starts.
 set -euo pipefail
 
 only=""
@@ -128,10 +129,11 @@ active_roots=()
 mounts_under() { awk -v r="$1" '$5 == r || index($5, r "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r; }
 release_root() {  # release_root ROOT: kill what still runs inside it (we started it), unmount all
   local r="$1" p m
-  for p in /proc/[0-9]*; do
-    m="$(readlink "$p/root" 2>/dev/null || true)"
-    if [[ "$m" == "$r" || "$m" == "$r/"* ]]; then kill -9 "${p#/proc/}" 2>/dev/null || true; fi
-  done
+  if [[ -d "$r" ]]; then
+    for p in /proc/[0-9]*; do   # a process chrooted here has its root link at ROOT
+      if [[ "$p/root" -ef "$r" ]]; then kill -9 "${p#/proc/}" 2>/dev/null || true; fi
+    done
+  fi
   for m in $(mounts_under "$r"); do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || echo "clean_room: warning: cannot unmount $m" >&2
   done
@@ -145,14 +147,20 @@ remove_root() {  # never rm a root that still has something mounted in it (the h
 }
 stage_pid=""
 kill_tree() {  # kill_tree PID: the stage we started and its descendants, children first
-  local f s ppid
-  for f in /proc/[0-9]*/stat; do
-    s="$(cat "$f" 2>/dev/null)" || continue
-    s="${s##*) }"            # past "pid (comm) ": state ppid ...
+  local f s ppid pid todo=("$1") all=()
+  declare -A kids=()
+  for f in /proc/[0-9]*/stat; do   # builtins only: no fork per process
+    read -r s <"$f" 2>/dev/null || continue
+    s="${s##*) }"                  # past "pid (comm) ": state ppid ...
     read -r _ ppid _ <<<"$s"
-    if [[ "$ppid" == "$1" ]]; then f="${f#/proc/}"; kill_tree "${f%/stat}"; fi
+    pid="${f#/proc/}"
+    kids[$ppid]+=" ${pid%/stat}"
   done
-  kill -TERM "$1" 2>/dev/null || true
+  while ((${#todo[@]})); do
+    pid="${todo[0]}"; todo=("${todo[@]:1}"); all=("$pid" "${all[@]}")
+    for f in ${kids[$pid]:-}; do todo+=("$f"); done
+  done
+  kill -TERM "${all[@]}" 2>/dev/null || true
 }
 cleanup() {
   local r
@@ -160,7 +168,12 @@ cleanup() {
   for r in "${active_roots[@]}"; do release_root "$r" || true; done
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# A run killed outright (SIGKILL) cannot clean up: undo what it left before anything else.
+for r in "$work/base" "$work"/root-*; do
+  if [[ -d "$r" ]]; then release_root "$r" || die "cannot unmount what an earlier run left under $r"; fi
+done
 
 mount_root() {  # mount_root ROOT VARIANT (the caller has put ROOT in active_roots for the trap)
   local r="$1" v="$2"
@@ -195,7 +208,7 @@ run_stage() {  # run_stage NAME LOG COMMAND...: silent; on failure the line, the
   shift 2
   # In the background, so that set -e holds inside a function stage (a function called as
   # `f || rc=$?` runs with errexit off); the trap kills it if we are stopped.
-  "$@" >"$log" 2>&1 </dev/null &
+  "$@" >"$log" 2>&1 </dev/null 9>&- &   # 9: our lock, not to be held by what outlives us
   stage_pid=$!
   wait "$stage_pid" || rc=$?
   stage_pid=""
@@ -208,6 +221,7 @@ run_stage() {  # run_stage NAME LOG COMMAND...: silent; on failure the line, the
 }
 fail() {  # fail LINE LOG
   echo "clean_room: $1"
+  [[ -n "${root:-}" && -d "${root:-}" ]] && echo "clean_room: root kept for a look: chroot $root /bin/bash (the next run replaces it)"
   echo "clean_room: last 40 lines of $2:"
   tail -n 40 "$2" | sed 's/^/    /'
   exit 1
