@@ -11,9 +11,10 @@ set -euo pipefail
 
 # g++/make: the compilers (gcc comes with g++); cmake; the libraries of CMakeLists.txt;
 # openmpi-bin: mpiexec for the MPI tests; dataset-fashion-mnist: the default training data (and
-# the tests that train on it); python3: the test scripts' checks (json, gzip, struct).
+# the tests that train on it); python3: the test scripts' checks (json, gzip, struct); iproute2:
+# ip, tc and bridge for the emulated hosts of tests/multihost (scripts/multihost.sh; run as root).
 pkgs=(g++ make cmake zlib1g-dev libopenblas-dev libopenmpi-dev openmpi-bin libgtest-dev libcli11-dev
-      nlohmann-json3-dev dataset-fashion-mnist python3)
+      nlohmann-json3-dev dataset-fashion-mnist python3 iproute2)
 optional=(libdnnl-dev)   # oneDNN's sgemm for f32 (faster on small batches); OpenBLAS otherwise
 
 while (($#)); do
