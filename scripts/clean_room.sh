@@ -9,7 +9,10 @@
 # directory /usr/local/cuda resolves to, bind-mounted read-only at the same path, and
 # /usr/local/cuda linking to it as here; no driver, no GPU), where the build must have
 # RINGFLOW_CUDA=ON; and "nocuda", without it (no nvcc), where CMake's RINGFLOW_CUDA defaults OFF.
-# Both must pass. Needs root, the network to the Debian mirror and 20-60 minutes on 2 cores; it is
+# Both must pass. A root's processes run in a network namespace of their own (slirp4netns: NAT for
+# apt), so tests that build emulated hosts (tests/multihost) run there as on a machine of their
+# own and never touch this machine's interfaces. Needs root, debootstrap and slirp4netns
+# (installed when missing), the network to the Debian mirror, and 30-60 minutes on 2 cores; it is
 # not part of .ci/run.
 #
 # usage: scripts/clean_room.sh [--only cuda|nocuda] [--work DIR] [--reuse] [--keep] [--mirror URL]
@@ -40,7 +43,7 @@ mirror=""
 stage_timeout=7200
 suite=bookworm
 
-usage() { sed -n '15,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '18,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "clean_room: error: $*" >&2; exit 1; }
 while (($#)); do
   case "$1" in
@@ -50,7 +53,7 @@ while (($#)); do
     --keep) keep=1; shift ;;
     --mirror) (($# >= 2)) || usage; mirror="${2%/}"; shift 2 ;;
     --timeout) (($# >= 2)) || usage; stage_timeout="$2"; shift 2 ;;
-    -h|--help) sed -n '15,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '18,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "clean_room: error: unknown argument '$1'" >&2; usage ;;
   esac
 done
@@ -117,11 +120,52 @@ mkdir -p "$work" "$work/apt-archives"
 exec 9>"$work/.lock"
 flock -n 9 || die "another clean_room.sh is running in $work"
 
-if ! command -v debootstrap >/dev/null; then
-  echo "clean_room: installing debootstrap" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
-fi
+for tool in debootstrap slirp4netns; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "clean_room: installing $tool" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >/dev/null
+  fi
+done
+command -v unshare >/dev/null && command -v nsenter >/dev/null || die "needs unshare and nsenter (util-linux)"
+
+# --- the network namespace ----------------------------------------------------------------------
+# Everything in a root runs in a network namespace of its own, so that tests which make bridges,
+# veths and namespaces (tests/multihost) work there as on a machine of their own and cannot touch
+# this machine's (another user's harness, its interfaces, its routes). slirp4netns gives it a
+# NAT'd way out for apt (10.0.2.100 on tap0, gateway 10.0.2.2, DNS at 10.0.2.3).
+net_holder="" net_slirp=""
+net_up() {  # net_up LOGDIR: a process holding a new network namespace, and slirp4netns in it
+  local i self
+  self="$(readlink /proc/self/ns/net)"
+  unshare --net -- sleep infinity 9>&- &
+  net_holder=$!
+  for ((i = 0; i < 100; i++)); do
+    [[ "$(readlink "/proc/$net_holder/ns/net" 2>/dev/null)" != "$self" ]] && break
+    sleep 0.1
+  done
+  # Never attach slirp4netns before this holds: in our own namespace it would route this machine.
+  kill -0 "$net_holder" 2>/dev/null && [[ "$(readlink "/proc/$net_holder/ns/net")" != "$self" ]] ||
+    die "unshare --net did not give a network namespace of its own"
+  rm -f "$1/slirp.ready"
+  slirp4netns --configure --mtu=65520 --disable-host-loopback --ready-fd=3 "$net_holder" tap0 \
+    3>"$1/slirp.ready" >"$1/slirp.log" 2>&1 9>&- &
+  net_slirp=$!
+  for ((i = 0; i < 100; i++)); do
+    [[ -s "$1/slirp.ready" ]] && return 0
+    kill -0 "$net_slirp" 2>/dev/null || break
+    sleep 0.1
+  done
+  die "slirp4netns did not come up (see $1/slirp.log)"
+}
+net_down() {
+  local p
+  for p in "$net_slirp" "$net_holder"; do
+    if [[ -n "$p" ]]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  done
+  net_slirp="" net_holder=""
+}
+in_net() { nsenter --net="/proc/$net_holder/ns/net" "$@"; }
 
 # --- mounts and their cleanup -------------------------------------------------------------------
 active_roots=()
@@ -166,6 +210,7 @@ cleanup() {
   local r
   [[ -n "$stage_pid" ]] && kill_tree "$stage_pid"
   for r in "${active_roots[@]}"; do release_root "$r" || true; done
+  net_down
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -181,7 +226,7 @@ mount_root() {  # mount_root ROOT VARIANT (the caller has put ROOT in active_roo
   mount --bind "$r" "$r"
   mount --make-rprivate "$r"
   mount -t proc proc "$r/proc"
-  mount -t sysfs -o ro sysfs "$r/sys"
+  in_net mount -t sysfs -o ro sysfs "$r/sys"   # mounted from the namespace: its own interfaces
   mount --bind /dev "$r/dev"             # the device nodes (not /dev's submounts: those follow)
   mount --make-private "$r/dev"
   mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$r/dev/pts"
@@ -197,8 +242,9 @@ mount_root() {  # mount_root ROOT VARIANT (the caller has put ROOT in active_roo
 
 in_root() {  # in_root ROOT COMMAND: a login-like environment, nothing of ours carried in
   local r="$1"; shift
-  timeout --kill-after=30 "$stage_timeout" env -i HOME=/root USER=root LOGNAME=root \
-    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin chroot "$r" /bin/bash -c "$1"
+  timeout --kill-after=30 "$stage_timeout" nsenter --net="/proc/$net_holder/ns/net" env -i HOME=/root \
+    USER=root LOGNAME=root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    chroot "$r" /bin/bash -c "$1"
 }
 
 # --- stages -------------------------------------------------------------------------------------
@@ -254,6 +300,7 @@ for v in "${variants[@]}"; do
   logs="$work/$v"
   rm -rf "$logs"
   mkdir -p "$logs"
+  net_up "$logs"
 
   make_root() {
     remove_root "$root"
@@ -266,8 +313,10 @@ for v in "${variants[@]}"; do
       [[ -n "$security" ]] && echo "deb $security $suite-security main"
       true
     } >"$root/etc/apt/sources.list"
-    cp -L /etc/resolv.conf "$root/etc/resolv.conf"
-    cp -L /etc/hosts "$root/etc/hosts"   # the chroot shares this machine's hostname
+    echo "nameserver 10.0.2.3" >"$root/etc/resolv.conf"   # slirp4netns's DNS
+    # as Debian's installer writes it (the chroot shares this machine's hostname)
+    printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+      "$(hostname)" >"$root/etc/hosts"
     git clone --quiet --no-local "$repo" "$root/root/ringflow"
     git -C "$root/root/ringflow" checkout --quiet --detach "$head"
     mount_root "$root" "$v"
@@ -281,7 +330,7 @@ for v in "${variants[@]}"; do
     fi
     in_root "$root" 'cat /etc/debian_version; ls /root/ringflow'
   }
-  what="base + clone of ${head:0:7}"
+  what="base + clone of ${head:0:7} + own network namespace (slirp4netns)"
   [[ "$v" == cuda ]] && what="$what + $cuda_dir (read-only)"
   active_roots+=("$root")
   run_stage "[$v] root" "$logs/root.log" make_root
@@ -318,6 +367,7 @@ print(("" if ok else "BAD ") + "model %s, device %s, steps %s, final_loss %.4f, 
   say "$name ... ok ($STAGE_SECS s): $result"
 
   release_root "$root" || die "cannot unmount everything under $root"
+  net_down
   if ((keep)); then
     say "[$v] kept $root"
   else
