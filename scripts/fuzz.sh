@@ -75,7 +75,8 @@ for t in "${targets[@]}"; do
     elif grep -q 'ERROR: LeakSanitizer' "$log"; then result="LEAK"
     elif grep -q 'runtime error:' "$log"; then result="UNDEFINED BEHAVIOUR ($(grep -m1 -oE 'runtime error: .*' "$log" | head -c 120))"
     elif grep -q 'ERROR: AddressSanitizer' "$log"; then result="ASAN ($(grep -m1 -oE 'ERROR: AddressSanitizer: [a-z-]+' "$log"))"
-    else result="CRASH (exit $rc)"; fi
+    elif grep -qE 'ERROR: libFuzzer: deadly signal' "$log"; then result="CRASH (a deadly signal)"
+    else result="FAILED (exit $rc, no crash reported: see the log)"; fi
     result+="${artefact:+: $artefact}; log $log"
   fi
   line="fuzz_$t: ${execs:-0} executions in ${elapsed} s: $result"
