@@ -52,9 +52,11 @@ void Poller::backoff() {
 
 namespace {
 
+#if RINGFLOW_MPI
 // With less than MPI_THREAD_MULTIPLE, collectives of different communicators must not call MPI
 // at the same time: they take turns on this lock.
 std::mutex g_serial_mpi;
+#endif
 
 std::string join(const std::vector<int>& ranks) {
   std::string s;

@@ -209,7 +209,7 @@ void Reducer::setup_fused(Session& session, const Graph& g, const std::vector<in
   // peer may still be averaging the last step's: the replicas would drift apart without a word.
   // (Its options, or a copy with hooks added, carry the prologue and update_grads.)
   guarded_ = &session;
-  session.guard_bound_writes([this](const RunOptions* o) {
+  session.guard_bound_writes([](const RunOptions* o) {
     RF_CHECK(o && o->prologue && o->update_grads,
              "this run writes the gradient buffers of a fused Reducer without its run_options(): a peer may "
              "still be averaging them (pass Reducer::run_options() to every run that computes gradients)");
