@@ -342,8 +342,9 @@ mpirun_cmd() {  # fills CMD with the mpirun command line; a --mca NAME the calle
   local -a fwd=() def=() user=("$@")
   local v i name value
   # the agent gives the hosts a login's environment, as ssh would; RINGFLOW_* settings reach the
-  # ranks as they must on real hosts, through -x (OMPI_MCA_* ones Open MPI forwards itself)
-  for v in $(compgen -e | grep '^RINGFLOW_' || true); do fwd+=(-x "$v"); done
+  # ranks as they must on real hosts, through -x (OMPI_MCA_* ones Open MPI forwards itself), and
+  # so do the sanitizers' options (scripts/test.sh --asan/--ubsan: suppressions, halt_on_error)
+  for v in $(compgen -e | grep -E '^(RINGFLOW_|(ASAN|LSAN|UBSAN)_OPTIONS$)' || true); do fwd+=(-x "$v"); done
   # plm_rsh_no_tree_spawn: the root namespace's mpirun starts every orted itself
   # bind_to none: every host thinks it owns all the cores, so bound ranks of different hosts
   # would pile onto the same cores. No --oversubscribe: with it Open MPI 4.1 marks the nodes
