@@ -50,6 +50,10 @@ namespace {
 constexpr int kTagSpace = 32768;  // MPI guarantees tags up to 32767
 constexpr long kRecvAhead = 4;    // items whose receives are posted ahead of the one processed
 constexpr long kRoundsAhead = 2;  // rounds whose first sends may run ahead
+// The exchange keeps this many chunks in flight each way: over TCP every chunk past the eager
+// limit costs a rendezvous round trip, so a deep window keeps the link busy when a peer is slow
+// to answer (16 x 256 KiB: 4 MiB of receive slots).
+constexpr long kExchangeAhead = 16;
 int tag_of(long t) { return static_cast<int>(t % kTagSpace); }
 }  // namespace
 
@@ -200,18 +204,18 @@ void P2PRing::exchange(const Task& t, const void* send, void* recv, size_t count
   const bool in_place = send == recv;
   const int peer = right_;
   auto len = [&](long g) { return std::min(ce, count - static_cast<size_t>(g) * ce); };
-  const size_t nslots = static_cast<size_t>(kRecvAhead);
+  const size_t nslots = static_cast<size_t>(kExchangeAhead);
   if (slots_.size() < nslots * ce * es) slots_.assign(nslots * ce * es, std::byte{0});
-  auto slot = [&](long g) { return reinterpret_cast<char*>(slots_.data()) + static_cast<size_t>(g % kRecvAhead) * ce * es; };
+  auto slot = [&](long g) { return reinterpret_cast<char*>(slots_.data()) + static_cast<size_t>(g % kExchangeAhead) * ce * es; };
   std::vector<MPI_Request> rreq(static_cast<size_t>(G), MPI_REQUEST_NULL), sreq(static_cast<size_t>(G), MPI_REQUEST_NULL);
   std::vector<char> sent(static_cast<size_t>(G), 0);
   Poller poll(owner_, t);
   long tp = 0, tr = 0, ts = 0, tsdone = 0;  // processed, receives posted, sends posted, sends completed in order
   while (tp < G) {
     bool progress = false;
-    for (; tr < G && tr < tp + kRecvAhead; ++tr, progress = true)
+    for (; tr < G && tr < tp + kExchangeAhead; ++tr, progress = true)
       MPI_CHECK(MPI_Irecv(slot(tr), static_cast<int>(len(tr) * es), MPI_BYTE, peer, tag_of(tr), comm_, &rreq[tr]));
-    for (; ts < G && ts < tp + 2 * kRecvAhead; ++ts, progress = true)
+    for (; ts < G && ts < tp + kExchangeAhead; ++ts, progress = true)
       MPI_CHECK(MPI_Isend(in + static_cast<size_t>(ts) * ce * es, static_cast<int>(len(ts) * es), MPI_BYTE, peer,
                           tag_of(ts), comm_, &sreq[ts]));
     for (long g = tsdone; g < ts; ++g) {
