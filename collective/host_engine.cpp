@@ -346,12 +346,17 @@ void HostCommunicator::watchdog_main() {
       continue;
     }
     const Task* t = wd_task_;
-    if (Clock::now() < t->deadline) {
-      wd_cv_.wait_until(lk, t->deadline);
+    // A copy: wait_until reads its deadline again after waking, and by then disarm_watchdog may
+    // have let the task go (ASan: heap-use-after-free).
+    const Clock::time_point deadline = t->deadline;
+    if (Clock::now() < deadline) {
+      wd_cv_.wait_until(lk, deadline);
       continue;
     }
+    // Past the deadline: report from a copy taken under the lock, for the same reason.
+    const Task late = *t;
     lk.unlock();
-    timeout_abort(*t, {});
+    timeout_abort(late, {});
   }
 }
 
