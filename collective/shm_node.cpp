@@ -9,6 +9,7 @@
 
 #if RINGFLOW_MPI
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "collective/reduce.h"
@@ -31,6 +32,33 @@ constexpr size_t kCtrlBytes = 4096;  // counters, then the staging slots page-al
 
 inline void release_store(uint64_t* at, uint64_t v) { __atomic_store_n(at, v, __ATOMIC_RELEASE); }
 inline uint64_t peek(const uint64_t* at) { return __atomic_load_n(at, __ATOMIC_ACQUIRE); }
+
+// Open MPI's shared windows need not start a segment on a page (one header in front was seen:
+// +0x108), and the counters want 128-byte lines, the staging slots and gradients whole pages.
+// Each window asks for kPage more and every rank rounds each segment up to the page: mappings
+// are page-aligned, so every process rounds a segment to the same byte of it.
+constexpr size_t kPage = 4096;
+char* page_up(char* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  return reinterpret_cast<char*>((a + kPage - 1) / kPage * kPage);
+}
+
+// MPI_Win_allocate_shared of `bytes` per rank on `comm`; seg[q]: rank q's page-aligned segment.
+void allocate_shared_pages(MPI_Comm comm, size_t bytes, MPI_Win* win, std::vector<char*>& seg) {
+  MPI_Info info;
+  MPI_CHECK(MPI_Info_create(&info));
+  MPI_CHECK(MPI_Info_set(info, "alloc_shared_noncontig", "true"));  // each segment NUMA-local
+  char* base = nullptr;
+  MPI_CHECK(MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes + kPage), 1, info, comm, &base, win));
+  MPI_CHECK(MPI_Info_free(&info));
+  for (size_t q = 0; q < seg.size(); ++q) {
+    MPI_Aint sz;
+    int disp;
+    char* at = nullptr;
+    MPI_CHECK(MPI_Win_shared_query(*win, static_cast<int>(q), &sz, &disp, &at));
+    seg[q] = page_up(at);
+  }
+}
 }  // namespace
 
 struct ShmNode::Reduce {
@@ -60,20 +88,9 @@ ShmNode::ShmNode(HostCommunicator& owner, MPI_Comm node, size_t block_bytes)
   MPI_CHECK(MPI_Group_free(&g));
   MPI_CHECK(MPI_Group_free(&wg));
 
-  MPI_Info info;
-  MPI_CHECK(MPI_Info_create(&info));
-  MPI_CHECK(MPI_Info_set(info, "alloc_shared_noncontig", "true"));  // each segment page-aligned, NUMA-local
-  const size_t bytes = kCtrlBytes + kSlots * static_cast<size_t>(L_) * block_bytes_;
-  char* base = nullptr;
-  MPI_CHECK(MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes), 1, info, node_, &base, &ctrl_win_));
-  MPI_CHECK(MPI_Info_free(&info));
-  std::memset(base, 0, kCtrlBytes);
   ctrl_.resize(static_cast<size_t>(L_));
-  for (int q = 0; q < L_; ++q) {
-    MPI_Aint sz;
-    int disp;
-    MPI_CHECK(MPI_Win_shared_query(ctrl_win_, q, &sz, &disp, &ctrl_[q]));
-  }
+  allocate_shared_pages(node_, kCtrlBytes + kSlots * static_cast<size_t>(L_) * block_bytes_, &ctrl_win_, ctrl_);
+  std::memset(ctrl_[p_], 0, kCtrlBytes);
   data_.assign(static_cast<size_t>(L_), nullptr);
   MPI_CHECK(MPI_Barrier(node_));  // every rank's counters are zero before anyone reads them
 }
@@ -342,17 +359,7 @@ void* ShmNode::data(const Task& t, size_t bytes) {
   barrier(t);
   if (data_win_ != MPI_WIN_NULL) MPI_CHECK(MPI_Win_free(&data_win_));
   const size_t want = std::max<size_t>(bytes, size_t(1) << 20);
-  MPI_Info info;
-  MPI_CHECK(MPI_Info_create(&info));
-  MPI_CHECK(MPI_Info_set(info, "alloc_shared_noncontig", "true"));
-  char* base = nullptr;
-  MPI_CHECK(MPI_Win_allocate_shared(static_cast<MPI_Aint>(want), 1, info, node_, &base, &data_win_));
-  MPI_CHECK(MPI_Info_free(&info));
-  for (int q = 0; q < L_; ++q) {
-    MPI_Aint sz;
-    int disp;
-    MPI_CHECK(MPI_Win_shared_query(data_win_, q, &sz, &disp, &data_[q]));
-  }
+  allocate_shared_pages(node_, want, &data_win_, data_);
   data_bytes_ = want;
   return data_[p_];
 }
