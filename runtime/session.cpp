@@ -1,8 +1,10 @@
-// Plan compilation (pruning, ordering, concrete shapes, buffers) and the executor loop.
+// Plan compilation (pruning, ordering, concrete shapes, buffers by liveness), the plan cache
+// and the executor loop.
 #include "runtime/session.h"
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "kernels/cpu.h"
 #if RINGFLOW_CUDA
@@ -28,6 +30,8 @@ struct PlanStep {
 
 struct Plan {
   std::vector<Tensor> values;   // every output of every needed node
+  Tensor arena;                 // U8: the outputs that share memory by liveness (assign_buffers)
+  size_t bytes = 0;             // Session::last_plan_bytes()
   std::vector<int> base;        // node id -> index of its output 0 in values (-1: not in plan)
   std::vector<PlanStep> steps;  // init, then compute, then updates
   std::vector<std::unique_ptr<FusedChain>> chains;  // the Fused steps' chains
@@ -62,7 +66,31 @@ void Session::bind_output(Value v, const Tensor& buffer) {
                n.op != Op::ReshapeLike && v.index < int(n.outputs.size()),
            "bind_output: '", n.name, "' (", op_name(n.op), ") does not compute an output of its own");
   bound_outputs_[int64_t(v.node) * 8 + v.index] = buffer;
+  drop_plans();
+}
+
+void Session::drop_plans() {
+  // A CUDA plan's buffers and pinned scalars may still be read by queued work: let it finish.
+  // (Rare: a new binding, a switched option, an eviction, which compiles a plan anyway.)
+  if (!lru_.empty()) stream_.synchronize();
   plans_.clear();
+  lru_.clear();
+}
+
+void Session::set_memory_reuse(bool on) {
+  memory_reuse_ = on;
+  drop_plans();
+}
+
+void Session::set_plan_cache_capacity(size_t capacity) {
+  RF_CHECK(capacity >= 1, "the plan cache must hold at least one plan, got a capacity of ", capacity);
+  plan_capacity_ = capacity;
+  if (lru_.size() > capacity) stream_.synchronize();
+  while (lru_.size() > capacity) {
+    plans_.erase(lru_.back().key);
+    lru_.pop_back();
+    ++plans_evicted_;
+  }
 }
 
 Tensor& Session::variable(int node) {
@@ -176,6 +204,7 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
     (n.op == Op::InitVariable ? init_ids : is_update(n.op) ? update_ids : compute_ids).push_back(id);
   }
   plan->values.resize(nvalues);
+  std::vector<OutSpec> out_spec(nvalues);  // kernel outputs: allocated by assign_buffers
 
   // Concrete specs: feeds fix the unknown dimensions, then every node is inferred again.
   std::vector<std::vector<OutSpec>> specs(static_cast<size_t>(N));
@@ -238,7 +267,7 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
           const OutSpec& s = specs[size_t(id)][size_t(j)];
           auto bound = bound_outputs_.find(int64_t(id) * 8 + j);
           if (bound == bound_outputs_.end()) {
-            *st.out[j] = Tensor(s.shape, s.dtype, device_);
+            out_spec[size_t(plan->base[size_t(id)] + j)] = s;
             continue;
           }
           const Tensor& b = bound->second;
@@ -267,6 +296,7 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
   plan->first_update = plan->steps.size();
   for (int id : update_ids) make_step(id);
   if (fuse_epilogues_) fuse_chains(*plan, fetches);
+  assign_buffers(*plan, fetches, out_spec);
 
   // Feeds that live on another device than the plan are staged into plan-owned buffers.
   plan->feed_staging.resize(feeds.size());
@@ -296,8 +326,110 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
   for (const Value& v : fetches)
     plan->fetch_slots.push_back(&plan->values[size_t(plan->base[size_t(v.node)] + v.index)]);
   plan->results.resize(fetches.size());
+  for (const PlanStep& st : plan->steps)
+    if (st.kind == PlanStep::Kind::Const) plan->bytes += st.out[0]->nbytes();
+  for (const Tensor& t : plan->feed_staging) plan->bytes += t.defined() ? t.nbytes() : 0;
   ++plans_compiled_;
   return plan;
+}
+
+// The memory planner. Every kernel output that is not bound (bind_output) gets its buffer here,
+// after fusion (a fused chain's intermediates get none). Steps run one after another in
+// plan.steps order (on a CUDA device: queued in that order on the one compute stream, which
+// orders them the same way, as the caching allocator's reuse already assumes), so an output is
+// live from the step that writes it to the last step that reads it, and two outputs whose
+// intervals do not overlap can share bytes. Intervals are inclusive: an output never shares
+// with an input of its own step (no kernel here is written to run in place).
+// A Reshape is a view: reading it reads its input's buffer, so its readers count for the
+// buffer it views (its root).
+// Exempt (a buffer of its own, never shared), because something outside the step's order reads
+// them:
+// - fetched outputs (and the buffers fetched views look into): the caller reads them after the
+//   run, and so does RunOptions::epilogue, which queues device work after the last step;
+// - bound outputs (already set: the Reducer's fusion buffers, read by the allreduce on the
+//   communication thread or NCCL's stream, by the compression hook thread, or by the peers'
+//   fused updates while this rank's backward goes on);
+// - Variables, constants and feeds are not kernel outputs: never planned.
+// Update (Apply*) steps have no outputs; what they read stays live to the end of the step, since
+// a CUDA plan launches them in fused groups (cuda::FusedUpdates) in an order of its own.
+// The placement is greedy by size with best fit (TFLite's GreedyBySize, Pisarchyk & Lee 2020):
+// largest output first, each at the lowest-waste gap among the already placed outputs whose
+// intervals overlap its own, else on top. For a chain of layers it reaches the peak of the
+// largest live set (or near it) in O(n^2) for n outputs, fine for plans of a few thousand
+// nodes, and it is deterministic, so every rank's plan is the same. Offsets are multiples of
+// 64 B on the CPU (a cache line, what the CPU allocator gives) and 256 B on a GPU (cudaMalloc's
+// alignment, which cuBLAS(Lt), cuDNN and vectorised kernels may rely on).
+void Session::assign_buffers(Plan& plan, const std::vector<Value>& fetches, const std::vector<OutSpec>& out_spec) {
+  const size_t nv = plan.values.size();
+  auto index_of = [&](const Tensor* t) { return size_t(t - plan.values.data()); };
+  // Outputs to allocate: each remaining kernel step's outputs that are not bound.
+  std::vector<int> first(nv, -1), last(nv, -1);
+  std::vector<size_t> root(nv);
+  std::iota(root.begin(), root.end(), size_t(0));
+  const int nsteps = int(plan.steps.size());
+  for (int si = 0; si < nsteps; ++si) {
+    const PlanStep& st = plan.steps[size_t(si)];
+    const int read_until = size_t(si) >= plan.first_update ? nsteps : si;
+    for (int i = 0; i < st.nin; ++i) {
+      const size_t r = root[index_of(st.in[i])];
+      if (first[r] >= 0) last[r] = std::max(last[r], read_until);
+    }
+    if (st.kind == PlanStep::Kind::View) root[index_of(st.out[0])] = root[index_of(st.in[0])];
+    if (st.kind != PlanStep::Kind::Kernel) continue;
+    for (int j = 0; j < st.nout; ++j) {
+      const size_t v = index_of(st.out[j]);
+      if (st.out[j]->defined()) continue;  // bound
+      first[v] = last[v] = si;
+    }
+  }
+  std::vector<char> exempt(nv, 0);
+  for (const Value& f : fetches) exempt[root[size_t(plan.base[size_t(f.node)] + f.index)]] = 1;
+
+  struct Item {
+    size_t value, bytes, offset;
+    int first, last;
+  };
+  std::vector<Item> items;
+  const size_t align = device_.is_cuda() ? 256 : 64;
+  for (size_t v = 0; v < nv; ++v) {
+    if (first[v] < 0) continue;
+    const OutSpec& s = out_spec[v];
+    const size_t bytes = size_t(s.shape.numel()) * dtype_size(s.dtype);
+    if (!memory_reuse_ || exempt[v] || bytes == 0) {
+      plan.values[v] = Tensor(s.shape, s.dtype, device_);
+      plan.bytes += bytes;
+      continue;
+    }
+    items.push_back({v, (bytes + align - 1) / align * align, 0, first[v], last[v]});
+  }
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.bytes > b.bytes; });
+  size_t total = 0;
+  std::vector<const Item*> overlapping;
+  for (size_t k = 0; k < items.size(); ++k) {
+    Item& it = items[k];
+    overlapping.clear();
+    for (size_t p = 0; p < k; ++p)
+      if (items[p].first <= it.last && it.first <= items[p].last) overlapping.push_back(&items[p]);
+    std::sort(overlapping.begin(), overlapping.end(),
+              [](const Item* a, const Item* b) { return a->offset < b->offset; });
+    size_t best = SIZE_MAX, best_waste = SIZE_MAX, end = 0;  // end: the top of what is placed so far
+    for (const Item* o : overlapping) {
+      if (o->offset >= end && o->offset - end >= it.bytes && o->offset - end - it.bytes < best_waste) {
+        best = end;
+        best_waste = o->offset - end - it.bytes;
+      }
+      end = std::max(end, o->offset + o->bytes);
+    }
+    it.offset = best != SIZE_MAX ? best : end;
+    total = std::max(total, it.offset + it.bytes);
+  }
+  if (total == 0) return;
+  plan.arena = Tensor(Shape{i64(total)}, DType::U8, device_);
+  plan.bytes += total;
+  for (const Item& it : items) {
+    const OutSpec& s = out_spec[it.value];
+    plan.values[it.value] = plan.arena.view_bytes(it.offset, s.shape, s.dtype);
+  }
 }
 
 // The remapper (FusedChain, exec.h): a MatMul or Conv2D whose only reader is a BiasAdd (as its
@@ -365,7 +497,7 @@ void Session::fuse_chains(Plan& plan, const std::vector<Value>& fetches) {
 
 void Session::set_fuse_epilogues(bool on) {
   fuse_epilogues_ = on;
-  plans_.clear();
+  drop_plans();
 }
 
 Plan& Session::plan_for(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
@@ -384,9 +516,20 @@ Plan& Session::plan_for(const std::vector<Value>& fetches, const std::vector<Fee
     for (int i = 0; i < s.rank; ++i) k.push_back(s[i]);
   }
   auto it = plans_.find(k);
-  if (it != plans_.end()) return *it->second;
+  if (it != plans_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second);  // most recently used first; allocates nothing
+    return *it->second->plan;
+  }
   auto plan = compile(fetches, feeds, targets);
-  return *plans_.emplace(k, std::move(plan)).first->second;
+  if (lru_.size() >= plan_capacity_) {
+    stream_.synchronize();  // a CUDA plan's queued work may still read what the evicted one frees
+    plans_.erase(lru_.back().key);
+    lru_.pop_back();
+    ++plans_evicted_;
+  }
+  lru_.push_front(CachedPlan{k, std::move(plan)});
+  plans_.emplace(k, lru_.begin());
+  return *lru_.front().plan;
 }
 
 // A captured step replays exactly what it recorded, so everything it does must be device work at
@@ -408,6 +551,7 @@ void Session::check_graphable(const Plan& plan, const std::vector<Feed>& feeds, 
 const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
                                         const std::vector<Value>& targets, const RunOptions* options) {
   Plan& plan = plan_for(fetches, feeds, targets);
+  last_plan_bytes_ = plan.bytes;
   for (size_t i = 0; i < feeds.size(); ++i) {
     Tensor& slot = plan.values[size_t(plan.base[size_t(feeds[i].first.node)])];
     if (plan.feed_staging[i].defined()) {

@@ -1,8 +1,11 @@
 // Session: runs fetches and targets of a Graph with feeds, on one device. Each (fetches, feeds,
 // targets) signature is compiled once into a Plan (node order, concrete shapes, buffers); a run
-// of a compiled plan allocates nothing. Variables live in the Session (as in TensorFlow 1).
+// of a compiled plan allocates nothing. Plans are kept in a bounded cache (least recently used
+// out first). Node outputs share memory by liveness (set_memory_reuse). Variables live in the
+// Session (as in TensorFlow 1).
 #pragma once
 #include <functional>
+#include <list>
 #include <memory>
 #include <unordered_map>
 #include <utility>
@@ -56,8 +59,11 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   // Runs what fetches and targets need and returns the fetched values. The returned tensors
-  // are the plan's own buffers (fetching a Variable returns its storage): they stay valid until
-  // the next run of the same signature; clone() what must outlive it. Update ops (Apply*) run
+  // are the plan's own buffers (fetching a Variable returns its storage; a fetched output is
+  // never shared with another node's): they hold their values until the next run of the same
+  // signature; clone() what must outlive it. The returned vector itself belongs to the plan: it
+  // is valid until a run of another signature evicts that plan from the cache (copy the Tensors,
+  // which keep their buffers alive, to hold them longer). Update ops (Apply*) run
   // after every other node of the plan, so a step reads each Variable before it is changed.
   const std::vector<Tensor>& run(const std::vector<Value>& fetches, const std::vector<Feed>& feeds = {},
                                  const std::vector<Value>& targets = {}, const RunOptions* options = nullptr);
@@ -86,6 +92,27 @@ class Session {
   bool fuse_epilogues() const { return fuse_epilogues_; }
   size_t chains_fused() const { return chains_fused_; }
 
+  // Memory planning (on by default): a plan's node outputs share one arena, each output's
+  // bytes reused once the last step that reads it has run (liveness over the plan's execution
+  // order). Fetched outputs, bound outputs (bind_output), Variables, constants and feeds keep
+  // buffers of their own. Off: every output has its own buffer for the whole step. Switching
+  // drops the compiled plans.
+  void set_memory_reuse(bool on);
+  bool memory_reuse() const { return memory_reuse_; }
+  // Bytes the plan of the last run holds for node outputs: its arena plus the outputs with
+  // buffers of their own (fetched outputs, constants, staged feeds); not Variables, bound
+  // outputs or the caller's feeds. 0 before the first run.
+  size_t last_plan_bytes() const { return last_plan_bytes_; }
+
+  // The plan cache holds at most `capacity` signatures (>= 1; default kDefaultPlanCache); a new
+  // signature beyond it evicts the least recently run plan (and its buffers, once nothing else
+  // holds them). plans_cached(): how many it holds now.
+  static constexpr size_t kDefaultPlanCache = 32;
+  void set_plan_cache_capacity(size_t capacity);
+  size_t plan_cache_capacity() const { return plan_capacity_; }
+  size_t plans_cached() const { return plans_.size(); }
+  size_t plans_evicted() const { return plans_evicted_; }
+
   Device device() const { return device_; }
   const Graph& graph() const { return graph_; }
   size_t plans_compiled() const { return plans_compiled_; }
@@ -101,6 +128,8 @@ class Session {
   std::unique_ptr<Plan> compile(const std::vector<Value>& fetches, const std::vector<Feed>& feeds,
                                 const std::vector<Value>& targets);
   void fuse_chains(Plan& plan, const std::vector<Value>& fetches);
+  void assign_buffers(Plan& plan, const std::vector<Value>& fetches, const std::vector<OutSpec>& out_spec);
+  void drop_plans();
   void run_initializer(int var_node);
   void execute(Plan& plan, const RunOptions* options);
   void check_graphable(const Plan& plan, const std::vector<Feed>& feeds, const RunOptions& options) const;
@@ -119,9 +148,19 @@ class Session {
   std::vector<VarSlot> vars_;  // by node id
   std::unordered_map<int64_t, Tensor> bound_outputs_;  // key: node * 8 + output index
   std::function<void(const RunOptions*)> bound_write_guard_;
-  std::unordered_map<std::vector<int64_t>, std::unique_ptr<Plan>, KeyHash> plans_;
+  // The plan cache: lru_ holds the plans, most recently run first; plans_ finds them by key.
+  struct CachedPlan {
+    std::vector<int64_t> key;
+    std::unique_ptr<Plan> plan;
+  };
+  std::list<CachedPlan> lru_;
+  std::unordered_map<std::vector<int64_t>, std::list<CachedPlan>::iterator, KeyHash> plans_;
   std::vector<int64_t> key_scratch_;
+  size_t plan_capacity_ = kDefaultPlanCache;
   size_t plans_compiled_ = 0;
+  size_t plans_evicted_ = 0;
+  bool memory_reuse_ = true;
+  size_t last_plan_bytes_ = 0;
   bool fuse_epilogues_ = true;
   size_t chains_fused_ = 0;
   size_t graphs_captured_ = 0;

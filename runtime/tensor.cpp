@@ -55,6 +55,18 @@ Tensor Tensor::slice(i64 offset, const Shape& shape) const {
   return t;
 }
 
+Tensor Tensor::view_bytes(size_t byte_offset, const Shape& shape, DType dtype) const {
+  RF_CHECK(shape.defined() && byte_offset <= nbytes() &&
+               size_t(shape.numel()) * dtype_size(dtype) <= nbytes() - byte_offset,
+           "view_bytes of ", dtype_name(dtype), shape.str(), " at byte ", byte_offset, " is out of range for ",
+           nbytes(), " bytes");
+  Tensor t = *this;
+  t.offset_ += byte_offset;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  return t;
+}
+
 Tensor Tensor::to(Device d) const {
   Tensor t(shape_, dtype_, d);
   t.copy_from(*this);

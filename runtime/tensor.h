@@ -54,6 +54,9 @@ class Tensor {
   // Same storage: shape.numel() elements starting `offset` elements into this tensor (a
   // gradient's slot in a fusion buffer, say).
   Tensor slice(i64 offset, const Shape& shape) const;
+  // Same storage, read as `dtype`: shape.numel() elements starting `byte_offset` bytes into
+  // this tensor (a plan's node outputs carved out of its one arena, Session's memory planner).
+  Tensor view_bytes(size_t byte_offset, const Shape& shape, DType dtype) const;
   Tensor to(Device d) const;
   Tensor clone() const { return to(device()); }
   // Copies src's elements into this tensor (same dtype and element count; any devices).
