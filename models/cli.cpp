@@ -10,6 +10,8 @@
 #include <string>
 #include <type_traits>
 
+#include "runtime/session.h"
+
 namespace rf {
 namespace {
 
@@ -118,6 +120,16 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
                  "run each MatMul/Conv2D -> BiasAdd [-> Relu] chain as one step (CUDA dense layers: one "
                  "cuBLASLt matmul with the bias/ReLU epilogue)")
       ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  tr->add_option("--memory-reuse", c.memory_reuse,
+                 "node outputs share memory once their last reader has run (off: a buffer per output; the "
+                 "summary's peak_plan_bytes compares the two)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  tr->add_option("--plan-cache", c.plan_cache,
+                 "compiled plans the session keeps, least recently used out first (0: the default, " +
+                     std::to_string(Session::kDefaultPlanCache) + ")")
+      ->check(integer<int64_t>())
       ->capture_default_str();
   tr->add_option("--cuda-graph", c.cuda_graph,
                  "capture the training step as a CUDA graph after two warm-up steps and replay it (auto: where "

@@ -38,6 +38,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 constexpr int64_t kMaxSynthetic = 2'500'000;
 // More OpenMP threads than this is no machine ringflow runs on (and 100000 crashes libgomp).
 constexpr int kMaxThreads = 1024;
+constexpr int64_t kMaxPlanCache = 1 << 20;
 
 }  // namespace
 
@@ -56,6 +57,10 @@ void validate_config(const TrainConfig& c) {
   collective::parse_fuse(c.fuse_update);  // throws on anything but auto|on|off
   RF_CHECK(c.fuse_epilogues == "on" || c.fuse_epilogues == "off", "--fuse-epilogues must be on or off, got '",
            c.fuse_epilogues, "'");
+  RF_CHECK(c.memory_reuse == "on" || c.memory_reuse == "off", "--memory-reuse must be on or off, got '",
+           c.memory_reuse, "'");
+  RF_CHECK(c.plan_cache >= 0 && c.plan_cache <= kMaxPlanCache, "--plan-cache must be in [0, ", kMaxPlanCache,
+           "] (0: the default), got ", c.plan_cache);
   RF_CHECK(c.cuda_graph == "auto" || c.cuda_graph == "on" || c.cuda_graph == "off",
            "--cuda-graph must be auto, on or off, got '", c.cuda_graph, "'");
   RF_CHECK(!c.no_gradient_exchange || c.check_every == 0,
@@ -416,6 +421,8 @@ nlohmann::json train(const TrainConfig& c) {
 
   Session sess(g, device);
   sess.set_fuse_epilogues(c.fuse_epilogues == "on");
+  sess.set_memory_reuse(c.memory_reuse == "on");
+  if (c.plan_cache > 0) sess.set_plan_cache_capacity(size_t(c.plan_cache));
   sess.run({}, {}, g.initializers());
   for (const auto& [id, host] : setup.init) {  // --init-from: read and checked in set_up
     sess.variable(id).copy_from(host);
@@ -502,6 +509,7 @@ nlohmann::json train(const TrainConfig& c) {
 
   Progress progress(c.progress && lead);
   double train_seconds = 0, final_loss = 0, window_loss = 0, bytes_sent = 0;
+  size_t step_plan_bytes = 0;  // what the training step's plan holds for node outputs
   int64_t step = 0, window_steps = 0, window_correct = 0;
   nlohmann::json eval_json;
   for (int64_t epoch = 0; epoch < c.epochs && step < total_steps; ++epoch) {
@@ -518,6 +526,7 @@ nlohmann::json train(const TrainConfig& c) {
       const auto t0 = Clock::now();
       const int64_t tr0 = timeline ? timeline->now_us() : 0;
       const auto& out = sess.run(fetches, feeds, t.updates, step_options);
+      step_plan_bytes = sess.last_plan_bytes();
       if (timeline) timeline->span("step", "host", 2, tr0, timeline->now_us());
       double loss;
 #if RINGFLOW_CUDA
@@ -608,6 +617,10 @@ nlohmann::json train(const TrainConfig& c) {
   s["cuda_graph"] = sess.graphs_captured() > 0;  // what ran: a replayed step (auto resolved, 3+ steps)
   if (sess.graphs_captured() > 0) s["cuda_graph_kernels"] = sess.graph_kernels();  // per training step
   s["chains_fused"] = sess.chains_fused();
+  s["memory_reuse"] = sess.memory_reuse();
+  s["peak_plan_bytes"] = step_plan_bytes;  // the training step's plan (Session::last_plan_bytes)
+  s["plan_cache_size"] = sess.plans_cached();
+  s["plan_cache_capacity"] = sess.plan_cache_capacity();
   // What this rank sent per step (mean over the run), as a bandwidth-optimal ring sends it, and
   // what the uncompressed allreduce would send.
   s["bytes_sent_per_step"] = step > 0 ? bytes_sent / double(step) : 0.0;

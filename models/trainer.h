@@ -47,6 +47,8 @@ struct TrainConfig {
                                     // (auto: where it can, i.e. one replica on a GPU without --timeline)
   std::string fuse_epilogues = "on"; // on | off: MatMul/Conv2D -> BiasAdd [-> Relu] run as one step
   std::string fuse_update = "auto"; // auto | on | off: updates average the peers' gradients in place (one node)
+  std::string memory_reuse = "on";  // on | off: node outputs share memory by liveness (Session::set_memory_reuse)
+  int64_t plan_cache = 0;           // plans the session keeps (least recently used out); 0: the Session's default
   bool no_gradient_exchange = false; // diagnostics: replicas skip the gradient exchange (and drift apart)
 };
 
