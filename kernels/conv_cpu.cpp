@@ -412,7 +412,7 @@ void conv2d_grad_filter_direct(const float* x, const float* dy, float* dw, const
   // Threads split the taps (the outputs), never the images: every dW element then sums the
   // images in the same order whatever the thread count. The images are prepared a chunk at a
   // time so that the threads share one padded copy of each.
-  const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int nt = omp_in_parallel() ? 1 : max_threads();
   const i64 chunk = nt > 1 ? std::min<i64>(g.N, 2 * nt) : 1;
   float* xps = scratch<float, 4>(chunk * XP);
   float* dyts = scratch<float, 5>(chunk * DYT);

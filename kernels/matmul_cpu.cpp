@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 
 namespace rf::kernels::cpu {
 
@@ -45,6 +46,7 @@ void gemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, 
     return;
   }
   const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+  max_threads();  // oneDNN's threads follow this thread's OpenMP setting: give it the budget
   if constexpr (std::is_same_v<T, float>) {
 #if RINGFLOW_DNNL
     const dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, a, LDA, b, LDB,

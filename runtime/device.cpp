@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/parallel.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/error.h"
 
@@ -162,7 +163,7 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
 
 void set_num_threads(int n) {
   RF_CHECK(n >= 1, "thread count must be >= 1, got ", n);
-  omp_set_num_threads(n);
+  kernels::cpu::set_max_threads(n);  // every thread's kernels, not only this thread's OpenMP
   openblas_set_num_threads(n);
 }
 

@@ -6,23 +6,16 @@
 #include <random>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kernels/common.h"
+#include "kernels/parallel.h"
 
 namespace rf::kernel_tests {
 
-// Runs a block with a given OpenMP thread count and restores the previous one.
+// Runs a block with a given kernel thread budget (kernels/parallel.h) and restores the previous one.
 struct Threads {
-#ifdef _OPENMP
-  int saved = omp_get_max_threads();
-  explicit Threads(int n) { omp_set_num_threads(n); }
-  ~Threads() { omp_set_num_threads(saved); }
-#else
-  explicit Threads(int) {}
-#endif
+  int saved = kernels::cpu::max_threads();
+  explicit Threads(int n) { kernels::cpu::set_max_threads(n); }
+  ~Threads() { kernels::cpu::set_max_threads(saved); }
 };
 
 // Values in +-[0.25, 2]: away from 0 so division, log and the relu kink are well conditioned.

@@ -1,7 +1,6 @@
 // Tests of the CPU dense-algebra kernels (gemm, conv2d and its gradients, max/avg pooling)
 // against naive loops written here and, for the gradients, central finite differences.
 #include <gtest/gtest.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "kernels/cpu.h"
+#include "kernels/parallel.h"
 
 namespace {
 
@@ -231,7 +231,7 @@ TYPED_TEST(ConvTest, GradFilterMatchesNaive) {
 // Threads split outputs only, so the bits do not depend on the thread count (grad_filter sums
 // over images, which it must not split).
 TEST(ConvThreads, ResultsIndependentOfThreadCount) {
-  const int saved = omp_get_max_threads();
+  const int saved = k::max_threads();
   for (const ConvGeom& g : {conv_geom(7, 32, 14, 14, 64, 5, 5, 1, 1, 2, 2), conv_geom(5, 1, 28, 28, 32, 5, 5, 1, 1, 2, 2),
                             conv_geom(5, 9, 9, 8, 12, 3, 3, 2, 1, 1, 0)}) {
     SCOPED_TRACE(describe(g));
@@ -240,13 +240,13 @@ TEST(ConvThreads, ResultsIndependentOfThreadCount) {
     auto dy = random_vec<float>(g.N * g.K * g.P * g.Q, 33);
     std::vector<float> y[2], dx[2], dw[2];
     for (int i = 0; i < 2; ++i) {
-      omp_set_num_threads(i == 0 ? 1 : 3);
+      k::set_max_threads(i == 0 ? 1 : 3);
       y[i].resize(dy.size()), dx[i].resize(x.size()), dw[i].resize(w.size());
       k::conv2d(x.data(), w.data(), y[i].data(), g);
       k::conv2d_grad_input(dy.data(), w.data(), dx[i].data(), g);
       k::conv2d_grad_filter(x.data(), dy.data(), dw[i].data(), g);
     }
-    omp_set_num_threads(saved);
+    k::set_max_threads(saved);
     EXPECT_EQ(y[0], y[1]);
     EXPECT_EQ(dx[0], dx[1]);
     EXPECT_EQ(dw[0], dw[1]);

@@ -11,13 +11,15 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
 #include <omp.h>
-#endif
+
+#include <atomic>
+#include <thread>
 
 #include "kernels/cpu.h"
 #include "kernels/half.h"
 #include "kernels/random.h"
+#include "kernels/parallel.h"
 #include "tests/kernel_test_util.h"
 
 namespace {
@@ -35,6 +37,32 @@ class KernelsNumT : public ::testing::Test {};
 using FloatTypes = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(KernelsNumT, FloatTypes);
 
+// ---------------------------------------------------------------- threads
+
+// --threads holds for every thread that runs a kernel, not only the one that set it: OpenMP's
+// omp_set_num_threads is per thread, and a thread started later (the compression hook, the
+// communication thread) used to get a team of one thread per core.
+TEST(KernelThreads, TheBudgetHoldsOnThreadsStartedLater) {
+  for (const int budget : {1, 3}) {
+    const Threads scope(budget);
+    int seen = -1, omp_seen = -1, team = 0;
+    std::thread other([&] {
+      seen = cpu::max_threads();
+      omp_seen = omp_get_max_threads();
+      std::atomic<int> widest{0};
+      cpu::parallel_range(i64(1) << 20, 1, [&](i64, i64) {
+        const int t = omp_get_num_threads();
+        for (int w = widest.load(); t > w && !widest.compare_exchange_weak(w, t);) {
+        }
+      });
+      team = widest.load();
+    });
+    other.join();
+    EXPECT_EQ(seen, budget);
+    EXPECT_EQ(omp_seen, budget);
+    EXPECT_EQ(team, budget);
+  }
+}
 
 // ---------------------------------------------------------------- optimizers
 
@@ -44,10 +72,7 @@ TYPED_TEST_SUITE(KernelsNumT, FloatTypes);
 // (the second size) the OpenMP split into per-thread ranges.
 TYPED_TEST(KernelsNumT, UpdateOfMeanGradientEqualsUpdateOfAveragedBuffer) {
   using T = TypeParam;
-#ifdef _OPENMP
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(2);
-#endif
+  const Threads two(2);
   for (const i64 n : {i64(2500), i64(200003)}) {
     std::mt19937 rng(11);
     std::normal_distribution<double> nd(0.0, 1.0);
@@ -79,9 +104,6 @@ TYPED_TEST(KernelsNumT, UpdateOfMeanGradientEqualsUpdateOfAveragedBuffer) {
       EXPECT_EQ(std::memcmp(va.data(), vb.data(), va.size() * sizeof(T)), 0) << "optimizer " << opt << ", n " << n;
     }
   }
-#ifdef _OPENMP
-  omp_set_num_threads(threads);
-#endif
 }
 
 // Closed forms for three steps with a constant gradient.
