@@ -85,7 +85,7 @@ bool same_bits(const Tensor& a, const Tensor& b) {
 }
 
 // A host F32 or F64 tensor's values as doubles.
-std::vector<double> values(const Tensor& t) {
+[[maybe_unused]] std::vector<double> values(const Tensor& t) {  // used by the CUDA cases only
   if (t.dtype() == DType::F64) return t.to_vector<double>();
   const std::vector<float> f = t.to_vector<float>();
   return {f.begin(), f.end()};
