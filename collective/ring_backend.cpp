@@ -17,7 +17,13 @@
 namespace rf::collective {
 namespace {
 
-constexpr size_t kP2PChunk = 256 << 10;  // MPI messages: big enough that per-message costs vanish
+constexpr size_t kP2PChunk = 256 << 10;  // MPI messages within a node: per-message costs vanish
+// MPI messages to other nodes: under Open MPI's TCP eager limit (64 KiB, headers included), so
+// a chunk goes without a rendezvous. Past it, each chunk waits for a clear-to-send that travels
+// behind the megabytes already queued the other way on the same connection: with 256 KiB chunks
+// the CNN at 2 hosts x 1 rank over 1 Gbit/s ran 733-747 samples/s, with 32 KiB 1178-1202 (the
+// link's rate); at 10 Gbit/s the exchange's busbw was at least MPI_Allreduce's from 64 KiB on.
+constexpr size_t kNetChunk = 60 << 10;
 constexpr size_t kShmBlock = 64 << 10;   // a slice block: a few of them per rank stay in L2
 
 class RingCommunicator final : public HostCommunicator {
@@ -33,7 +39,9 @@ class RingCommunicator final : public HostCommunicator {
       mode_ = one_node ? Mode::Shm : Mode::Hier;
     if (mode_ != Mode::P2P) make_shm(o);
     // The flat ring serves p2p mode, and in hierarchical mode everything but allreduce.
-    if (mode_ != Mode::Shm) ring_ = std::make_unique<P2PRing>(*this, world_, o.chunk_bytes ? o.chunk_bytes : kP2PChunk);
+    const size_t net_chunk = o.chunk_bytes ? o.chunk_bytes : kNetChunk;
+    if (mode_ != Mode::Shm)
+      ring_ = std::make_unique<P2PRing>(*this, world_, one_node && !o.chunk_bytes ? kP2PChunk : net_chunk);
     if (mode_ == Mode::Hier) {
       // Nodes are numbered by the world rank of their local rank 0, so every cross-node ring
       // visits them in the same order.
@@ -47,7 +55,7 @@ class RingCommunicator final : public HostCommunicator {
       MPI_CHECK(MPI_Comm_split(world_, color, node_id, &cross_));
       if (cross_ != MPI_COMM_NULL) {
         MPI_CHECK(MPI_Comm_set_errhandler(cross_, MPI_ERRORS_RETURN));
-        cross_ring_ = std::make_unique<P2PRing>(*this, cross_, o.chunk_bytes ? o.chunk_bytes : kP2PChunk);
+        cross_ring_ = std::make_unique<P2PRing>(*this, cross_, net_chunk);
       }
       sliced_ = uniform;
     }

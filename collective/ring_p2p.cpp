@@ -50,9 +50,9 @@ namespace {
 constexpr int kTagSpace = 32768;  // MPI guarantees tags up to 32767
 constexpr long kRecvAhead = 4;    // items whose receives are posted ahead of the one processed
 constexpr long kRoundsAhead = 2;  // rounds whose first sends may run ahead
-// The exchange keeps this many chunks in flight each way: over TCP every chunk past the eager
-// limit costs a rendezvous round trip, so a deep window keeps the link busy when a peer is slow
-// to answer (16 x 256 KiB: 4 MiB of receive slots).
+// The exchange keeps this many chunks in flight each way, so the link stays busy while a busy
+// peer is slow to answer (across nodes 16 x 60 KiB eager chunks: ~1 MiB of receive slots; see
+// kNetChunk in ring_backend.cpp).
 constexpr long kExchangeAhead = 16;
 int tag_of(long t) { return static_cast<int>(t % kTagSpace); }
 }  // namespace
