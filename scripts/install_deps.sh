@@ -11,10 +11,12 @@ set -euo pipefail
 
 # g++/make: the compilers (gcc comes with g++); cmake; the libraries of CMakeLists.txt;
 # openmpi-bin: mpiexec for the MPI tests; dataset-fashion-mnist: the default training data (and
-# the tests that train on it); python3: the test scripts' checks (json, gzip, struct); iproute2:
-# ip, tc and bridge for the emulated hosts of tests/multihost (scripts/multihost.sh; run as root).
+# the tests that train on it); bible-kjv (and its bible-kjv-text): the King James text of the gpt
+# model (docs/GPT.md; `bible gen1:1-rev22:21`, staged by scripts/stage_data.sh); python3: the test
+# scripts' checks (json, gzip, struct); iproute2: ip, tc and bridge for the emulated hosts of
+# tests/multihost (scripts/multihost.sh; run as root).
 pkgs=(g++ make cmake zlib1g-dev libopenblas-dev libopenmpi-dev openmpi-bin libgtest-dev libcli11-dev
-      nlohmann-json3-dev dataset-fashion-mnist python3 iproute2)
+      nlohmann-json3-dev dataset-fashion-mnist bible-kjv bible-kjv-text python3 iproute2)
 optional=(libdnnl-dev)   # oneDNN's sgemm for f32 (faster on small batches); OpenBLAS otherwise
 
 while (($#)); do

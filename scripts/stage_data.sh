@@ -4,6 +4,8 @@
 #   data/fashion-mnist/  the four Fashion-MNIST IDX .gz files (about 30 MB), copied from Debian's
 #                        dataset-fashion-mnist (/usr/share/datasets/fashion-mnist; installed with
 #                        apt-get when missing)
+#   data/kjv/kjv.txt     the King James Bible as `bible gen1:1-rev22:21` prints it (4.3 MB; Debian's
+#                        bible-kjv, installed when missing): the gpt model's corpus (docs/GPT.md)
 #   data/debs/           with --deps: the .deb files of the build dependencies a CUDA image may
 #                        lack (OpenBLAS, GoogleTest, CLI11, nlohmann-json, zlib; about 14 MB),
 #                        fetched with `apt-get download`; scripts/gpu_check.sh unpacks them into a
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/.."
 src=/usr/share/datasets/fashion-mnist
 deps=0
 die() { echo "stage_data: error: $*" >&2; exit 1; }
-usage() { sed -n '12,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '14,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while (($#)); do
   case "$1" in
     --deps) deps=1; shift ;;
@@ -45,6 +47,19 @@ for f in "${files[@]}"; do
   cp -f "$src/$f" "data/fashion-mnist/$f"
 done
 echo "stage_data: data/fashion-mnist: $(du -sh data/fashion-mnist | cut -f1)" >&2
+
+if ! command -v bible >/dev/null; then
+  echo "stage_data: installing bible-kjv" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends bible-kjv bible-kjv-text >/dev/null
+fi
+mkdir -p data/kjv
+bible gen1:1-rev22:21 >data/kjv/kjv.txt.part || die "bible gen1:1-rev22:21 failed"
+kjv_bytes=$(wc -c <data/kjv/kjv.txt.part)
+# The size docs/GPT.md specifies: another edition of the text would silently change the split.
+((kjv_bytes == 4298239)) || die "bible gen1:1-rev22:21 printed $kjv_bytes bytes, expected 4298239 (docs/GPT.md)"
+mv -f data/kjv/kjv.txt.part data/kjv/kjv.txt
+echo "stage_data: data/kjv/kjv.txt: $kjv_bytes bytes" >&2
 
 if ((deps)); then
   # Runtime libraries too: the -dev packages' .so links point at them.
