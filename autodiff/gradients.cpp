@@ -202,29 +202,48 @@ std::vector<Value> rule(const GradContext& c) {
 
 }  // namespace
 
-std::vector<Value> gradients(Value loss, const std::vector<Value>& xs) {
-  RF_CHECK(loss.valid(), "gradients(): invalid loss value");
-  Graph& g = *loss.graph;
-  const OutSpec& ls = g.spec(loss);
-  RF_CHECK(ls.shape.rank == 0 && (ls.dtype == DType::F32 || ls.dtype == DType::F64),
-           "gradients(): the loss must be an F32/F64 scalar, got ", dtype_name(ls.dtype), ls.shape.str(),
-           " from '", g.node(loss).name, "'");
-  const int end = loss.node + 1;  // nodes added below are not part of the forward graph
+std::vector<Value> gradients(const std::vector<Value>& ys, const std::vector<Value>& xs,
+                             const std::vector<Value>& grad_ys) {
+  RF_CHECK(!ys.empty(), "gradients(): no ys");
+  RF_CHECK(grad_ys.empty() || grad_ys.size() == ys.size(), "gradients(): ", ys.size(), " ys but ", grad_ys.size(),
+           " grad_ys");
+  RF_CHECK(ys[0].valid(), "gradients(): invalid y value");
+  Graph& g = *ys[0].graph;
+  int end = 0;  // nodes from here on (the backward nodes added below) are not differentiated
+  for (size_t i = 0; i < ys.size(); ++i) {
+    const Value y = ys[i];
+    RF_CHECK(y.valid() && y.graph == &g, "gradients(): y ", i, " is not a value of the graph of y 0");
+    const OutSpec& ys_spec = g.spec(y);
+    RF_CHECK(ys_spec.dtype == DType::F32 || ys_spec.dtype == DType::F64, "gradients(): y ", i, " ('",
+             g.node(y).name, "') is ", dtype_name(ys_spec.dtype), ", not F32/F64");
+    if (!grad_ys.empty()) {
+      const Value gy = grad_ys[i];
+      RF_CHECK(gy.valid() && gy.graph == &g, "gradients(): grad_ys ", i, " is not a value of the graph");
+      const OutSpec& gs = g.spec(gy);
+      RF_CHECK(gs.dtype == ys_spec.dtype && gs.shape.rank == ys_spec.shape.rank, "gradients(): grad_ys ", i, " is ",
+               dtype_name(gs.dtype), gs.shape.str(), " but y ", i, " ('", g.node(y).name, "') is ",
+               dtype_name(ys_spec.dtype), ys_spec.shape.str());
+      for (int d = 0; d < gs.shape.rank; ++d)
+        RF_CHECK(gs.shape[d] < 0 || ys_spec.shape[d] < 0 || gs.shape[d] == ys_spec.shape[d], "gradients(): grad_ys ",
+                 i, " is ", gs.shape.str(), " but y ", i, " ('", g.node(y).name, "') is ", ys_spec.shape.str());
+    }
+    end = std::max(end, y.node + 1);
+  }
 
-  // on_path: depends on some x (forward) and the loss depends on it (backward).
-  std::vector<char> from_x(size_t(end), 0), to_loss(size_t(end), 0), on_path(size_t(end), 0);
+  // on_path: depends on some x (forward) and some y depends on it (backward).
+  std::vector<char> from_x(size_t(end), 0), to_y(size_t(end), 0), on_path(size_t(end), 0);
   for (const Value& x : xs) {
-    RF_CHECK(x.valid() && x.graph == &g, "gradients(): a value is not of the loss's graph");
+    RF_CHECK(x.valid() && x.graph == &g, "gradients(): a value is not of the ys' graph");
     if (x.node < end) from_x[size_t(x.node)] = 1;
   }
   for (int id = 0; id < end; ++id)
     for (const Value& in : g.node(id).inputs)
       if (from_x[size_t(in.node)]) from_x[size_t(id)] = 1;
-  to_loss[size_t(loss.node)] = 1;
+  for (const Value& y : ys) to_y[size_t(y.node)] = 1;
   for (int id = end - 1; id >= 0; --id)
-    if (to_loss[size_t(id)])
-      for (const Value& in : g.node(id).inputs) to_loss[size_t(in.node)] = 1;
-  for (int id = 0; id < end; ++id) on_path[size_t(id)] = from_x[size_t(id)] && to_loss[size_t(id)];
+    if (to_y[size_t(id)])
+      for (const Value& in : g.node(id).inputs) to_y[size_t(in.node)] = 1;
+  for (int id = 0; id < end; ++id) on_path[size_t(id)] = from_x[size_t(id)] && to_y[size_t(id)];
 
   // Pending gradients per (node, output); summed when the node is processed.
   std::vector<std::vector<std::vector<Value>>> pending(static_cast<size_t>(end));
@@ -242,10 +261,20 @@ std::vector<Value> gradients(Value loss, const std::vector<Value>& xs) {
     return s;
   };
 
-  Tensor one(Shape{}, ls.dtype);
-  if (ls.dtype == DType::F32) *one.data<float>() = 1.0f;
-  else *one.data<double>() = 1.0;
-  push(loss, g.constant(one));  // unnamed: gradients() may be called again on the same loss
+  // The seeds: grad_ys, or ones shaped like each y (tf.gradients' default). Unnamed constants:
+  // gradients() may be called again on the same ys.
+  for (size_t i = 0; i < ys.size(); ++i) {
+    if (!grad_ys.empty()) {
+      push(ys[i], grad_ys[i]);
+      continue;
+    }
+    const OutSpec& sp = g.spec(ys[i]);
+    Tensor one(Shape{}, sp.dtype);
+    if (sp.dtype == DType::F32) *one.data<float>() = 1.0f;
+    else *one.data<double>() = 1.0;
+    const Value c = g.constant(one);
+    push(ys[i], sp.shape.rank == 0 ? c : g.add(Op::BroadcastLike, {c, ys[i]}));
+  }
 
   for (int id = end - 1; id >= 0; --id) {
     if (!on_path[size_t(id)] || pending[size_t(id)].empty()) continue;
@@ -263,6 +292,16 @@ std::vector<Value> gradients(Value loss, const std::vector<Value>& xs) {
   std::vector<Value> out;
   for (const Value& x : xs) out.push_back(x.node < end ? total(x.node, x.index) : Value{});
   return out;
+}
+
+std::vector<Value> gradients(Value loss, const std::vector<Value>& xs) {
+  RF_CHECK(loss.valid(), "gradients(): invalid loss value");
+  Graph& g = *loss.graph;
+  const OutSpec& ls = g.spec(loss);
+  RF_CHECK(ls.shape.rank == 0 && (ls.dtype == DType::F32 || ls.dtype == DType::F64),
+           "gradients(): the loss must be an F32/F64 scalar, got ", dtype_name(ls.dtype), ls.shape.str(),
+           " from '", g.node(loss).name, "'");
+  return gradients(std::vector<Value>{loss}, xs);
 }
 
 }  // namespace rf

@@ -14,4 +14,11 @@ namespace rf {
 // the node and the op.
 std::vector<Value> gradients(Value loss, const std::vector<Value>& xs);
 
+// tf.gradients(ys, xs, grad_ys): d (sum over i of <ys[i], grad_ys[i]>) / d x for each x, i.e. the
+// vector-Jacobian products of the ys with grad_ys summed. grad_ys empty: ones shaped like each y
+// (for a scalar loss, the gradient). Each grad_ys[i] has ys[i]'s dtype and rank, and its shape
+// where both are known. ys are F32/F64 of any shape.
+std::vector<Value> gradients(const std::vector<Value>& ys, const std::vector<Value>& xs,
+                             const std::vector<Value>& grad_ys = {});
+
 }  // namespace rf

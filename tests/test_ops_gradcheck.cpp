@@ -540,4 +540,38 @@ TEST(Gradients, UnrelatedInputGetsInvalidValue) {
   EXPECT_FALSE(gr[1].valid());
 }
 
+// tf.gradients(ys, xs, grad_ys): the vector-Jacobian products of several ys, summed; ones by default.
+TEST(Gradients, SeveralYsWithGradYsSumTheirVectorJacobianProducts) {
+  const Shape s{3, 4};
+  std::mt19937 rng(11);
+  const Vec xv = generate(U(s), rng), vv = generate(U(s), rng);
+  rf::Graph g;
+  const Value x = g.placeholder("x", DType::F64, s);
+  const Value v = g.placeholder("v", DType::F64, s);
+  const Value y1 = ops::mul(x, x), y2 = ops::exp(x);  // non-scalar ys
+  const Values with_v = rf::gradients(Values{y1, y2}, {x}, {v, ops::mul_scalar(v, 2.0)});
+  const Values with_ones = rf::gradients(Values{y1, ops::sum(y2)}, {x});
+  ASSERT_TRUE(with_v[0].valid() && with_ones[0].valid());
+  rf::Session sess(g);
+  const auto& res = sess.run({with_v[0], with_ones[0]}, {{x, rf::Tensor::from_vector<double>(xv, s)},
+                                                         {v, rf::Tensor::from_vector<double>(vv, s)}});
+  Vec want_v(xv.size()), want_ones(xv.size());
+  for (size_t i = 0; i < xv.size(); ++i) {
+    want_v[i] = 2 * xv[i] * vv[i] + std::exp(xv[i]) * 2 * vv[i];
+    want_ones[i] = 2 * xv[i] + std::exp(xv[i]);
+  }
+  expect_close(res[0].to_vector<double>(), want_v, 1e-12, "grad_ys given");
+  expect_close(res[1].to_vector<double>(), want_ones, 1e-12, "grad_ys default (ones)");
+}
+
+TEST(Gradients, GradYsMustMatchTheYs) {
+  rf::Graph g;
+  const Value x = g.placeholder("x", DType::F64, Shape{2, 3});
+  const Value y = ops::square(x);
+  EXPECT_THROW(rf::gradients(Values{y}, {x}, {g.placeholder("w", DType::F64, Shape{3, 2})}), rf::Error);
+  EXPECT_THROW(rf::gradients(Values{y}, {x}, {g.placeholder("f", DType::F32, Shape{2, 3})}), rf::Error);
+  EXPECT_THROW(rf::gradients(Values{y, y}, {x}, {x}), rf::Error);  // one grad_ys for two ys
+  EXPECT_THROW(rf::gradients(Values{}, {x}), rf::Error);
+}
+
 }  // namespace
