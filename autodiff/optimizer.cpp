@@ -1,6 +1,7 @@
 // Optimizer graph construction and learning-rate schedules.
 #include "autodiff/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autodiff/gradients.h"
@@ -19,7 +20,8 @@ LrSchedule::Kind parse_schedule(const std::string& s) {
   if (s == "constant") return LrSchedule::Kind::Constant;
   if (s == "step") return LrSchedule::Kind::Step;
   if (s == "cosine") return LrSchedule::Kind::Cosine;
-  fail("unknown lr schedule '", s, "': expected constant, step or cosine");
+  if (s == "invsqrt") return LrSchedule::Kind::InvSqrt;
+  fail("unknown lr schedule '", s, "': expected constant, step, cosine or invsqrt");
 }
 
 TrainOp minimize(Value loss, const OptimizerConfig& cfg) {
@@ -82,6 +84,10 @@ double LrSchedule::at(int64_t step) const {
       const int64_t span = std::max<int64_t>(total_steps - warmup_steps, 1);
       const double p = std::min(1.0, double(s) / double(span));
       return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + std::cos(M_PI * p));
+    }
+    case Kind::InvSqrt: {  // step t = step + 1 >= warmup: base_lr * sqrt(warmup / t), or / sqrt(t) without one
+      const double t = double(step + 1);
+      return base_lr * std::sqrt(double(std::max<int64_t>(warmup_steps, 1)) / t);
     }
   }
   return base_lr;

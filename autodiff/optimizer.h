@@ -32,7 +32,10 @@ struct TrainOp {
 TrainOp minimize(Value loss, const OptimizerConfig& cfg);
 
 struct LrSchedule {
-  enum class Kind { Constant, Step, Cosine };
+  // InvSqrt: the Transformer schedule, base_lr * min(t / warmup, sqrt(warmup / t)) at the
+  // 1-based step t (Vaswani et al. with base_lr = d^-0.5 * warmup^-0.5); base_lr / sqrt(t) with no
+  // warm-up.
+  enum class Kind { Constant, Step, Cosine, InvSqrt };
   Kind kind = Kind::Constant;
   double base_lr = 0.01;
   int64_t warmup_steps = 0;   // linear warm-up from base_lr/warmup to base_lr

@@ -71,7 +71,7 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
       ->capture_default_str();
   tr->add_option("--momentum", c.momentum, "momentum factor (momentum, nesterov)")->capture_default_str();
   tr->add_option("--weight-decay", c.weight_decay, "L2 (decoupled for adamw)")->capture_default_str();
-  tr->add_option("--lr-schedule", c.schedule, "constant | step | cosine")
+  tr->add_option("--lr-schedule", c.schedule, "constant | step | cosine | invsqrt (warm-up then inverse square root)")
       ->check(CLI::IsMember({"constant", "step", "cosine"}))
       ->capture_default_str();
   tr->add_option("--warmup-steps", c.warmup_steps, "linear learning-rate warm-up steps")

@@ -1,6 +1,7 @@
 // Optimizer update ops through the graph against closed-form values, and LR schedules.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "autodiff/optimizer.h"
@@ -99,4 +100,21 @@ TEST(Schedules, ConstantStepCosineWarmup) {
   EXPECT_DOUBLE_EQ(s.at(9), 1.0);
   EXPECT_DOUBLE_EQ(s.at(10), 1.0);
   EXPECT_NEAR(s.at(55), 0.5, 1e-12);
+}
+
+// The Transformer schedule: base * min(t / W, sqrt(W / t)) at the 1-based step t = step + 1.
+TEST(Schedules, WarmupThenInverseSquareRoot) {
+  LrSchedule s;
+  s.kind = parse_schedule("invsqrt");
+  s.base_lr = 1e-3;
+  s.warmup_steps = 200;
+  for (int64_t step : {0, 1, 99, 198, 199, 200, 799, 20000}) {
+    const double t = double(step + 1);
+    EXPECT_NEAR(s.at(step), 1e-3 * std::min(t / 200, std::sqrt(200 / t)), 1e-18) << step;
+  }
+  EXPECT_DOUBLE_EQ(s.at(199), 1e-3);  // the peak, where the two branches meet
+  EXPECT_DOUBLE_EQ(s.at(799), 0.5e-3);
+  s.warmup_steps = 0;
+  EXPECT_DOUBLE_EQ(s.at(0), 1e-3);
+  EXPECT_DOUBLE_EQ(s.at(3), 0.5e-3);
 }
