@@ -38,15 +38,10 @@ struct Args {
   bool json = false, in_place = true, shm_buffer = false;
 };
 
-size_t parse_bytes(const std::string& s) {
-  char* end = nullptr;
-  const double v = std::strtod(s.c_str(), &end);
-  double mul = 1;
-  if (*end == 'K' || *end == 'k') mul = 1 << 10, ++end;
-  else if (*end == 'M' || *end == 'm') mul = 1 << 20, ++end;
-  else if (*end == 'G' || *end == 'g') mul = double(1 << 30), ++end;
-  RF_CHECK(end != s.c_str() && *end == '\0' && v > 0, "'", s, "' is not a size (e.g. 4K, 256M)");
-  return static_cast<size_t>(v * mul);
+size_t bytes_flag(const std::string& flag, const std::string& v) {
+  const size_t n = rf::collective::parse_size(flag, v);
+  RF_CHECK(n > 0, flag, " must be at least 1 byte");
+  return n;
 }
 
 Args parse(int argc, char** argv) {
@@ -57,8 +52,8 @@ Args parse(int argc, char** argv) {
       RF_CHECK(i + 1 < argc, f, " needs a value");
       return argv[++i];
     };
-    if (f == "-b" || f == "--minbytes") a.min_bytes = parse_bytes(next());
-    else if (f == "-e" || f == "--maxbytes") a.max_bytes = parse_bytes(next());
+    if (f == "-b" || f == "--minbytes") a.min_bytes = bytes_flag(f, next());
+    else if (f == "-e" || f == "--maxbytes") a.max_bytes = bytes_flag(f, next());
     else if (f == "-f" || f == "--stepfactor") a.factor = std::atof(next().c_str());
     else if (f == "--backend") {
       a.backends.clear();

@@ -22,7 +22,9 @@
 #if RINGFLOW_MPI
 #include <mpi.h>
 
+#include "collective/communicator.h"
 #include "collective/mpi_env.h"
+#include "runtime/error.h"
 #endif
 
 namespace {
@@ -42,15 +44,15 @@ struct Args {
   std::exit(1);
 }
 
-size_t parse_bytes(const std::string& s) {
-  char* end = nullptr;
-  const double v = std::strtod(s.c_str(), &end);
-  double mul = 1;
-  if (*end == 'K' || *end == 'k') mul = 1 << 10, ++end;
-  else if (*end == 'M' || *end == 'm') mul = 1 << 20, ++end;
-  else if (*end == 'G' || *end == 'g') mul = double(1 << 30), ++end;
-  if (end == s.c_str() || *end != '\0' || !(v > 0)) usage_error("'" + s + "' is not a size (e.g. 8, 4K, 64M)");
-  return static_cast<size_t>(v * mul);
+size_t bytes_flag(const std::string& flag, const std::string& v) {
+  size_t n = 0;
+  try {
+    n = rf::collective::parse_size(flag, v);
+  } catch (const rf::Error& e) {
+    usage_error(e.what());
+  }
+  if (n == 0) usage_error(flag + " must be at least 1 byte");
+  return n;
 }
 
 Args parse(int argc, char** argv) {
@@ -61,8 +63,8 @@ Args parse(int argc, char** argv) {
       if (i + 1 >= argc) usage_error(f + " needs a value");
       return argv[++i];
     };
-    if (f == "-b") a.min_bytes = parse_bytes(next());
-    else if (f == "-e") a.max_bytes = parse_bytes(next());
+    if (f == "-b") a.min_bytes = bytes_flag(f, next());
+    else if (f == "-e") a.max_bytes = bytes_flag(f, next());
     else if (f == "-f") a.factor = std::atof(next().c_str());
     else if (f == "--peers") {
       const std::string v = next();

@@ -47,23 +47,21 @@ const char* coll_kind_name(CollKind k) {
   return "?";
 }
 
-namespace {
-
-// Parses a non-negative integer with an optional K/M/G suffix (powers of 1024).
-size_t parse_size(const char* name, const char* s) {
+size_t parse_size(const std::string& what, const std::string& text) {
+  const char* s = text.c_str();
   errno = 0;
   char* end = nullptr;
-  const unsigned long long v = std::strtoull(s, &end, 10);
-  size_t mul = 1;
-  if (end && (*end == 'K' || *end == 'k')) mul = size_t(1) << 10, ++end;
-  else if (end && (*end == 'M' || *end == 'm')) mul = size_t(1) << 20, ++end;
-  else if (end && (*end == 'G' || *end == 'g')) mul = size_t(1) << 30, ++end;
-  RF_CHECK(errno == 0 && end != s && *end == '\0' && s[0] != '-', name, "='", s,
+  const double v = std::strtod(s, &end);
+  double mul = 1;
+  if (end && (*end == 'K' || *end == 'k')) mul = 0x1p10, ++end;
+  else if (end && (*end == 'M' || *end == 'm')) mul = 0x1p20, ++end;
+  else if (end && (*end == 'G' || *end == 'g')) mul = 0x1p30, ++end;
+  // strtod also reads "inf", "nan" and hex: a size is plain decimal digits (and a point).
+  const bool plain = !text.empty() && text.find_first_not_of("0123456789.kKmMgG") == std::string::npos;
+  RF_CHECK(plain && errno == 0 && end != s && *end == '\0' && v * mul < 0x1p63, what, "='", text,
            "' is not a size (a number of bytes, optionally with K, M or G)");
-  return static_cast<size_t>(v) * mul;
+  return static_cast<size_t>(v * mul);
 }
-
-}  // namespace
 
 CommOptions options_from_env(CommOptions o) {
   if (const char* v = std::getenv("RINGFLOW_RING_TRANSPORT")) {

@@ -44,6 +44,10 @@ struct CommOptions {
 // `base` with the RINGFLOW_* environment variables above applied over it; throws rf::Error on
 // a malformed value.
 CommOptions options_from_env(CommOptions base = {});
+// A byte count: a non-negative decimal number with an optional K, M or G suffix (powers of
+// 1024; "1.5M" is allowed). Throws rf::Error naming `what` otherwise. Used for the RINGFLOW_*
+// sizes and the benchmarks' -b/-e flags.
+size_t parse_size(const std::string& what, const std::string& text);
 
 // What a collective is, as every rank must call it (the mismatch check compares these).
 enum class CollKind : uint8_t { Allreduce, Broadcast, Allgather, Allgatherv, ReduceScatter, Barrier,
