@@ -388,4 +388,250 @@ TEST(SparseUpdates, Float32UpdatesFollowTheReference) {
   expect_close(to_doubles(sp.get("emb")), w, 1e-5, "f32 lazy momentum vs f64 reference");
 }
 
+// ---------------------------------------------------------------------------------------------
+// minimize() on an embedding model
+// ---------------------------------------------------------------------------------------------
+
+// loss = mean(square(reshape(gather(emb, idx), [-1, 4]) @ w)), idx [B, 3] (I32).
+struct EmbModel {
+  rf::Graph g{5};
+  Value idx, emb, w, loss;
+  EmbModel(bool tied = false) {
+    idx = g.placeholder("idx", DType::I32, Shape{-1, 3});
+    emb = g.variable("emb", Shape{20, 4}, DType::F64, rf::Initializer::uniform(-1, 1));
+    w = g.variable("w", Shape{4, 2}, DType::F64, rf::Initializer::glorot_uniform());
+    const Value h = ops::reshape(ops::gather(emb, idx), Shape{-1, 4});
+    Value y = ops::matmul(h, w);
+    if (tied) y = ops::add(y, ops::sum(ops::matmul(emb, w)));  // emb read densely too
+    loss = ops::mean(ops::square(y));
+  }
+};
+
+int index_of(const rf::TrainOp& t, int var_node) {
+  for (size_t i = 0; i < t.vars.size(); ++i)
+    if (t.vars[i] == var_node) return int(i);
+  return -1;
+}
+
+// Runs a training step, returning the ids of the nodes the plan ran.
+std::set<int> train_step(rf::Session& s, const rf::TrainOp& t, Value idx, const std::vector<int32_t>& batch,
+                         double lr, int step) {
+  std::set<int> ran;
+  rf::RunOptions o;
+  o.on_node_done = [&](int id) { ran.insert(id); };
+  const Tensor it = Tensor::from_vector<int32_t>(batch, Shape{i64(batch.size() / 3), 3});
+  s.run({}, {{idx, it}, {t.hyper, Tensor::from_vector<double>({lr, double(step)}, Shape{2})}}, t.updates, &o);
+  return ran;
+}
+
+const std::vector<std::vector<int32_t>> kBatches = {
+    {0, 3, 3, 7, 1, 0},     // duplicates within a batch
+    {5, 9, 5, 11, 12, 19},  // rows 0, 1, 3, 7 absent now
+    {3, 3, 3, 2, 2, 4},
+};
+
+TEST(SparseOptimizer, SgdAndMomentumUseSparseUpdatesAndNeverRunScatterAdd) {
+  for (auto kind : {rf::OptimizerConfig::Kind::SGD, rf::OptimizerConfig::Kind::Momentum}) {
+    const bool sgd = kind == rf::OptimizerConfig::Kind::SGD;
+    SCOPED_TRACE(sgd ? "SGD" : "momentum");
+    rf::OptimizerConfig cfg;
+    cfg.kind = kind;
+    EmbModel sparse_model;
+    const rf::TrainOp t = rf::minimize(sparse_model.loss, cfg);
+    const int ie = index_of(t, sparse_model.emb.node), iw = index_of(t, sparse_model.w.node);
+    ASSERT_GE(ie, 0);
+    ASSERT_GE(iw, 0);
+    Value rows, idx;
+    ASSERT_TRUE(rf::as_sparse(t.grads[size_t(ie)], &rows, &idx));
+    EXPECT_FALSE(rf::as_sparse(t.grads[size_t(iw)], nullptr, nullptr));
+    const rf::Graph& g = sparse_model.g;
+    EXPECT_EQ(g.node(t.updates[size_t(ie)]).op, sgd ? Op::ApplySGDSparse : Op::ApplyMomentumSparse);
+    EXPECT_EQ(g.node(t.updates[size_t(iw)]).op, sgd ? Op::ApplySGD : Op::ApplyMomentum);
+    EXPECT_EQ(g.node(t.updates[size_t(ie)]).inputs[size_t(sgd ? 1 : 2)], rows);
+    const int scatter = t.grads[size_t(ie)].node;
+    EXPECT_EQ(g.node(scatter).op, Op::ScatterAdd);
+
+    // The dense reference: the same model, the dense update on the ScatterAdd gradient.
+    EmbModel dense_model;
+    const Values dg = rf::gradients(dense_model.loss, {dense_model.emb, dense_model.w});
+    const Value hyper = dense_model.g.placeholder("hyper", DType::F64, Shape{2});
+    rf::Attrs a;
+    a.momentum = cfg.momentum;
+    Values dense_updates;
+    for (int k = 0; k < 2; ++k) {
+      const Value var = k == 0 ? dense_model.emb : dense_model.w;
+      const std::string name = dense_model.g.node(var).name;
+      if (sgd) {
+        dense_updates.push_back(dense_model.g.add(Op::ApplySGD, {var, dg[size_t(k)], hyper}, a));
+      } else {
+        const Value vel = dense_model.g.variable(name + "/velocity", dense_model.g.spec(var).shape, DType::F64,
+                                                 rf::Initializer::zeros(), false);
+        dense_updates.push_back(dense_model.g.add(Op::ApplyMomentum, {var, vel, dg[size_t(k)], hyper}, a));
+      }
+    }
+    rf::TrainOp dt;
+    dt.updates = dense_updates;
+    dt.hyper = hyper;
+
+    rf::Session s(sparse_model.g), d(dense_model.g);
+    s.run({}, {}, sparse_model.g.initializers());
+    d.run({}, {}, dense_model.g.initializers());
+    ASSERT_TRUE(same_bits(s.variable("emb"), d.variable("emb")));
+    Vec after_first;
+    for (size_t step = 0; step < kBatches.size(); ++step) {
+      const std::set<int> ran = train_step(s, t, sparse_model.idx, kBatches[step], 0.1, int(step + 1));
+      const std::set<int> ran_dense = train_step(d, dt, dense_model.idx, kBatches[step], 0.1, int(step + 1));
+      EXPECT_EQ(ran.count(scatter), 0u) << "the dense ScatterAdd ran in the sparse training step";
+      EXPECT_EQ(ran.count(t.updates[size_t(ie)].node), 1u);
+      EXPECT_EQ(ran.count(rows.node), 1u);
+      EXPECT_EQ(ran_dense.count(dg[0].node), 1u) << "the dense reference's ScatterAdd must run";
+      if (sgd || step == 0) {
+        // SGD is the dense step exactly; so is momentum's first step (every velocity starts at 0).
+        EXPECT_TRUE(same_bits(s.variable("emb"), d.variable("emb"))) << "step " << step + 1;
+        EXPECT_TRUE(same_bits(s.variable("w"), d.variable("w"))) << "step " << step + 1;
+      }
+      if (step == 0) after_first = to_doubles(s.variable("emb"));
+    }
+    if (!sgd) {
+      // Rows 1 and 7 were hit only in the first batch: lazy momentum left them there (the dense
+      // momentum kept moving them with their velocity).
+      const Vec now = to_doubles(s.variable("emb")), dense_now = to_doubles(d.variable("emb"));
+      for (i64 row : {1, 7})
+        for (i64 c = 0; c < 4; ++c) {
+          const size_t o = size_t(row * 4 + c);
+          EXPECT_EQ(now[o], after_first[o]) << "row " << row;
+          EXPECT_NE(dense_now[o], after_first[o]) << "row " << row;
+        }
+    }
+  }
+}
+
+// loss = sum(gather(emb, idx) * R): d loss / d emb is R's rows scattered to idx, known exactly,
+// so Adam's steps can be computed by hand (PyTorch's dense Adam; TF's LazyAdam when lazy_adam).
+TEST(SparseOptimizer, AdamOnEmbeddingMatchesHandComputedSteps) {
+  const i64 V = 8, D = 3, N = 5;
+  const double lr = 0.02, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  const std::vector<std::vector<int32_t>> batches = {{0, 2, 2, 5, 1}, {3, 3, 4, 6, 3}, {2, 6, 0, 0, 7}};
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<double> u(-1, 1);
+  Vec R(size_t(N * D));
+  for (double& x : R) x = u(rng);
+  for (bool lazy : {false, true}) {
+    SCOPED_TRACE(lazy ? "lazy_adam" : "dense Adam");
+    rf::Graph g(17);
+    const Value idx = g.placeholder("idx", DType::I32, Shape{N});
+    const Value emb = g.variable("emb", Shape{V, D}, DType::F64, rf::Initializer::uniform(-1, 1));
+    const Value loss = ops::sum(ops::mul(ops::gather(emb, idx), g.constant(Tensor::from_vector<double>(R, Shape{N, D}))));
+    rf::OptimizerConfig cfg;
+    cfg.kind = rf::OptimizerConfig::Kind::Adam;
+    cfg.beta1 = b1, cfg.beta2 = b2, cfg.eps = eps;
+    cfg.lazy_adam = lazy;
+    const rf::TrainOp t = rf::minimize(loss, cfg);
+    ASSERT_EQ(t.vars.size(), 1u);
+    EXPECT_EQ(g.node(t.updates[0]).op, lazy ? Op::ApplyAdamSparse : Op::ApplyAdam);
+    rf::Session s(g);
+    s.run({}, {}, g.initializers());
+    Vec w = to_doubles(s.variable("emb")), m(w.size(), 0.0), v(w.size(), 0.0);
+    Vec before_last;
+    for (size_t step = 0; step < batches.size(); ++step) {
+      const int tt = int(step + 1);
+      before_last = w;
+      std::set<int> ran;
+      rf::RunOptions o;
+      o.on_node_done = [&](int id) { ran.insert(id); };
+      s.run({}, {{idx, Tensor::from_vector<int32_t>(batches[step], Shape{N})},
+                 {t.hyper, Tensor::from_vector<double>({lr, double(tt)}, Shape{2})}},
+            t.updates, &o);
+      EXPECT_EQ(ran.count(t.grads[0].node), lazy ? 0u : 1u) << "ScatterAdd ran?";
+      // The gradient, by hand.
+      Vec grad(w.size(), 0.0);
+      std::vector<char> present(size_t(V), 0);
+      for (i64 n = 0; n < N; ++n) {
+        present[size_t(batches[step][size_t(n)])] = 1;
+        for (i64 d = 0; d < D; ++d) grad[size_t(batches[step][size_t(n)] * D + d)] += R[size_t(n * D + d)];
+      }
+      const double bc1 = 1 - std::pow(b1, tt), bc2 = 1 - std::pow(b2, tt);
+      for (i64 e = 0; e < V * D; ++e) {
+        const size_t o2 = size_t(e);
+        if (lazy && !present[size_t(e / D)]) continue;
+        m[o2] = b1 * m[o2] + (1 - b1) * grad[o2];
+        v[o2] = b2 * v[o2] + (1 - b2) * grad[o2] * grad[o2];
+        if (lazy) w[o2] -= lr * std::sqrt(bc2) / bc1 * m[o2] / (std::sqrt(v[o2]) + eps);
+        else w[o2] -= lr / bc1 * m[o2] / (std::sqrt(v[o2] / bc2) + eps);  // torch.optim.Adam
+      }
+      expect_close(to_doubles(s.variable("emb")), w, 1e-13, "emb after step " + std::to_string(tt));
+      expect_close(to_doubles(s.variable("emb/m")), m, 1e-14, "m after step " + std::to_string(tt));
+      expect_close(to_doubles(s.variable("emb/v")), v, 1e-14, "v after step " + std::to_string(tt));
+    }
+    // Row 1 was hit at step 1 only: dense Adam kept moving it (its m is not 0), LazyAdam did not.
+    const Vec now = to_doubles(s.variable("emb"));
+    for (i64 d = 0; d < D; ++d) {
+      if (lazy) EXPECT_EQ(now[size_t(D + d)], before_last[size_t(D + d)]);
+      else EXPECT_NE(now[size_t(D + d)], before_last[size_t(D + d)]);
+    }
+  }
+}
+
+TEST(SparseOptimizer, WeightDecayAndDenseReadsKeepDenseUpdates) {
+  using K = rf::OptimizerConfig::Kind;
+  struct Case {
+    K kind;
+    double wd;
+    bool lazy;
+    Op want;
+  };
+  for (const Case& c : {Case{K::SGD, 0.01, false, Op::ApplySGD}, Case{K::Momentum, 0.01, false, Op::ApplyMomentum},
+                        Case{K::Adam, 0.0, false, Op::ApplyAdam}, Case{K::AdamW, 0.01, true, Op::ApplyAdam},
+                        Case{K::Adam, 0.0, true, Op::ApplyAdamSparse}, Case{K::AdamW, 0.0, true, Op::ApplyAdamSparse}}) {
+    EmbModel m;
+    rf::OptimizerConfig cfg;
+    cfg.kind = c.kind;
+    cfg.weight_decay = c.wd;
+    cfg.lazy_adam = c.lazy;
+    const rf::TrainOp t = rf::minimize(m.loss, cfg);
+    EXPECT_EQ(m.g.node(t.updates[size_t(index_of(t, m.emb.node))]).op, c.want)
+        << "kind " << int(c.kind) << " wd " << c.wd << " lazy " << c.lazy;
+  }
+  // An embedding also read densely (tied weights): its gradient is a sum, dense.
+  EmbModel tied(/*tied=*/true);
+  rf::OptimizerConfig cfg;
+  cfg.kind = K::SGD;
+  const rf::TrainOp t = rf::minimize(tied.loss, cfg);
+  const int ie = index_of(t, tied.emb.node);
+  EXPECT_FALSE(rf::as_sparse(t.grads[size_t(ie)], nullptr, nullptr));
+  EXPECT_EQ(tied.g.node(t.updates[size_t(ie)]).op, Op::ApplySGD);
+  rf::Session s(tied.g);
+  s.run({}, {}, tied.g.initializers());
+  EXPECT_NO_THROW(train_step(s, t, tied.idx, kBatches[0], 0.1, 1));
+}
+
+// A cached sparse training step allocates nothing from the CPU allocator (the sort's scratch is
+// per-thread and only grows).
+TEST(SparseOptimizer, CachedSparseStepAllocatesNothing) {
+  for (auto kind : {rf::OptimizerConfig::Kind::SGD, rf::OptimizerConfig::Kind::Momentum,
+                    rf::OptimizerConfig::Kind::Adam}) {
+    EmbModel m;
+    rf::OptimizerConfig cfg;
+    cfg.kind = kind;
+    cfg.lazy_adam = true;
+    const rf::TrainOp t = rf::minimize(m.loss, cfg);
+    rf::Session s(m.g);
+    s.run({}, {}, m.g.initializers());
+    std::vector<Tensor> idx;  // the feeds, made before counting
+    for (const auto& b : kBatches) idx.push_back(Tensor::from_vector<int32_t>(b, Shape{2, 3}));
+    Tensor hyper = Tensor::from_vector<double>({0.1, 1}, Shape{2});
+    auto step = [&](int i) {
+      hyper.data<double>()[1] = i + 1;
+      s.run({}, {{m.idx, idx[size_t(i % 3)]}, {t.hyper, hyper}}, t.updates);
+    };
+    step(0);
+    step(1);
+    rf::Allocator& alloc = rf::allocator_for(rf::Device::cpu());
+    const size_t before = alloc.system_allocations(), compiled = s.plans_compiled();
+    for (int i = 2; i < 12; ++i) step(i);
+    EXPECT_EQ(alloc.system_allocations(), before) << "optimizer kind " << int(kind);
+    EXPECT_EQ(s.plans_compiled(), compiled);
+  }
+}
+
 }  // namespace
