@@ -51,6 +51,31 @@ std::vector<Value> rule(const GradContext& c) {
     case Op::Const:
     case Op::Variable:
       return dx;
+    case Op::Gather: {
+      // d params: dy's rows scattered back to their indices, as ScatterAdd(rows[N, D...],
+      // indices[N], params) -- the sparse gradient (as_sparse() recognises it). Integer indices
+      // get none.
+      if (!c.needs(0)) return dx;
+      const Shape& ps = g.spec(c.in(0)).shape;
+      Shape rows_shape{-1};
+      for (int i = 1; i < ps.rank; ++i) {
+        RF_CHECK(ps[i] >= 0, "gradients(): Gather '", n.name, "' needs params' row shape known to build its gradient, got ",
+                 ps.str());
+        rows_shape.push_back(ps[i]);
+      }
+      const Value idx = g.spec(c.in(1)).shape.rank == 1 ? c.in(1) : ops::reshape(c.in(1), Shape{-1});
+      const Value rows = g.spec(dy).shape.rank == rows_shape.rank ? dy : ops::reshape(dy, rows_shape);
+      dx[0] = ops::scatter_add(rows, idx, c.in(0));
+      return dx;
+    }
+    case Op::ScatterAdd:  // d rows = dy's rows at the indices; like only gives the shape
+      if (c.needs(0)) dx[0] = ops::gather(dy, c.in(1));
+      return dx;
+    case Op::ApplySGDSparse:
+    case Op::ApplyMomentumSparse:
+    case Op::ApplyAdamSparse:
+      no_rule(n);
+
     case Op::InitVariable:
     case Op::ApplySGD:
     case Op::ApplyMomentum:
@@ -201,6 +226,14 @@ std::vector<Value> rule(const GradContext& c) {
 }
 
 }  // namespace
+
+bool as_sparse(Value grad, Value* rows, Value* indices) {
+  if (!grad.valid() || grad.graph->node(grad).op != Op::ScatterAdd) return false;
+  const Node& n = grad.graph->node(grad);
+  if (rows) *rows = n.inputs[0];
+  if (indices) *indices = n.inputs[1];
+  return true;
+}
 
 std::vector<Value> gradients(const std::vector<Value>& ys, const std::vector<Value>& xs,
                              const std::vector<Value>& grad_ys) {

@@ -21,4 +21,11 @@ std::vector<Value> gradients(Value loss, const std::vector<Value>& xs);
 std::vector<Value> gradients(const std::vector<Value>& ys, const std::vector<Value>& xs,
                              const std::vector<Value>& grad_ys = {});
 
+// A sparse gradient (TF's IndexedSlices): Gather's rule returns ScatterAdd(rows[N, D...],
+// indices[N], params), a dense [V, D...] value that only runs if something reads it. True when
+// grad is such a ScatterAdd output; *rows and *indices (either may be null) then get its inputs,
+// which a sparse consumer (ApplySGDSparse, ...) reads instead, so the dense node is pruned from
+// its plan. A gradient summed from several consumers (an Add) is dense: false.
+bool as_sparse(Value grad, Value* rows, Value* indices);
+
 }  // namespace rf

@@ -56,17 +56,26 @@ TrainOp minimize(Value loss, const OptimizerConfig& cfg) {
       return g.variable(name + "/" + s, shape, dtype, Initializer::zeros(), /*trainable=*/false);
     };
     const Value var{&g, t.vars[i], 0};
+    // A sparse gradient feeds a sparse update with its (rows, indices): the dense ScatterAdd is
+    // then read by nothing in the training step and never runs (see optimizer.h for which).
+    Value rows, idx;
+    const bool sparse = cfg.weight_decay == 0 && as_sparse(t.grads[i], &rows, &idx);
     switch (cfg.kind) {
       case OptimizerConfig::Kind::SGD:
-        t.updates[i] = g.add(Op::ApplySGD, {var, t.grads[i], t.hyper}, base, name + "/update");
+        t.updates[i] = sparse ? g.add(Op::ApplySGDSparse, {var, rows, idx, t.hyper}, base, name + "/update")
+                              : g.add(Op::ApplySGD, {var, t.grads[i], t.hyper}, base, name + "/update");
         break;
       case OptimizerConfig::Kind::Momentum:
-        t.updates[i] = g.add(Op::ApplyMomentum, {var, slot("velocity"), t.grads[i], t.hyper}, base, name + "/update");
+        t.updates[i] =
+            sparse ? g.add(Op::ApplyMomentumSparse, {var, slot("velocity"), rows, idx, t.hyper}, base, name + "/update")
+                   : g.add(Op::ApplyMomentum, {var, slot("velocity"), t.grads[i], t.hyper}, base, name + "/update");
         break;
       case OptimizerConfig::Kind::Adam:
       case OptimizerConfig::Kind::AdamW: {
         const Value m = slot("m"), vv = slot("v");
-        t.updates[i] = g.add(Op::ApplyAdam, {var, m, vv, t.grads[i], t.hyper}, base, name + "/update");
+        t.updates[i] = sparse && cfg.lazy_adam
+                           ? g.add(Op::ApplyAdamSparse, {var, m, vv, rows, idx, t.hyper}, base, name + "/update")
+                           : g.add(Op::ApplyAdam, {var, m, vv, t.grads[i], t.hyper}, base, name + "/update");
         break;
       }
     }

@@ -1,5 +1,5 @@
 // Optimizers as graph ops: minimize() differentiates the loss and adds one fused update node
-// (ApplySGD / ApplyMomentum / ApplyAdam) per Variable; slots (velocity, Adam moments) are
+// (ApplySGD / ApplyMomentum / ApplyAdam, or a sparse one: see lazy_adam) per Variable; slots (velocity, Adam moments) are
 // non-trainable Variables named "<var>/<slot>". Learning-rate schedules are host functions whose
 // value is fed each step through the `hyper` placeholder {lr, step}.
 #pragma once
@@ -17,13 +17,19 @@ struct OptimizerConfig {
   bool nesterov = false;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double weight_decay = 0;  // L2 for SGD/momentum/Adam, decoupled for AdamW
+  // A Variable whose gradient is sparse (as_sparse: an embedding read only by Gather) gets a
+  // sparse update when weight_decay == 0: ApplySGDSparse (bitwise the dense SGD step) and
+  // ApplyMomentumSparse (lazy: rows absent from the batch keep their velocity and value). Adam
+  // and AdamW stay dense (exactly PyTorch's Adam on the dense gradient) unless lazy_adam is set:
+  // then ApplyAdamSparse (TF's LazyAdam). Any weight decay means a dense update.
+  bool lazy_adam = false;
 };
 // "sgd", "momentum", "nesterov", "adam", "adamw"; throws rf::Error otherwise.
 OptimizerConfig::Kind parse_optimizer(const std::string& name);
 
 struct TrainOp {
   std::vector<Value> updates;  // run these as targets; updates[i] updates vars[i]
-  std::vector<Value> grads;    // d loss / d var, aligned with vars
+  std::vector<Value> grads;    // d loss / d var, aligned with vars (a sparse one: as_sparse())
   std::vector<int> vars;       // Variable node ids, in creation order
   Value hyper;                 // F64[2] placeholder {lr, step (1-based)}, fed on the host
 };

@@ -117,4 +117,31 @@ void f16_to_f32(const uint16_t* x, float* y, i64 n);
 void f32_to_bf16(const float* x, uint16_t* y, i64 n);  // round to nearest even
 void bf16_to_f32(const uint16_t* x, float* y, i64 n);
 
+// ---- sparse rows (sparse_cpu.cpp): embeddings and their sparse gradients ----
+// I = int32_t or int64_t; a "row" is D contiguous elements; V rows in the dense tensor. An index
+// outside [0, V) throws std::invalid_argument naming it and its position (before any write).
+// out[n, :] = params[idx[n], :] for n < N.
+template <class T, class I> void gather_rows(const T* params, i64 V, i64 D, const I* idx, i64 N, T* out);
+// out[V, D] = 0, then out[idx[n], :] += rows[n, :] for n = 0, 1, ..., N-1 (duplicates in order).
+template <class T, class I> void scatter_add_rows(const T* rows, const I* idx, i64 N, i64 D, T* out, i64 V);
+// Lazy optimizer updates of the rows present in (rows, idx): each distinct index's gradient row is
+// first formed exactly as scatter_add_rows forms it (0 + its rows in position order), then that
+// row of w (and of the slots) is updated; rows not present are untouched. No weight decay.
+//   SGD:      sgd_update's arithmetic on the row: bitwise sgd_update(w, scatter_add_rows(...)).
+//   Momentum: momentum_update's on the row (TF SparseApplyMomentum; nesterov supported): s1 = v.
+//   LazyAdam: TF's LazyAdamOptimizer: m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2 (m by PyTorch's
+//             lerp, as adam_update), w -= lr sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps), t the
+//             global 1-based step (eps outside the bias correction, unlike the dense Adam).
+// Scratch (the sorted positions, the summed row) is thread_local and only grows: no allocation
+// per step in steady state.
+enum class SparseOpt { SGD, Momentum, LazyAdam };
+struct SparseHyper {
+  double lr = 0, mu = 0, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  bool nesterov = false;
+  i64 step = 1;
+};
+template <class T, class I>
+void sparse_update(SparseOpt opt, T* w, T* s1, T* s2, i64 V, i64 D, const T* rows, const I* idx, i64 N,
+                   const SparseHyper& h);
+
 }  // namespace rf::kernels::cpu

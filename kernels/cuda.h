@@ -202,4 +202,29 @@ template <class T>
 void conv2d_grad_filter(const T* x, const T* dy, T* dw, const ConvGeom& g, bool allow_tf32, void* workspace,
                         size_t workspace_bytes, cudnnHandle_t handle);
 
+// ---- sparse rows (sparse.cu): the CPU's gather_rows / scatter_add_rows / sparse_update ----
+// I = int32_t or int64_t. Indices live on the device, so one outside [0, V) cannot throw without
+// a synchronisation: Gather writes NaN over its output row (sparse_xent's rule for a bad label),
+// ScatterAdd and the sparse updates skip it.
+template <class T, class I>
+void gather_rows(const T* params, i64 V, i64 D, const I* idx, i64 N, T* out, cudaStream_t stream);
+// Duplicates: CUB's stable radix sort of (index, position) pairs groups each distinct index's
+// positions in increasing order, and one thread per (distinct index, column) sums its rows in
+// that order from 0: no atomics, deterministic, the CPU's sums bit for bit. The sort needs
+// sparse_rows_workspace_bytes<I>(N) bytes of device scratch (the caller's: cuda::workspace).
+template <class I> size_t sparse_rows_workspace_bytes(i64 N);
+template <class T, class I>
+void scatter_add_rows(const T* rows, const I* idx, i64 N, i64 D, T* out, i64 V, void* workspace,
+                      size_t workspace_bytes, cudaStream_t stream);
+// TF LazyAdam's scalars in UpdateScalars' fields: neg_lr = -lr sqrt(1 - b2^t) / (1 - b1^t), the
+// moments' as adam_scalars; no weight decay.
+template <class T> UpdateScalars<T> lazy_adam_scalars(double lr, double b1, double b2, double eps, i64 t);
+// kind SGD (s1, s2 unused), Momentum (s1 = velocity), Adam (the lazy one: s1 = m, s2 = v). The
+// scalars are read from device memory when dev_scalars is non-null (cuda::FusedUpdates: a
+// captured graph then sees each step's), else passed by value.
+template <class T, class I>
+void sparse_update(UpdateKind kind, T* w, T* s1, T* s2, i64 V, i64 D, const T* rows, const I* idx, i64 N,
+                   const UpdateScalars<T>& scalars, const UpdateScalars<T>* dev_scalars, void* workspace,
+                   size_t workspace_bytes, cudaStream_t stream);
+
 }  // namespace rf::kernels::cuda

@@ -84,7 +84,7 @@ class FusedUpdates {
  public:
   struct Update {
     const Node* node;
-    Tensor* in[5];  // the node's bound inputs (var, slots..., grad, hyper), stable for the plan
+    Tensor* in[6];  // the node's bound inputs (var, slots..., grad or rows and indices, hyper), stable for the plan
   };
   FusedUpdates(Device device, const std::vector<Update>& updates);
   ~FusedUpdates();

@@ -334,6 +334,54 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       return;
     }
 
+    case Op::Gather:
+    case Op::ScatterAdd:
+    case Op::ApplySGDSparse:
+    case Op::ApplyMomentumSparse:
+    case Op::ApplyAdamSparse: {
+      // The dense tensor [V, D...] these index, and the index input.
+      const int nin = int(n.inputs.size());
+      const bool update = nin >= 4;
+      const Tensor& dense = n.op == Op::Gather ? *in[0] : n.op == Op::ScatterAdd ? *out[0] : *in[0];
+      const Tensor& idx = n.op == Op::Gather ? *in[1] : *in[update ? nin - 2 : 1];
+      RF_CHECK(!update || !ctx.grad_sources, "node '", n.name, "' (", op_name(n.op),
+               "): a sparse update cannot average replicas' gradients in place (RunOptions::update_grads)");
+      const i64 V = dense.shape().rank ? dense.shape()[0] : 0;
+      const i64 D = V ? dense.numel() / V : 0;
+      const i64 N = idx.numel();
+      with_float(n, dense.dtype(), [&](auto t) {
+        using T = decltype(t);
+        auto run = [&](auto index_tag) {
+          using I = decltype(index_tag);
+          const I* ix = idx.data<I>();
+          if (n.op == Op::Gather) {
+            kc::gather_rows<T, I>(in[0]->data<T>(), V, D, ix, N, out[0]->data<T>());
+          } else if (n.op == Op::ScatterAdd) {
+            kc::scatter_add_rows<T, I>(in[0]->data<T>(), ix, N, D, out[0]->data<T>(), V);
+          } else {
+            kc::SparseHyper h;
+            const double* hyper = in[nin - 1]->data<double>();
+            h.lr = hyper[0];
+            h.step = i64(hyper[1]);
+            h.mu = a.momentum, h.nesterov = a.nesterov, h.b1 = a.beta1, h.b2 = a.beta2, h.eps = a.eps;
+            const kc::SparseOpt opt = n.op == Op::ApplySGDSparse        ? kc::SparseOpt::SGD
+                                      : n.op == Op::ApplyMomentumSparse ? kc::SparseOpt::Momentum
+                                                                        : kc::SparseOpt::LazyAdam;
+            T* s1 = nin >= 5 ? in[1]->data<T>() : nullptr;
+            T* s2 = nin >= 6 ? in[2]->data<T>() : nullptr;
+            kc::sparse_update<T, I>(opt, in[0]->data<T>(), s1, s2, V, D, in[nin - 3]->data<T>(), ix, N, h);
+          }
+        };
+        try {
+          if (idx.dtype() == DType::I32) run(int32_t{});
+          else run(int64_t{});
+        } catch (const std::invalid_argument& e) {
+          fail("node '", n.name, "' (", op_name(n.op), "): ", e.what());
+        }
+      });
+      return;
+    }
+
     case Op::ApplySGD:
     case Op::ApplyMomentum:
     case Op::ApplyAdam: {

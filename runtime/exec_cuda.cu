@@ -299,6 +299,60 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       return;
     }
 
+    case Op::Gather:      // (params[V, D...], indices) -> [indices..., D...]
+    case Op::ScatterAdd:  // (rows[N, D...], indices[N], like[V, D...]) -> [V, D...]
+    case Op::ApplySGDSparse:
+    case Op::ApplyMomentumSparse:
+    case Op::ApplyAdamSparse: {  // (var, slots..., rows, indices, hyper)
+      // Run here only when a node is executed on its own (tests); a CUDA plan applies its sparse
+      // updates in cuda::FusedUpdates, with the scalars in device memory.
+      const int nin = int(node.inputs.size());
+      const bool update = nin >= 4;
+      const Tensor& dense = node.op == Op::ScatterAdd ? *out[0] : *in[0];
+      const Tensor& idx = update ? *in[nin - 2] : *in[1];
+      const Tensor& src = node.op == Op::Gather ? *in[0] : *in[update ? nin - 3 : 0];  // params or rows
+      const i64 V = dense.shape().rank ? dense.shape()[0] : 0;
+      const i64 D = V ? dense.numel() / V : 0;
+      const i64 N = idx.numel();
+      RF_CHECK(idx.dtype() == DType::I32 || idx.dtype() == DType::I64, "node '", node.name, "' (", op_name(node.op),
+               "): indices are ", dtype_name(idx.dtype()));
+      RF_CHECK(node.op == Op::Gather ? out[0]->numel() == N * D : src.numel() == N * D, "node '", node.name, "' (",
+               op_name(node.op), "): ", N, " indices of rows of ", D, " elements, rows ", src.shape().str(),
+               ", dense ", dense.shape().str());
+      const Hyper h = update ? read_hyper(node, *in[nin - 1]) : Hyper{0, 0};
+      dispatch(node, dense.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        auto run = [&](auto index_tag) {
+          using I = decltype(index_tag);
+          const I* ix = idx.data<I>();
+          if (node.op == Op::Gather) {
+            kc::gather_rows<T, I>(src.data<T>(), V, D, ix, N, out[0]->data<T>(), st);
+            return;
+          }
+          const size_t ws_bytes = kc::sparse_rows_workspace_bytes<I>(N);
+          void* ws = ws_bytes ? cuda::workspace(ctx.device.index, ws_bytes) : nullptr;
+          if (node.op == Op::ScatterAdd) {
+            kc::scatter_add_rows<T, I>(src.data<T>(), ix, N, D, out[0]->data<T>(), V, ws, ws_bytes, st);
+            return;
+          }
+          T* s1 = nin >= 5 ? in[1]->data<T>() : nullptr;
+          T* s2 = nin >= 6 ? in[2]->data<T>() : nullptr;
+          const kc::UpdateKind kind = node.op == Op::ApplySGDSparse        ? kc::UpdateKind::SGD
+                                      : node.op == Op::ApplyMomentumSparse ? kc::UpdateKind::Momentum
+                                                                           : kc::UpdateKind::Adam;
+          const kc::UpdateScalars<T> sc =
+              kind == kc::UpdateKind::SGD        ? kc::sgd_scalars<T>(h.lr, 0.0)
+              : kind == kc::UpdateKind::Momentum ? kc::momentum_scalars<T>(h.lr, at.momentum, 0.0, at.nesterov)
+                                                 : kc::lazy_adam_scalars<T>(h.lr, at.beta1, at.beta2, at.eps, h.step);
+          kc::sparse_update<T, I>(kind, in[0]->data<T>(), s1, s2, V, D, src.data<T>(), ix, N, sc, nullptr, ws,
+                                  ws_bytes, st);
+        };
+        if (idx.dtype() == DType::I32) run(int32_t{});
+        else run(int64_t{});
+      });
+      return;
+    }
+
     case Op::ApplySGD: {  // (var, grad, hyper)
       Tensor& w = *in[0];
       const Tensor& g = *in[1];

@@ -39,6 +39,16 @@
   X(AvgPool2D, 1, 1) X(AvgPool2DGrad, 2, 1) /* (dy, x_like) */                            \
   X(Dropout, 1, 2) /* -> (y, mask) */                                                     \
   X(Cast, 1, 1)                                                                           \
+  /* sparse rows (embeddings): indices I32/I64; an index outside [0, V) is an error naming it \
+     (CUDA: Gather's row is NaN, ScatterAdd and the sparse updates skip it) */              \
+  X(Gather, 2, 1)     /* (params[V, D...], indices[I...]) -> [I..., D...]: params[indices] */ \
+  X(ScatterAdd, 3, 1) /* (rows[N, D...], indices[N], like[V, D...]) -> zeros of like's   \
+                         shape with row n added at indices[n] (duplicates accumulate, in   \
+                         order): Gather's gradient, sparse until something reads it dense */ \
+  /* lazy updates of the rows present (duplicates summed first, in order); weight_decay 0 */  \
+  X(ApplySGDSparse, 4, 0)      /* (var, rows, indices, hyper): bitwise ApplySGD(ScatterAdd) */ \
+  X(ApplyMomentumSparse, 5, 0) /* (var, velocity, rows, indices, hyper) */                 \
+  X(ApplyAdamSparse, 6, 0)     /* (var, m, v, rows, indices, hyper): TF LazyAdam */        \
   /* optimizer updates: mutate Variables in place; hyper = F64[2] {lr, step} on the host */ \
   X(ApplySGD, 3, 0)      /* (var, grad, hyper) */                                         \
   X(ApplyMomentum, 4, 0) /* (var, velocity, grad, hyper) */                               \

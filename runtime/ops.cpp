@@ -106,5 +106,13 @@ Value cast(Value x, DType dtype, const std::string& name) {
   at.dtype = dtype;
   return x.graph->add(Op::Cast, {x}, std::move(at), name);
 }
+Value gather(Value params, Value indices, const std::string& name) {
+  return binary(Op::Gather, params, indices, name);
+}
+Value scatter_add(Value rows, Value indices, Value like, const std::string& name) {
+  RF_CHECK(rows.graph && rows.graph == indices.graph && rows.graph == like.graph,
+           "ScatterAdd: operands belong to different graphs");
+  return rows.graph->add(Op::ScatterAdd, {rows, indices, like}, {}, name);
+}
 
 }  // namespace rf::ops

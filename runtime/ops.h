@@ -39,5 +39,9 @@ Value max_pool2d(Value x, int kernel, int stride = -1, int pad = 0, const std::s
 Value avg_pool2d(Value x, int kernel, int stride = -1, int pad = 0, const std::string& name = "");
 Value dropout(Value x, double rate, uint64_t seed, const std::string& name = "");
 Value cast(Value x, DType dtype, const std::string& name = "");
+// Embedding lookup: params[V, D...] at indices[I...] (I32 or I64) -> [I..., D...].
+Value gather(Value params, Value indices, const std::string& name = "");
+// Zeros of like's shape [V, D...] with rows[n] added at indices[n] (rows [N, D...], indices [N]).
+Value scatter_add(Value rows, Value indices, Value like, const std::string& name = "");
 
 }  // namespace rf::ops

@@ -14,7 +14,17 @@
 namespace rf {
 
 namespace {
-bool is_update(Op op) { return op == Op::ApplySGD || op == Op::ApplyMomentum || op == Op::ApplyAdam; }
+bool is_update(Op op) {
+  return op == Op::ApplySGD || op == Op::ApplyMomentum || op == Op::ApplyAdam || op == Op::ApplySGDSparse ||
+         op == Op::ApplyMomentumSparse || op == Op::ApplyAdamSparse;
+}
+// How many leading inputs of an update op are Variables it mutates (the variable and its slots);
+// the gradient (dense, or rows and indices) and the hyper-parameters follow.
+int update_state_inputs(const Node& n) {
+  const int nin = int(n.inputs.size());
+  const bool sparse = n.op == Op::ApplySGDSparse || n.op == Op::ApplyMomentumSparse || n.op == Op::ApplyAdamSparse;
+  return sparse ? nin - 3 : nin - 2;
+}
 }  // namespace
 
 // One node of a plan with its bound tensors (pointers into Plan::values, which never moves).
@@ -284,7 +294,7 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
       RF_CHECK(h.op == Op::Placeholder, "node '", n.name, "': hyper must be a fed Placeholder");
       for (int i = 0; i + 1 < st.nin; ++i) {
         const Node& src = graph_.node(n.inputs[size_t(i)]);
-        if (i == 0 || (n.op != Op::ApplySGD && i < st.nin - 2))
+        if (i < update_state_inputs(n))
           RF_CHECK(src.op == Op::Variable, "node '", n.name, "': input ", i, " must be a Variable, got '",
                    src.name, "'");
       }
@@ -314,7 +324,7 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
     std::vector<cuda::FusedUpdates::Update> updates;
     for (size_t i = plan->first_update; i < plan->steps.size(); ++i) {
       const PlanStep& st = plan->steps[i];
-      RF_CHECK(st.nin <= 5, "internal: update node '", st.node->name, "' has ", st.nin, " inputs");
+      RF_CHECK(st.nin <= 6, "internal: update node '", st.node->name, "' has ", st.nin, " inputs");
       cuda::FusedUpdates::Update u{st.node, {}};
       std::copy(st.in, st.in + st.nin, u.in);
       updates.push_back(u);

@@ -290,6 +290,59 @@ std::vector<OutSpec> infer_outputs(const Node& n, const std::vector<OutSpec>& in
     case Op::Cast:
       return {{a.dtype, in[0].shape}};
 
+    case Op::Gather:
+    case Op::ScatterAdd:
+    case Op::ApplySGDSparse:
+    case Op::ApplyMomentumSparse:
+    case Op::ApplyAdamSparse: {
+      auto need_index = [](const OutSpec& s, const char* what) {
+        RF_CHECK(s.dtype == DType::I32 || s.dtype == DType::I64, what, " must be I32 or I64, got ",
+                 dtype_name(s.dtype));
+      };
+      // rows[N, D...] and indices[N] of a sparse gradient, against the dense [V, D...] they index.
+      auto check_rows = [&](const OutSpec& rows, const OutSpec& idx, const OutSpec& dense, const char* dense_name) {
+        need_float(rows, "rows");
+        same_dtype(rows, dense);
+        need_index(idx, "indices");
+        need_rank(idx, 1, "indices");
+        RF_CHECK(rows.shape.rank >= 1 && rows.shape.rank == dense.shape.rank, "rows ", rows.shape.str(), " and ",
+                 dense_name, " ", dense.shape.str(), " must have one rank (>= 1)");
+        RF_CHECK(dims_agree(rows.shape[0], idx.shape[0]), "rows ", rows.shape.str(), " and indices ",
+                 idx.shape.str(), " differ in length");
+        for (int i = 1; i < rows.shape.rank; ++i)
+          RF_CHECK(dims_agree(rows.shape[i], dense.shape[i]), "rows ", rows.shape.str(),
+                   " do not match the rows of ", dense_name, " ", dense.shape.str());
+      };
+      if (n.op == Op::Gather) {  // (params[V, D...], indices[I...]) -> [I..., D...]
+        need_float(in[0], "params");
+        need_index(in[1], "indices");
+        RF_CHECK(in[0].shape.rank >= 1, "params must have rank >= 1 (rows first), got ", in[0].shape.str());
+        RF_CHECK(in[1].shape.rank + in[0].shape.rank - 1 <= Shape::kMaxRank, "indices ", in[1].shape.str(),
+                 " and params ", in[0].shape.str(), " give an output of rank above ", Shape::kMaxRank);
+        Shape out = in[1].shape;
+        for (int i = 1; i < in[0].shape.rank; ++i) out.push_back(in[0].shape[i]);
+        return {{in[0].dtype, out}};
+      }
+      if (n.op == Op::ScatterAdd) {  // (rows[N, D...], indices[N], like[V, D...]) -> like's shape
+        check_rows(in[0], in[1], in[2], "like");
+        return same_as(2);
+      }
+      // (var, slots..., rows, indices, hyper)
+      const size_t k = in.size();
+      need_float(in[0], "variable");
+      for (size_t i = 1; i + 3 < k; ++i) {
+        same_dtype(in[0], in[i]);
+        RF_CHECK(in[i].shape == in[0].shape, "slot ", i, " shape ", in[i].shape.str(), " differs from the variable's ",
+                 in[0].shape.str());
+      }
+      check_rows(in[k - 3], in[k - 2], in[0], "variable");
+      RF_CHECK(a.weight_decay == 0, "weight decay ", a.weight_decay,
+               " is not supported by a sparse update (it would touch every row): use the dense update");
+      RF_CHECK(in[k - 1].dtype == DType::F64 && in[k - 1].shape == Shape{2},
+               "hyper must be F64[2] {lr, step}, got ", dtype_name(in[k - 1].dtype), in[k - 1].shape.str());
+      return {};
+    }
+
     case Op::ApplySGD:
     case Op::ApplyMomentum:
     case Op::ApplyAdam: {

@@ -29,9 +29,14 @@ constexpr size_t kScalarSlot = 128;  // bytes per group in the scalar buffers
 static_assert(sizeof(kc::UpdateScalars<double>) <= kScalarSlot);
 
 kc::UpdateKind update_kind(Op op) {
-  return op == Op::ApplySGD        ? kc::UpdateKind::SGD
-         : op == Op::ApplyMomentum ? kc::UpdateKind::Momentum
-                                   : kc::UpdateKind::Adam;
+  return op == Op::ApplySGD || op == Op::ApplySGDSparse             ? kc::UpdateKind::SGD
+         : op == Op::ApplyMomentum || op == Op::ApplyMomentumSparse ? kc::UpdateKind::Momentum
+                                                                    : kc::UpdateKind::Adam;
+}
+
+// (var, slots..., rows, indices, hyper): each member is its own launch (a sort, then the rows).
+bool sparse_update_op(Op op) {
+  return op == Op::ApplySGDSparse || op == Op::ApplyMomentumSparse || op == Op::ApplyAdamSparse;
 }
 
 bool same_update(const Node& a, const Node& b) {
@@ -100,9 +105,11 @@ void FusedUpdates::prepare() {
           break;
         case kc::UpdateKind::Adam:
           try {
-            sc = kc::adam_scalars<T>(h.lr, at.beta1, at.beta2, at.eps, at.weight_decay, at.decoupled, h.step);
+            sc = sparse_update_op(n.op)
+                     ? kc::lazy_adam_scalars<T>(h.lr, at.beta1, at.beta2, at.eps, h.step)
+                     : kc::adam_scalars<T>(h.lr, at.beta1, at.beta2, at.eps, at.weight_decay, at.decoupled, h.step);
           } catch (const std::invalid_argument& e) {
-            fail("node '", n.name, "' (ApplyAdam): ", e.what());
+            fail("node '", n.name, "' (", op_name(n.op), "): ", e.what());
           }
           break;
       }
@@ -121,6 +128,43 @@ void FusedUpdates::launch(size_t group, const ExecContext& ctx) {
   const Node& n = *g.node;
   dispatch(n, g.dtype, [&](auto tag) {
     using T = decltype(tag);
+    const auto* dev_scalars =
+        reinterpret_cast<const kc::UpdateScalars<T>*>(static_cast<char*>(scalars_.raw()) + group * kScalarSlot);
+    if (sparse_update_op(n.op)) {  // the rows present only; the sort's scratch is the device's workspace
+      for (const Update& u : g.members) {
+        const Node& m = *u.node;
+        const int nin = int(m.inputs.size());
+        Tensor& w = *u.in[0];
+        const Tensor& rows = *u.in[nin - 3];
+        const Tensor& idx = *u.in[nin - 2];
+        const i64 V = w.shape().rank ? w.shape()[0] : 0;
+        const i64 D = V ? w.numel() / V : 0;
+        const i64 N = idx.numel();
+        for (int i = 0; i < nin - 2; ++i)
+          RF_CHECK(u.in[i]->dtype() == g.dtype && (i == nin - 3 ? rows.numel() == N * D : u.in[i]->numel() == w.numel()),
+                   "node '", m.name, "' (", op_name(m.op), "): input ", i, " is ", dtype_name(u.in[i]->dtype()),
+                   u.in[i]->shape().str(), ", the Variable ", dtype_name(w.dtype()), w.shape().str(), " with ", N,
+                   " indices");
+        T* s1 = nin >= 5 ? u.in[1]->data<T>() : nullptr;
+        T* s2 = nin >= 6 ? u.in[2]->data<T>() : nullptr;
+        auto run = [&](auto index_tag) {
+          using I = decltype(index_tag);
+          const I* ix = idx.data<I>();
+          const size_t ws_bytes = kc::sparse_rows_workspace_bytes<I>(N);
+          void* ws = ws_bytes ? cuda::workspace(ctx.device.index, ws_bytes) : nullptr;
+          kc::sparse_update<T, I>(update_kind(m.op), w.data<T>(), s1, s2, V, D, rows.data<T>(), ix, N,
+                                  kc::UpdateScalars<T>{}, dev_scalars, ws, ws_bytes, stream_of(ctx));
+        };
+        try {
+          if (idx.dtype() == DType::I32) run(int32_t{});
+          else if (idx.dtype() == DType::I64) run(int64_t{});
+          else fail("node '", m.name, "' (", op_name(m.op), "): indices are ", dtype_name(idx.dtype()));
+        } catch (const std::invalid_argument& e) {
+          fail("node '", m.name, "' (", op_name(m.op), "): ", e.what());
+        }
+      }
+      return;
+    }
     if (!g.table.defined()) {  // first launch: every input is bound (views included)
       std::vector<kc::MultiTensorEntry<T>> entries;
       std::vector<i64> sizes;
@@ -154,9 +198,7 @@ void FusedUpdates::launch(size_t group, const ExecContext& ctx) {
     auto* base = static_cast<char*>(g.table.raw());
     kc::multi_tensor_update<T>(update_kind(n.op), reinterpret_cast<const kc::MultiTensorEntry<T>*>(base),
                                reinterpret_cast<const kc::MultiTensorChunk*>(base + g.chunks_offset), g.nchunks,
-                               reinterpret_cast<const kc::UpdateScalars<T>*>(static_cast<char*>(scalars_.raw()) +
-                                                                             group * kScalarSlot),
-                               stream_of(ctx));
+                               dev_scalars, stream_of(ctx));
   });
 }
 

@@ -137,6 +137,41 @@ std::function<Built(Env&)> apply(Op op) {
   };
 }
 
+// Sparse rows: n indices in [0, rows) with duplicates (i * 7 mod (rows - 1): the last row is
+// never hit), fed as dtype t.
+Value sparse_indices(Env& e, Built& b, DType t, const Shape& s, int rows) {
+  std::vector<int64_t> v(size_t(s.numel()));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = int64_t(i * 7) % (rows - 1);
+  Value p = e.g.placeholder("indices" + std::to_string(b.feeds.size()), t, s);
+  b.feeds.push_back({p, t == DType::I64 ? Tensor::from_vector<int64_t>(v, s)
+                                        : Tensor::from_vector<int32_t>(std::vector<int32_t>(v.begin(), v.end()), s)});
+  return p;
+}
+// One sparse optimizer step on an embedding Variable (and its slots), fetched after the update.
+std::function<Built(Env&)> apply_sparse(Op op) {
+  return [op](Env& e) {
+    Built b;
+    const Shape s{12, 5};
+    Value w = e.g.variable("w", s, e.dt, Initializer::uniform(-1, 1));
+    Values in{w};
+    const int slots = op == Op::ApplyAdamSparse ? 2 : op == Op::ApplyMomentumSparse ? 1 : 0;
+    for (int i = 0; i < slots; ++i) {
+      in.push_back(e.g.variable("slot" + std::to_string(i), s, e.dt, Initializer::uniform(0.01, 0.1), false));
+      b.fetches.push_back(in.back());
+    }
+    in.push_back(e.in(b, {17, 5}));
+    in.push_back(sparse_indices(e, b, DType::I32, {17}, 12));
+    Value hyper = e.g.placeholder("hyper", DType::F64, Shape{2});
+    b.feeds.push_back({hyper, Tensor::from_vector<double>({0.05, 3.0}, Shape{2})});
+    in.push_back(hyper);
+    Attrs a;
+    a.momentum = 0.9, a.nesterov = true;
+    b.targets.push_back(e.g.add(op, in, a));
+    b.fetches.push_back(w);
+    return b;
+  };
+}
+
 struct OpCase {
   Op op;
   std::function<Built(Env&)> build;
@@ -360,6 +395,26 @@ const std::vector<OpCase>& cases() {
          b.fetches.push_back(ops::cast(x, DType::F32));  // same dtype: a copy
          return b;
        }},
+      // Sparse rows: indices with duplicates (and, on the GPU, rows that none hits).
+      {Op::Gather, [](Env& e) {
+         Built b;
+         Value params = e.in(b, {9, 5});
+         e.with_grads(b, ops::gather(params, sparse_indices(e, b, DType::I32, {11}, 9)), {params});
+         Value deep = e.in(b, {6, 2, 3});
+         e.with_grads(b, ops::gather(deep, sparse_indices(e, b, DType::I64, {3, 4}, 6)), {deep});  // [B, T]
+         return b;
+       }},
+      {Op::ScatterAdd, [](Env& e) {
+         Built b;
+         Value rows = e.in(b, {13, 7}), like = e.in(b, {10, 7});
+         e.with_grads(b, ops::scatter_add(rows, sparse_indices(e, b, DType::I64, {13}, 10), like), {rows});
+         Value wide = e.in(b, {40, 300}), wlike = e.in(b, {33, 300});
+         b.fetches.push_back(ops::scatter_add(wide, sparse_indices(e, b, DType::I32, {40}, 33), wlike));
+         return b;
+       }},
+      {Op::ApplySGDSparse, apply_sparse(Op::ApplySGDSparse)},
+      {Op::ApplyMomentumSparse, apply_sparse(Op::ApplyMomentumSparse)},
+      {Op::ApplyAdamSparse, apply_sparse(Op::ApplyAdamSparse)},
       {Op::ApplySGD, apply(Op::ApplySGD)},
       {Op::ApplyMomentum, apply(Op::ApplyMomentum)},
       {Op::ApplyAdam, apply(Op::ApplyAdam)},

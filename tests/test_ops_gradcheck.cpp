@@ -403,6 +403,11 @@ const char* gradcheck_row(rf::Op op) {
     case Op::AvgPool2DGrad: return "OpsGradcheck.AvgPool2D";
     case Op::Dropout: return "OpsGradcheck.Dropout";
     case Op::Cast: return "OpsGradcheck.CastRoundTrip";
+    case Op::Gather: return "OpsGradcheck.GatherI32AndI64Duplicates";
+    case Op::ScatterAdd: return "OpsGradcheck.ScatterAdd";
+    case Op::ApplySGDSparse:
+    case Op::ApplyMomentumSparse:
+    case Op::ApplyAdamSparse: return "-an update: no output to differentiate (values: SparseUpdates.*)";
     case Op::ApplySGD:
     case Op::ApplyMomentum:
     case Op::ApplyAdam: return "-an update: no output to differentiate (values: Optimizers.*)";
