@@ -143,6 +143,33 @@ std::vector<Value> rule(const GradContext& c) {
     case Op::SparseSoftmaxXentGrad:
       no_rule(n);
 
+    // rsqrt'(x) = -x^(-3/2) / 2 = -y^3 / 2: reads the output.
+    case Op::Rsqrt: dx[0] = add2(g, Op::RsqrtGrad, dy, c.out(0)); return dx;
+    case Op::RsqrtGrad:
+      no_rule(n);
+    // The selected operand gets dy where it was selected and 0 elsewhere, summed down to its
+    // shape; the condition gets none.
+    case Op::Where: {
+      Tensor z(Shape{}, g.spec(dy).dtype);
+      if (z.dtype() == DType::F32) *z.data<float>() = 0.0f;
+      else *z.data<double>() = 0.0;
+      const Value zero = g.constant(z);
+      if (c.needs(1)) dx[1] = unbroadcast(g, g.add(Op::Where, {c.in(0), dy, zero}), c.in(1));
+      if (c.needs(2)) dx[2] = unbroadcast(g, g.add(Op::Where, {c.in(0), zero, dy}), c.in(2));
+      return dx;
+    }
+    case Op::Compare:  // piecewise constant: no gradient flows to the operands
+      return dx;
+    // d softmax(x + mask): SoftmaxGrad on the output (0 at masked entries, and on fully masked
+    // rows). The mask gets the same gradient summed down to its shape, built only when the mask
+    // is on the path (a learned additive bias); a Const or fed mask costs nothing.
+    case Op::MaskedSoftmax: {
+      const Value d = add2(g, Op::SoftmaxGrad, dy, c.out(0));
+      if (c.needs(0)) dx[0] = d;
+      if (c.needs(1)) dx[1] = unbroadcast(g, d, c.in(1));
+      return dx;
+    }
+
     case Op::Sum:
     case Op::Mean: {
       Attrs b;

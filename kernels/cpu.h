@@ -46,11 +46,30 @@ template <class T> void softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i
 template <class T> void log_softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols);
 // Sparse softmax cross-entropy with integer labels (L = int32_t or int64_t), fused and stable:
 // loss[r] = logsumexp(x[r]) - x[r, label[r]]; backprop[r] = softmax(x[r]) - onehot(label[r]).
-// Throws std::invalid_argument if a label is outside [0, cols).
+// PyTorch's F.cross_entropy(reduction='none', ignore_index, label_smoothing = eps): the target
+// is (1 - eps) onehot + eps / cols, so loss[r] = lse - (1 - eps) x[r, label] - eps/cols sum_c x[r, c]
+// and backprop[r] = softmax(x[r]) - target; a row whose label == ignore_index has loss 0 and
+// backprop 0 (INT64_MIN: no label is ignored). Throws std::invalid_argument if a label other
+// than ignore_index is outside [0, cols).
 template <class T, class L>
-void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols);
+void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols,
+                 i64 ignore_index = INT64_MIN, double label_smoothing = 0);
 // dlogits[r, :] = dloss[r] * backprop[r, :].
 template <class T> void sparse_xent_grad(const T* dloss, const T* backprop, T* dlogits, i64 rows, i64 cols);
+
+// ---- masks (mask_cpu.cpp) ----
+// Broadcasting operands: every shape has the output's rank (the caller left-pads with 1s) and
+// each of its dimensions is 1 or the output's. T is float or double unless said otherwise.
+// out = cond != 0 ? x : y.
+template <class T>
+void where(const uint8_t* cond, const Shape& cs, const T* x, const Shape& xs, const T* y, const Shape& ys, T* out,
+           const Shape& os);
+// out = a OP b as 1 or 0; T is float, double, int32_t or int64_t.
+template <class T>
+void compare(CompareOp op, const T* a, const Shape& as, const T* b, const Shape& bs, uint8_t* out, const Shape& os);
+// y = softmax over the last axis of x + mask, without forming x + mask; x and y have shape xs,
+// mask broadcasts to it (ms). A row whose every x + mask is -inf (fully masked) gives zeros.
+template <class T> void masked_softmax(const T* x, const Shape& xs, const T* mask, const Shape& ms, T* y);
 
 // ---- dense algebra (matmul_cpu.cpp, OpenBLAS) ----
 // Row-major C[m,n] = alpha * op(A) op(B) + beta * C; op(A) is [m,k], op(B) is [k,n].

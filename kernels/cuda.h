@@ -154,10 +154,24 @@ template <class T> void softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i
 template <class T> void log_softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols, cudaStream_t stream);
 // L = int32_t or int64_t. Labels live on the device, so a label outside [0, cols) cannot throw
 // without a synchronisation: its row's loss and backprop are NaN instead (TensorFlow's GPU rule).
+// ignore_index and label_smoothing as in kernels/cpu.h (a row labelled ignore_index: zeros).
 template <class T, class L>
-void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols, cudaStream_t stream);
+void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols, cudaStream_t stream,
+                 i64 ignore_index = INT64_MIN, double label_smoothing = 0);
 template <class T>
 void sparse_xent_grad(const T* dloss, const T* backprop, T* dlogits, i64 rows, i64 cols, cudaStream_t stream);
+
+// ---- masks (mask.cu), as in kernels/cpu.h: operand shapes have the output's rank ----
+template <class T>
+void where(const uint8_t* cond, const Shape& cs, const T* x, const Shape& xs, const T* y, const Shape& ys, T* out,
+           const Shape& os, cudaStream_t stream);
+// T is float, double, int32_t or int64_t.
+template <class T>
+void compare(CompareOp op, const T* a, const Shape& as, const T* b, const Shape& bs, uint8_t* out, const Shape& os,
+             cudaStream_t stream);
+// A row per warp (<= 1024 columns) or per block, as softmax; fully masked rows give zeros.
+template <class T>
+void masked_softmax(const T* x, const Shape& xs, const T* mask, const Shape& ms, T* y, cudaStream_t stream);
 
 // ---- layout, casts, dropout (layout.cu) ----
 // y = transpose of x by perm (y.dims[i] = x.dims[perm[i]]).

@@ -14,12 +14,26 @@ namespace rf::kernels {
 using std::erf, std::exp, std::log, std::pow, std::sqrt, std::tanh;
 #endif
 
-enum class UnaryOp { Neg, Exp, Log, Sqrt, Square, Abs, Relu, Tanh, Sigmoid, Gelu };
+enum class UnaryOp { Neg, Exp, Log, Sqrt, Square, Abs, Relu, Tanh, Sigmoid, Gelu, Rsqrt };
 // Binary ops on two equally shaped (or broadcast) operands. The *Grad ops take (dy, saved) and
-// return dx: ReluGrad(dy, x), TanhGrad(dy, y=tanh x), SigmoidGrad(dy, y=sigmoid x), GeluGrad(dy, x).
-enum class BinaryOp { Add, Sub, Mul, Div, ReluGrad, TanhGrad, SigmoidGrad, GeluGrad };
+// return dx: ReluGrad(dy, x), TanhGrad(dy, y=tanh x), SigmoidGrad(dy, y=sigmoid x), GeluGrad(dy, x),
+// RsqrtGrad(dy, y=rsqrt x).
+enum class BinaryOp { Add, Sub, Mul, Div, ReluGrad, TanhGrad, SigmoidGrad, GeluGrad, RsqrtGrad };
 // y = f(x, c) with a host scalar c.
 enum class ScalarOp { Add, Mul, Pow, RSub /* c - x */, RDiv /* c / x */ };
+// a OP b (the Compare op, 1 or 0 as uint8). Every comparison with a NaN is false except Ne.
+enum class CompareOp { Eq, Ne, Lt, Le, Gt, Ge };
+template <class T> RF_HD bool compare_values(CompareOp op, T a, T b) {
+  switch (op) {
+    case CompareOp::Eq: return a == b;
+    case CompareOp::Ne: return a != b;
+    case CompareOp::Lt: return a < b;
+    case CompareOp::Le: return a <= b;
+    case CompareOp::Gt: return a > b;
+    case CompareOp::Ge: return a >= b;
+  }
+  return false;
+}
 
 struct NegF { template <class T> RF_HD T operator()(T x) const { return -x; } };
 struct ExpF { template <class T> RF_HD T operator()(T x) const { return exp(x); } };
@@ -38,6 +52,9 @@ struct GeluF {
     return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
   }
 };
+// 1 / sqrt(x), as a correctly rounded sqrt then a division on both backends (not CUDA's rsqrt
+// intrinsic, which is not correctly rounded), so the CPU and the GPU agree to the last bit or two.
+struct RsqrtF { template <class T> RF_HD T operator()(T x) const { return T(1) / sqrt(x); } };
 
 struct AddF { template <class T> RF_HD T operator()(T a, T b) const { return a + b; } };
 struct SubF { template <class T> RF_HD T operator()(T a, T b) const { return a - b; } };
@@ -60,6 +77,10 @@ struct GeluGradF {
     return dy * (cdf + x * pdf);
   }
 };
+// d/dx x^(-1/2) = -x^(-3/2) / 2 = -y^3 / 2 with y = rsqrt(x).
+struct RsqrtGradF {
+  template <class T> RF_HD T operator()(T dy, T y) const { return T(-0.5) * dy * (y * y * y); }
+};
 
 struct ScalarAddF { template <class T> RF_HD T operator()(T x, T c) const { return x + c; } };
 struct ScalarMulF { template <class T> RF_HD T operator()(T x, T c) const { return x * c; } };
@@ -80,6 +101,7 @@ template <class F> auto visit_unary(UnaryOp op, F&& f) {
     case UnaryOp::Tanh: return f(TanhF{});
     case UnaryOp::Sigmoid: return f(SigmoidF{});
     case UnaryOp::Gelu: return f(GeluF{});
+    case UnaryOp::Rsqrt: return f(RsqrtF{});
   }
   return f(NegF{});
 }
@@ -93,6 +115,7 @@ template <class F> auto visit_binary(BinaryOp op, F&& f) {
     case BinaryOp::TanhGrad: return f(TanhGradF{});
     case BinaryOp::SigmoidGrad: return f(SigmoidGradF{});
     case BinaryOp::GeluGrad: return f(GeluGradF{});
+    case BinaryOp::RsqrtGrad: return f(RsqrtGradF{});
   }
   return f(AddF{});
 }

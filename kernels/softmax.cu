@@ -91,12 +91,20 @@ __global__ void softmax_grad_kernel(const T* dy, const T* y, T* dx, i64 rows, i6
   }
 }
 
+// A row labelled ignore_index gives zeros; `on` / `off` are the smoothed target at / off the
+// label (1 and 0 without smoothing, eps = 0).
 template <class T, class L, int kThreads>
-__global__ void sparse_xent_kernel(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols) {
+__global__ void sparse_xent_kernel(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols,
+                                   i64 ignore_index, double eps, T on, T off) {
   RF_FOR_ROWS(r) {
     const T* xr = logits + r * cols;
     T* br = backprop + r * cols;
     const i64 label = static_cast<i64>(labels[r]);
+    if (label == ignore_index) {  // uniform over the row's threads
+      if (threadIdx.x == 0) loss[r] = T(0);
+      RF_FOR_COLS(i) br[i] = T(0);
+      continue;
+    }
     if (label < 0 || label >= cols) {  // uniform over the row's threads
       const T nan = std::numeric_limits<T>::quiet_NaN();
       if (threadIdx.x == 0) loss[r] = nan;
@@ -105,11 +113,18 @@ __global__ void sparse_xent_kernel(const T* logits, const L* labels, T* loss, T*
     }
     const T m = row_max<kThreads>(xr, cols);
     const double s = row_sum_exp<kThreads>(xr, m, cols);
-    if (threadIdx.x == 0) loss[r] = static_cast<T>(log(s) - static_cast<double>(xr[label] - m));
+    double l = log(s) - static_cast<double>(xr[label] - m);
+    if (eps != 0) {  // uniform: the row's threads all reduce
+      double sum_xm = 0;
+      RF_FOR_COLS(i) sum_xm += static_cast<double>(xr[i] - m);
+      sum_xm = row_reduce<kThreads>(sum_xm, Plus{});
+      l = log(s) - (1.0 - eps) * static_cast<double>(xr[label] - m) - eps / static_cast<double>(cols) * sum_xm;
+    }
+    if (threadIdx.x == 0) loss[r] = static_cast<T>(l);
     const T inv = static_cast<T>(1.0 / s);
     RF_FOR_COLS(i) {
       const T p = exp(xr[i] - m) * inv;
-      br[i] = i == label ? p - T(1) : p;
+      br[i] = p - (i == label ? on : off);
     }
   }
 }
@@ -155,10 +170,14 @@ template <class T> void log_softmax_grad(const T* dy, const T* y, T* dx, i64 row
 }
 
 template <class T, class L>
-void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols, cudaStream_t stream) {
+void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols, cudaStream_t stream,
+                 i64 ignore_index, double label_smoothing) {
   if (cols <= 0 && rows > 0) throw std::invalid_argument("sparse_xent: no classes");
+  const double eps = label_smoothing;
+  const T off = static_cast<T>(eps / static_cast<double>(cols));
+  const T on = static_cast<T>(1.0 - eps + eps / static_cast<double>(cols));
   launch_rows(sparse_xent_kernel<T, L, 32>, sparse_xent_kernel<T, L, kBlock>, rows, cols, stream, logits, labels, loss,
-              backprop, rows, cols);
+              backprop, rows, cols, ignore_index, eps, on, off);
 }
 
 template <class T>
@@ -175,8 +194,8 @@ void sparse_xent_grad(const T* dloss, const T* backprop, T* dlogits, i64 rows, i
   template void log_softmax<T>(const T*, T*, i64, i64, cudaStream_t);                                       \
   template void softmax_grad<T>(const T*, const T*, T*, i64, i64, cudaStream_t);                            \
   template void log_softmax_grad<T>(const T*, const T*, T*, i64, i64, cudaStream_t);                        \
-  template void sparse_xent<T, int32_t>(const T*, const int32_t*, T*, T*, i64, i64, cudaStream_t);          \
-  template void sparse_xent<T, int64_t>(const T*, const int64_t*, T*, T*, i64, i64, cudaStream_t);          \
+  template void sparse_xent<T, int32_t>(const T*, const int32_t*, T*, T*, i64, i64, cudaStream_t, i64, double); \
+  template void sparse_xent<T, int64_t>(const T*, const int64_t*, T*, T*, i64, i64, cudaStream_t, i64, double); \
   template void sparse_xent_grad<T>(const T*, const T*, T*, i64, i64, cudaStream_t);
 RF_INSTANTIATE(float)
 RF_INSTANTIATE(double)

@@ -142,23 +142,41 @@ void log_softmax_grad(const T* dy, const T* y, T* dx, i64 rows, i64 cols) {
 }
 
 template <class T, class L>
-void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols) {
+void sparse_xent(const T* logits, const L* labels, T* loss, T* backprop, i64 rows, i64 cols, i64 ignore_index,
+                 double label_smoothing) {
   // Checked up front and serially: an exception must not leave an OpenMP region.
   for (i64 r = 0; r < rows; ++r)
-    if (labels[r] < 0 || static_cast<i64>(labels[r]) >= cols)
+    if (static_cast<i64>(labels[r]) != ignore_index && (labels[r] < 0 || static_cast<i64>(labels[r]) >= cols))
       throw std::invalid_argument("sparse_xent: label " + std::to_string(static_cast<long long>(labels[r])) +
                                   " at row " + std::to_string(r) + " is outside [0, " + std::to_string(cols) + ")");
+  const double eps = label_smoothing;
+  // The target: `on` at the label, `off` elsewhere (1 and 0 without smoothing).
+  const T off = static_cast<T>(eps / static_cast<double>(cols));
+  const T on = static_cast<T>(1.0 - eps + eps / static_cast<double>(cols));
   parallel_range(rows, kGrain / std::max<i64>(1, cols), [&](i64 r0, i64 r1) {
     for (i64 r = r0; r < r1; ++r) {
       const T* xr = logits + r * cols;
       T* br = backprop + r * cols;
       const i64 label = static_cast<i64>(labels[r]);
+      if (label == ignore_index) {
+        loss[r] = T(0);
+        std::fill(br, br + cols, T(0));
+        continue;
+      }
       const T m = row_max(xr, cols);
       const double s = exp_shifted(xr, m, br, cols);
-      loss[r] = static_cast<T>(std::log(s) - static_cast<double>(xr[label] - m));
       const T inv = static_cast<T>(1.0 / s);
-      for (i64 i = 0; i < cols; ++i) br[i] *= inv;
-      br[label] -= T(1);
+      if (eps == 0) {
+        loss[r] = static_cast<T>(std::log(s) - static_cast<double>(xr[label] - m));
+        for (i64 i = 0; i < cols; ++i) br[i] *= inv;
+        br[label] -= T(1);
+        continue;
+      }
+      double sum_xm = 0;  // sum_c (x_c - m): the smoothing term's logits, shifted as lse is
+      for (i64 i = 0; i < cols; ++i) sum_xm += static_cast<double>(xr[i] - m);
+      loss[r] = static_cast<T>(std::log(s) - (1.0 - eps) * static_cast<double>(xr[label] - m) -
+                               eps / static_cast<double>(cols) * sum_xm);
+      for (i64 i = 0; i < cols; ++i) br[i] = br[i] * inv - (i == label ? on : off);
     }
   });
 }
@@ -184,10 +202,10 @@ template void softmax_grad<float>(const float*, const float*, float*, i64, i64);
 template void softmax_grad<double>(const double*, const double*, double*, i64, i64);
 template void log_softmax_grad<float>(const float*, const float*, float*, i64, i64);
 template void log_softmax_grad<double>(const double*, const double*, double*, i64, i64);
-template void sparse_xent<float, int32_t>(const float*, const int32_t*, float*, float*, i64, i64);
-template void sparse_xent<float, int64_t>(const float*, const int64_t*, float*, float*, i64, i64);
-template void sparse_xent<double, int32_t>(const double*, const int32_t*, double*, double*, i64, i64);
-template void sparse_xent<double, int64_t>(const double*, const int64_t*, double*, double*, i64, i64);
+template void sparse_xent<float, int32_t>(const float*, const int32_t*, float*, float*, i64, i64, i64, double);
+template void sparse_xent<float, int64_t>(const float*, const int64_t*, float*, float*, i64, i64, i64, double);
+template void sparse_xent<double, int32_t>(const double*, const int32_t*, double*, double*, i64, i64, i64, double);
+template void sparse_xent<double, int64_t>(const double*, const int64_t*, double*, double*, i64, i64, i64, double);
 template void sparse_xent_grad<float>(const float*, const float*, float*, i64, i64);
 template void sparse_xent_grad<double>(const double*, const double*, double*, i64, i64);
 

@@ -182,10 +182,10 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
         try {
           if (in[1]->dtype() == DType::I32)
             kc::sparse_xent<T, int32_t>(in[0]->data<T>(), in[1]->data<int32_t>(), out[0]->data<T>(),
-                                        out[1]->data<T>(), rows, cols);
+                                        out[1]->data<T>(), rows, cols, a.ignore_index, a.label_smoothing);
           else
             kc::sparse_xent<T, int64_t>(in[0]->data<T>(), in[1]->data<int64_t>(), out[0]->data<T>(),
-                                        out[1]->data<T>(), rows, cols);
+                                        out[1]->data<T>(), rows, cols, a.ignore_index, a.label_smoothing);
         } catch (const std::invalid_argument& e) {
           fail("node '", n.name, "': ", e.what());
         }
@@ -196,6 +196,61 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
         using T = decltype(t);
         kc::sparse_xent_grad<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(), in[1]->shape()[0],
                                 in[1]->shape()[1]);
+      });
+      return;
+
+    case Op::Rsqrt:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::unary<T>(UnaryOp::Rsqrt, in[0]->data<T>(), out[0]->data<T>(), out[0]->numel());
+      });
+      return;
+    case Op::RsqrtGrad:  // (dy, y)
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kc::binary<T>(BinaryOp::RsqrtGrad, in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(), out[0]->numel());
+      });
+      return;
+    case Op::Where:  // (cond, x, y)
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const Shape& os = out[0]->shape();
+        try {
+          kc::where<T>(in[0]->data<uint8_t>(), left_pad(in[0]->shape(), os.rank), in[1]->data<T>(),
+                       left_pad(in[1]->shape(), os.rank), in[2]->data<T>(), left_pad(in[2]->shape(), os.rank),
+                       out[0]->data<T>(), os);
+        } catch (const std::invalid_argument& e) {
+          fail("node '", n.name, "' (Where): ", e.what());
+        }
+      });
+      return;
+    case Op::Compare: {
+      const Shape& os = out[0]->shape();
+      auto run = [&](auto t) {
+        using T = decltype(t);
+        try {
+          kc::compare<T>(kernels::CompareOp(a.compare), in[0]->data<T>(), left_pad(in[0]->shape(), os.rank),
+                         in[1]->data<T>(), left_pad(in[1]->shape(), os.rank), out[0]->data<uint8_t>(), os);
+        } catch (const std::invalid_argument& e) {
+          fail("node '", n.name, "' (Compare): ", e.what());
+        }
+      };
+      switch (in[0]->dtype()) {
+        case DType::I32: run(int32_t{}); return;
+        case DType::I64: run(int64_t{}); return;
+        default: with_float(n, in[0]->dtype(), run); return;
+      }
+    }
+    case Op::MaskedSoftmax:  // (x, mask)
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const Shape& xs = in[0]->shape();
+        try {
+          kc::masked_softmax<T>(in[0]->data<T>(), xs, in[1]->data<T>(), left_pad(in[1]->shape(), xs.rank),
+                                out[0]->data<T>());
+        } catch (const std::invalid_argument& e) {
+          fail("node '", n.name, "' (MaskedSoftmax): ", e.what());
+        }
       });
       return;
 

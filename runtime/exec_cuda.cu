@@ -250,6 +250,49 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
     case Op::MulScalar: return run_scalar(node, ScalarOp::Mul, in, out, st);
     case Op::PowScalar: return run_scalar(node, ScalarOp::Pow, in, out, st);
 
+    case Op::Rsqrt: return run_unary(node, UnaryOp::Rsqrt, in, out, st);
+    case Op::RsqrtGrad: return run_binary(node, BinaryOp::RsqrtGrad, in, out, st);
+    case Op::Where: {  // (cond U8, x, y)
+      Tensor& y = *out[0];
+      const int r = y.shape().rank;
+      RF_CHECK(in[0]->dtype() == DType::U8, "node '", node.name, "' (Where): condition is ",
+               dtype_name(in[0]->dtype()), ", not U8");
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::where<T>(in[0]->data<uint8_t>(), left_pad(node, in[0]->shape(), r), in[1]->data<T>(),
+                     left_pad(node, in[1]->shape(), r), in[2]->data<T>(), left_pad(node, in[2]->shape(), r),
+                     y.data<T>(), y.shape(), st);
+      });
+      return;
+    }
+    case Op::Compare: {  // (a, b) -> U8
+      const Tensor& a = *in[0];
+      const Tensor& b = *in[1];
+      Tensor& y = *out[0];
+      const int r = y.shape().rank;
+      const auto op = kernels::CompareOp(at.compare);
+      auto run = [&](auto tag) {
+        using T = decltype(tag);
+        kc::compare<T>(op, a.data<T>(), left_pad(node, a.shape(), r), b.data<T>(), left_pad(node, b.shape(), r),
+                       y.data<uint8_t>(), y.shape(), st);
+      };
+      if (a.dtype() == DType::I32) run(int32_t{});
+      else if (a.dtype() == DType::I64) run(int64_t{});
+      else dispatch(node, a.dtype(), run);
+      return;
+    }
+    case Op::MaskedSoftmax: {  // (x, mask)
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      check_same_numel(node, x, y);
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::masked_softmax<T>(x.data<T>(), x.shape(), in[1]->data<T>(), left_pad(node, in[1]->shape(), x.shape().rank),
+                              y.data<T>(), st);
+      });
+      return;
+    }
+
     case Op::Sum: return run_sum_mean(node, false, in, out, st);
     case Op::Mean: return run_sum_mean(node, true, in, out, st);
     case Op::SumLike: {
@@ -438,10 +481,10 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
         using T = decltype(tag);
         if (labels.dtype() == DType::I32)
           kc::sparse_xent<T, int32_t>(x.data<T>(), labels.data<int32_t>(), loss.data<T>(), backprop.data<T>(), rows,
-                                      cols, st);
+                                      cols, st, at.ignore_index, at.label_smoothing);
         else
           kc::sparse_xent<T, int64_t>(x.data<T>(), labels.data<int64_t>(), loss.data<T>(), backprop.data<T>(), rows,
-                                      cols, st);
+                                      cols, st, at.ignore_index, at.label_smoothing);
       });
       return;
     }

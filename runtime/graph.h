@@ -45,6 +45,9 @@ struct Attrs {
   int64_t kernel_h = 0, kernel_w = 0;             // pools
   int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;  // conv, pools
   double scalar = 0;                              // *Scalar ops, Dropout rate, BroadcastLike scale
+  int64_t ignore_index = INT64_MIN;               // SparseSoftmaxXent: label of rows that count 0 (INT64_MIN: none)
+  double label_smoothing = 0;                     // SparseSoftmaxXent: eps in [0, 1), PyTorch's label_smoothing
+  int compare = 0;                                // Compare: a kernels::CompareOp
   uint64_t seed = 0;                              // Dropout, Variable (derived from the name)
   DType dtype = DType::F32;                       // Placeholder, Variable, Cast
   Initializer init;                               // Variable

@@ -23,6 +23,11 @@
   X(Softmax, 1, 1) X(LogSoftmax, 1, 1) X(SoftmaxGrad, 2, 1) X(LogSoftmaxGrad, 2, 1)       \
   X(SparseSoftmaxXent, 2, 2) /* (logits, labels) -> (loss[N], backprop[N,C]) */          \
   X(SparseSoftmaxXentGrad, 2, 1) /* (dloss, backprop) -> dlogits */                      \
+  /* masks and attention helpers */                                                      \
+  X(Rsqrt, 1, 1) X(RsqrtGrad, 2, 1) /* (dy, y = rsqrt x) -> dx */                         \
+  X(Where, 3, 1) /* (cond U8, x, y): cond != 0 ? x : y, numpy broadcasting of all three */ \
+  X(Compare, 2, 1) /* (a, b) -> U8, attrs.compare, broadcasting; F32/F64/I32/I64 */        \
+  X(MaskedSoftmax, 2, 1) /* (x, additive mask broadcast to x): softmax(x + mask), last axis */ \
   /* reductions and shape */                                                              \
   X(Sum, 1, 1) X(Mean, 1, 1)                                                              \
   /* (x, like): x broadcast to like's shape. attrs.axes non-empty and keepdims false: x lacks  \

@@ -1,6 +1,10 @@
 // Graph-building functions: thin wrappers that fill Attrs and call Graph::add.
 #include "runtime/ops.h"
 
+#include <cmath>
+
+#include "kernels/elementwise.h"
+
 namespace rf::ops {
 
 namespace {
@@ -55,6 +59,102 @@ Value softmax(Value x, const std::string& name) { return unary(Op::Softmax, x, n
 Value log_softmax(Value x, const std::string& name) { return unary(Op::LogSoftmax, x, name); }
 Value sparse_softmax_cross_entropy(Value logits, Value labels, const std::string& name) {
   return binary(Op::SparseSoftmaxXent, logits, labels, name);
+}
+
+namespace {
+// A scalar Const of dtype t (F32, F64, I32, I64).
+Value scalar_const(Graph& g, DType t, double v) {
+  Tensor c(Shape{}, t);
+  switch (t) {
+    case DType::F32: *c.data<float>() = float(v); break;
+    case DType::F64: *c.data<double>() = v; break;
+    case DType::I32: *c.data<int32_t>() = int32_t(v); break;
+    case DType::I64: *c.data<int64_t>() = int64_t(v); break;
+    default: fail("scalar_const: no ", dtype_name(t), " constants");
+  }
+  return g.constant(c);
+}
+Value compare(kernels::CompareOp op, Value a, Value b, const std::string& name) {
+  RF_CHECK(a.graph == b.graph && a.graph, "Compare: operands belong to different graphs");
+  Attrs at;
+  at.compare = int(op);
+  return a.graph->add(Op::Compare, {a, b}, std::move(at), name);
+}
+}  // namespace
+
+Value sparse_softmax_cross_entropy(Value logits, Value labels, const XentOptions& opts, const std::string& name) {
+  RF_CHECK(logits.graph == labels.graph && logits.graph, "SparseSoftmaxXent: operands belong to different graphs");
+  Attrs at;
+  at.ignore_index = opts.ignore_index;
+  at.label_smoothing = opts.label_smoothing;
+  return logits.graph->add(Op::SparseSoftmaxXent, {logits, labels}, std::move(at), name);
+}
+Value count_not_ignored(Value labels, int64_t ignore_index, DType dtype, const std::string& name) {
+  Graph& g = *labels.graph;
+  const DType lt = g.spec(labels).dtype;
+  RF_CHECK(lt == DType::I32 || lt == DType::I64, "count_not_ignored: labels must be I32 or I64, got ",
+           dtype_name(lt));
+  RF_CHECK(dtype == DType::F32 || dtype == DType::F64, "count_not_ignored: the count's dtype must be F32 or F64");
+  const bool fits = ignore_index != INT64_MIN &&
+                    (lt == DType::I64 || (ignore_index >= INT32_MIN && ignore_index <= INT32_MAX));
+  // No label can be ignore_index: every row counts (labels == labels, whatever the batch size).
+  const Value keep = fits ? not_equal(labels, scalar_const(g, lt, double(ignore_index)))
+                          : equal(labels, labels);
+  return sum(where(keep, scalar_const(g, dtype, 1), scalar_const(g, dtype, 0)), {}, false, name);
+}
+Value sparse_softmax_cross_entropy_mean(Value logits, Value labels, const XentOptions& opts, const std::string& name) {
+  const Value loss = sparse_softmax_cross_entropy(logits, labels, opts);
+  if (opts.ignore_index == INT64_MIN) return mean(loss, {}, false, name);
+  Graph& g = *logits.graph;
+  const DType dt = g.spec(logits).dtype;
+  const Value count = count_not_ignored(labels, opts.ignore_index, dt);
+  const Value denom = where(greater(count, scalar_const(g, dt, 0)), count, scalar_const(g, dt, 1));
+  return div(sum(loss), denom, name);
+}
+Value rsqrt(Value x, const std::string& name) { return unary(Op::Rsqrt, x, name); }
+Value where(Value cond, Value x, Value y, const std::string& name) {
+  RF_CHECK(cond.graph && cond.graph == x.graph && x.graph == y.graph, "Where: operands belong to different graphs");
+  return x.graph->add(Op::Where, {cond, x, y}, {}, name);
+}
+Value masked_fill(Value x, Value cond, double value, const std::string& name) {
+  return where(cond, scalar_const(*x.graph, x.graph->spec(x).dtype, value), x, name);
+}
+Value equal(Value a, Value b, const std::string& name) { return compare(kernels::CompareOp::Eq, a, b, name); }
+Value not_equal(Value a, Value b, const std::string& name) { return compare(kernels::CompareOp::Ne, a, b, name); }
+Value less(Value a, Value b, const std::string& name) { return compare(kernels::CompareOp::Lt, a, b, name); }
+Value less_equal(Value a, Value b, const std::string& name) { return compare(kernels::CompareOp::Le, a, b, name); }
+Value greater(Value a, Value b, const std::string& name) { return compare(kernels::CompareOp::Gt, a, b, name); }
+Value greater_equal(Value a, Value b, const std::string& name) {
+  return compare(kernels::CompareOp::Ge, a, b, name);
+}
+Value masked_softmax(Value x, Value mask, const std::string& name) { return binary(Op::MaskedSoftmax, x, mask, name); }
+Value causal_mask(Graph& g, i64 T, DType dtype, const std::string& name) {
+  RF_CHECK(T >= 0, "causal_mask: negative size ", T);
+  RF_CHECK(dtype == DType::F32 || dtype == DType::F64, "causal_mask: dtype must be F32 or F64");
+  Tensor m(Shape{T, T}, dtype);
+  for (i64 i = 0; i < T; ++i)
+    for (i64 j = 0; j < T; ++j) {
+      const double v = j > i ? -INFINITY : 0.0;
+      if (dtype == DType::F32) m.data<float>()[i * T + j] = float(v);
+      else m.data<double>()[i * T + j] = v;
+    }
+  return g.constant(m, name);
+}
+Value padding_mask(Value lengths, i64 T, DType dtype, const std::string& name) {
+  Graph& g = *lengths.graph;
+  const OutSpec& ls = g.spec(lengths);
+  RF_CHECK(ls.dtype == DType::I32 || ls.dtype == DType::I64, "padding_mask: lengths must be I32 or I64, got ",
+           dtype_name(ls.dtype));
+  RF_CHECK(ls.shape.rank == 1, "padding_mask: lengths must be [B], got ", ls.shape.str());
+  RF_CHECK(T >= 0, "padding_mask: negative size ", T);
+  Tensor iota(Shape{T}, ls.dtype);
+  for (i64 t = 0; t < T; ++t) {
+    if (ls.dtype == DType::I32) iota.data<int32_t>()[t] = int32_t(t);
+    else iota.data<int64_t>()[t] = t;
+  }
+  const Value keep = less(g.constant(iota), reshape(lengths, Shape{-1, 1}));  // [B, T]
+  const Value m = where(keep, scalar_const(g, dtype, 0), scalar_const(g, dtype, -INFINITY));
+  return reshape(m, Shape{-1, 1, 1, T}, name);
 }
 Value sum(Value x, std::vector<int> axes, bool keepdims, const std::string& name) {
   return reduce(Op::Sum, x, std::move(axes), keepdims, name);

@@ -186,7 +186,48 @@ std::vector<OutSpec> infer_outputs(const Node& n, const std::vector<OutSpec>& in
                dtype_name(in[1].dtype));
       RF_CHECK(dims_agree(in[0].shape[0], in[1].shape[0]), "logits ", in[0].shape.str(), " and labels ",
                in[1].shape.str(), " differ in batch size");
+      RF_CHECK(a.label_smoothing >= 0 && a.label_smoothing < 1, "label_smoothing must be in [0, 1), got ",
+               a.label_smoothing);
       return {{in[0].dtype, Shape{in[0].shape[0]}}, in[0]};
+    }
+
+    case Op::Rsqrt:
+      need_float(in[0], "input");
+      return same_as(0);
+    case Op::RsqrtGrad:
+      need_float(in[0], "gradient");
+      same_dtype(in[0], in[1]);
+      RF_CHECK(in[0].shape.rank == in[1].shape.rank, "gradient ", in[0].shape.str(), " and saved ",
+               in[1].shape.str(), " differ in rank");
+      for (int i = 0; i < in[0].shape.rank; ++i)
+        RF_CHECK(dims_agree(in[0].shape[i], in[1].shape[i]), "gradient ", in[0].shape.str(), " and saved ",
+                 in[1].shape.str(), " differ");
+      return same_as(1);
+    case Op::Where:
+      RF_CHECK(in[0].dtype == DType::U8, "condition must be U8 (nonzero = true), got ", dtype_name(in[0].dtype));
+      need_float(in[1], "x");
+      same_dtype(in[1], in[2]);
+      return {{in[1].dtype, broadcast_shapes(broadcast_shapes(in[0].shape, in[1].shape), in[2].shape)}};
+    case Op::Compare:
+      RF_CHECK(in[0].dtype == DType::F32 || in[0].dtype == DType::F64 || in[0].dtype == DType::I32 ||
+                   in[0].dtype == DType::I64,
+               "operands must be F32, F64, I32 or I64, got ", dtype_name(in[0].dtype));
+      same_dtype(in[0], in[1]);
+      RF_CHECK(a.compare >= 0 && a.compare <= 5, "attrs.compare ", a.compare, " is not a comparison");
+      return {{DType::U8, broadcast_shapes(in[0].shape, in[1].shape)}};
+    case Op::MaskedSoftmax: {
+      need_float(in[0], "input");
+      same_dtype(in[0], in[1]);
+      RF_CHECK(in[0].shape.rank >= 1, "masked softmax needs rank >= 1");
+      RF_CHECK(in[1].shape.rank <= in[0].shape.rank, "mask ", in[1].shape.str(), " has a higher rank than x ",
+               in[0].shape.str());
+      const int pad = in[0].shape.rank - in[1].shape.rank;
+      for (int i = pad; i < in[0].shape.rank; ++i) {  // mask broadcasts to x, not x to the mask
+        const i64 m = in[1].shape[i - pad];
+        RF_CHECK(m == 1 || dims_agree(m, in[0].shape[i]), "mask ", in[1].shape.str(), " does not broadcast to x ",
+                 in[0].shape.str());
+      }
+      return same_as(0);
     }
 
     case Op::Sum:

@@ -247,11 +247,66 @@ const std::vector<OpCase>& cases() {
          e.with_grads(b, ops::sparse_softmax_cross_entropy(wide, e.labels(b, DType::I64, 3, 1500)), {wide});
          Value both = e.g.add(Op::SparseSoftmaxXent, {x, e.labels(b, DType::I32, 6, 10)});
          b.fetches.push_back(Value{both.graph, both.node, 1});  // backprop
+         // ignore_index (-100, and a valid class) and label smoothing; rows 1 and 4 ignored.
+         Value ign = e.g.placeholder("ignored_labels", DType::I64, Shape{6});
+         b.feeds.push_back({ign, Tensor::from_vector<int64_t>({3, -100, 0, 9, -100, 7}, Shape{6})});
+         Value smooth = ops::sparse_softmax_cross_entropy(x, ign, ops::XentOptions{-100, 0.1});
+         e.with_grads(b, smooth, {x});
+         b.fetches.push_back(Value{smooth.graph, smooth.node, 1});
+         e.with_grads(b, ops::sparse_softmax_cross_entropy_mean(x, ign, ops::XentOptions{-100, 0.25}), {x});
+         e.with_grads(b, ops::sparse_softmax_cross_entropy(wide, e.labels(b, DType::I32, 3, 1500),
+                                                           ops::XentOptions{3, 0.3}), {wide});  // row 0 label 3
          return b;
        }},
       {Op::SparseSoftmaxXentGrad, [](Env& e) {
          Built b;
          b.fetches.push_back(e.g.add(Op::SparseSoftmaxXentGrad, {e.in(b, {5}), e.in(b, {5, 12})}));
+         return b;
+       }},
+      {Op::Rsqrt, unary(ops::rsqrt, true)},
+      {Op::RsqrtGrad, grad_op(Op::RsqrtGrad, 0.5, 2)},
+      {Op::Where, [](Env& e) {
+         Built b;
+         std::vector<uint8_t> bits(4 * 5);
+         for (size_t i = 0; i < bits.size(); ++i) bits[i] = uint8_t((i * 7 + 3) % 3 == 0 ? 0 : i);
+         Value cond = e.g.constant(Tensor::from_vector<uint8_t>(bits, Shape{4, 5}));
+         Value x = e.in(b, {3, 4, 5}), y = e.in(b, {5});  // broadcast x, y and cond to [3, 4, 5]
+         e.with_grads(b, ops::where(cond, x, y), {x, y});
+         Value cond_row = e.g.placeholder("cond_row", DType::U8, Shape{4, 1});  // a fed (staged) condition
+         b.feeds.push_back({cond_row, Tensor::from_vector<uint8_t>({1, 0, 0, 1}, Shape{4, 1})});
+         Value u = e.in(b, {4, 300}), v = e.in(b, {4, 300});
+         e.with_grads(b, ops::where(cond_row, u, v), {u, v});
+         e.with_grads(b, ops::masked_fill(u, cond_row, -1e9), {u});
+         return b;
+       }},
+      {Op::Compare, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {3, 4, 5}), y = e.in(b, {4, 1});
+         b.fetches.push_back(ops::less(x, y));
+         b.fetches.push_back(ops::greater_equal(x, y));
+         b.fetches.push_back(ops::equal(x, x));
+         b.fetches.push_back(ops::not_equal(y, y));
+         Value lab = e.g.placeholder("cmp_labels", DType::I32, Shape{7});
+         b.feeds.push_back({lab, Tensor::from_vector<int32_t>({0, -100, 3, 3, -100, 1, 9}, Shape{7})});
+         Value lens = e.g.placeholder("cmp_lens", DType::I64, Shape{3});
+         b.feeds.push_back({lens, Tensor::from_vector<int64_t>({0, 4, 9}, Shape{3})});
+         b.fetches.push_back(ops::not_equal(lab, e.g.constant(Tensor::scalar<int32_t>(-100))));
+         b.fetches.push_back(ops::less_equal(lab, e.g.constant(Tensor::scalar<int32_t>(3))));
+         b.fetches.push_back(ops::count_not_ignored(lab, -100, e.dt));
+         b.fetches.push_back(ops::padding_mask(lens, 6, e.dt));
+         return b;
+       }},
+      {Op::MaskedSoftmax, [](Env& e) {
+         Built b;
+         Value scores = e.in(b, {2, 3, 5, 5}, -4, 4);
+         e.with_grads(b, ops::masked_softmax(scores, ops::causal_mask(e.g, 5, e.dt)), {scores});
+         Value lens = e.g.placeholder("ms_lens", DType::I32, Shape{2});
+         b.feeds.push_back({lens, Tensor::from_vector<int32_t>({3, 0}, Shape{2})});  // batch row 1 fully masked
+         e.with_grads(b, ops::masked_softmax(scores, ops::padding_mask(lens, 5, e.dt)), {scores});
+         Value wide = e.in(b, {3, 1500}, -4, 4), bias = e.in(b, {1500}, -2, 2);  // block-per-row kernel
+         e.with_grads(b, ops::masked_softmax(wide, bias), {wide, bias});
+         Value rows = e.in(b, {4, 7}), row_mask = e.in(b, {4, 1});  // mask constant along the row
+         e.with_grads(b, ops::masked_softmax(rows, row_mask), {rows, row_mask});
          return b;
        }},
       {Op::Sum, [](Env& e) {

@@ -45,6 +45,7 @@ double ref_unary(UnaryOp op, double x) {
     case UnaryOp::Tanh: return std::tanh(x);
     case UnaryOp::Sigmoid: return 1 / (1 + std::exp(-x));
     case UnaryOp::Gelu: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
+    case UnaryOp::Rsqrt: return 1 / std::sqrt(x);
   }
   return 0;
 }
@@ -61,6 +62,7 @@ double ref_binary(BinaryOp op, double a, double b) {
     case BinaryOp::SigmoidGrad: return a * b * (1 - b);
     case BinaryOp::GeluGrad:
       return a * (0.5 * (1 + std::erf(b / std::sqrt(2.0))) + b * std::exp(-0.5 * b * b) / std::sqrt(2 * pi));
+    case BinaryOp::RsqrtGrad: return -0.5 * a * b * b * b;
   }
   return 0;
 }

@@ -386,6 +386,11 @@ const char* gradcheck_row(rf::Op op) {
     case Op::LogSoftmaxGrad: return "OpsGradcheck.SoftmaxAndLogSoftmax";
     case Op::SparseSoftmaxXent:
     case Op::SparseSoftmaxXentGrad: return "OpsGradcheck.SparseSoftmaxXent";
+    case Op::Rsqrt:
+    case Op::RsqrtGrad: return "OpsGradcheck.MaskRsqrt";
+    case Op::Where: return "OpsGradcheck.MaskWhereBroadcast";
+    case Op::Compare: return "-not differentiable (U8 output); values: OpsGradcheck.MaskCompare";
+    case Op::MaskedSoftmax: return "OpsGradcheck.MaskedSoftmax";
     case Op::Sum:
     case Op::Mean:
     case Op::BroadcastLike: return "OpsGradcheck.SumAndMean";
