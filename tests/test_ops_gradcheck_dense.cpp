@@ -329,4 +329,68 @@ TEST(OpsGradcheck, PadAlongEveryAxis) {
     }
 }
 
+// The ops together as a Transformer block uses them: qkv from a Linear over the sequence
+// (BatchMatMul with a shared weight), split into q, k, v (Slices), heads (Reshape, Transpose),
+// attention (BatchMatMul, Softmax, BatchMatMul), heads joined back, a residual and LayerNorm.
+// Forward against plain loops, gradients of x, the weight, gamma and beta by finite differences.
+TEST(OpsGradcheck, AttentionBlockComposite) {
+  const i64 B = 2, T = 3, D = 4, H = 2, hd = D / H;
+  const double scale = 1.0 / std::sqrt(double(hd));
+  const Shape xs{B, T, D}, ws{D, 3 * D};
+  auto block = [=](const Values& in) {
+    const Values qkv = ops::split(ops::batch_matmul(in[0], in[1]), -1, {D, D, D});
+    Values heads;
+    for (const Value& v : qkv) heads.push_back(ops::transpose(ops::reshape(v, Shape{B, T, H, hd}), {0, 2, 1, 3}));
+    const Value p = ops::softmax(ops::mul_scalar(ops::batch_matmul(heads[0], heads[1], false, true), scale));
+    const Value o = ops::reshape(ops::transpose(ops::batch_matmul(p, heads[2]), {0, 2, 1, 3}), Shape{B, T, D});
+    return ops::layer_norm(ops::add(o, in[0]), in[2], in[3], 1e-5);
+  };
+  auto ref = [=](const std::vector<Vec>& v) {
+    const Vec &x = v[0], &w = v[1];
+    Vec qkv(size_t(B * T * 3 * D), 0.0);
+    for (i64 r = 0; r < B * T; ++r)
+      for (i64 j = 0; j < 3 * D; ++j)
+        for (i64 c = 0; c < D; ++c) qkv[size_t(r * 3 * D + j)] += x[size_t(r * D + c)] * w[size_t(c * 3 * D + j)];
+    auto at = [&](int which, i64 b, i64 t, i64 h, i64 e) { return qkv[size_t((b * T + t) * 3 * D + which * D + h * hd + e)]; };
+    Vec y(size_t(B * T * D));
+    for (i64 b = 0; b < B; ++b)
+      for (i64 h = 0; h < H; ++h)
+        for (i64 t = 0; t < T; ++t) {
+          Vec s(static_cast<size_t>(T), 0.0);
+          for (i64 u = 0; u < T; ++u) {
+            for (i64 e = 0; e < hd; ++e) s[size_t(u)] += at(0, b, t, h, e) * at(1, b, u, h, e);
+            s[size_t(u)] *= scale;
+          }
+          const Vec p = ref_softmax(s, T, false);
+          for (i64 e = 0; e < hd; ++e) {
+            double o = 0;
+            for (i64 u = 0; u < T; ++u) o += p[size_t(u)] * at(2, b, u, h, e);
+            y[size_t((b * T + t) * D + h * hd + e)] = o;
+          }
+        }
+    for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
+    return ref_layer_norm(y, v[2], v[3], D, 1e-5);
+  };
+  check_op("attention block", {U(xs), U(ws), U({D}, 0.5, 1.5), U({D})}, block, xs, ref);
+}
+
+// Slice, Concat and Pad run on F32 and F64 only; another dtype is an error naming the node and dtype.
+TEST(OpsGradcheckShapes, SlicingOtherDtypesFailNamingNodeAndDtype) {
+  rf::Graph g;
+  const Value x = g.placeholder("x", DType::I32, Shape{2, 3});
+  const Value s = ops::slice(x, 1, 0, 2, "int_slice");
+  rf::Session sess(g);
+  try {
+    sess.run({s}, {{x, rf::Tensor::from_vector<int32_t>({1, 2, 3, 4, 5, 6}, Shape{2, 3})}});
+    ADD_FAILURE() << "no error";
+  } catch (const rf::Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("int_slice"), std::string::npos) << m;
+    EXPECT_NE(m.find("I32"), std::string::npos) << m;
+  }
+  EXPECT_THROW(ops::layer_norm(g.placeholder("f", DType::F32, Shape{2, 3}), g.placeholder("g", DType::F64, Shape{3}),
+                               g.placeholder("b", DType::F64, Shape{3})),
+               rf::Error);
+}
+
 }  // namespace
