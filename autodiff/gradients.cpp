@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "runtime/geometry.h"
 #include "runtime/ops.h"
 
 namespace rf {
@@ -236,6 +237,74 @@ std::vector<Value> rule(const GradContext& c) {
     case Op::MaxPool2DGrad:
     case Op::AvgPool2DGrad:
       no_rule(n);
+
+    case Op::BatchMatMul: {
+      // op(A) op(B) = Y: d op(A) = dY op(B)^T, d op(B) = op(A)^T dY, as for MatMul, batched, then
+      // summed over the batch dimensions an operand was broadcast along.
+      const Value A = c.in(0), B = c.in(1);
+      const bool ta = a.transpose_a, tb = a.transpose_b;
+      const Shape as = g.spec(A).shape, bs = g.spec(B).shape;
+      const i64 kk = as[as.rank - 1], nn = g.spec(dy).shape.dim(-1);
+      if (bs.rank == 2 && !ta && kk >= 0 && nn >= 0) {
+        // B is shared by every matrix of A (a Linear layer over a sequence): its gradient is one
+        // MatMul over all rows, not a batch of products summed afterwards.
+        if (c.needs(0)) dx[0] = ops::batch_matmul(dy, B, false, !tb);
+        if (c.needs(1)) {
+          const Value a2 = ops::reshape(A, Shape{-1, kk}), dy2 = ops::reshape(dy, Shape{-1, nn});
+          dx[1] = !tb ? ops::matmul(a2, dy2, true, false) : ops::matmul(dy2, a2, true, false);
+        }
+        return dx;
+      }
+      if (c.needs(0))
+        dx[0] = unbroadcast(g, !ta ? ops::batch_matmul(dy, B, false, !tb) : ops::batch_matmul(B, dy, tb, true), A);
+      if (c.needs(1))
+        dx[1] = unbroadcast(g, !tb ? ops::batch_matmul(A, dy, !ta, false) : ops::batch_matmul(dy, A, true, ta), B);
+      return dx;
+    }
+
+    case Op::LayerNorm: {
+      RF_CHECK(!c.dy[1].valid() && !c.dy[2].valid(), "gradients(): the mean and rstd outputs of '", n.name,
+               "' are not differentiable");
+      if (!dy.valid()) return dx;
+      const Value lg = g.add(Op::LayerNormGrad, {dy, c.in(0), c.in(1), c.out(1), c.out(2)});
+      for (int i = 0; i < 3; ++i)
+        if (c.needs(i)) dx[size_t(i)] = Value{&g, lg.node, i};
+      return dx;
+    }
+    case Op::LayerNormGrad:
+      no_rule(n);
+
+    case Op::Slice: {  // dx: dy padded with zeros back to x's extent
+      const Shape xs = g.spec(c.in(0)).shape;
+      const int ax = a.axis < 0 ? a.axis + xs.rank : a.axis;
+      i64 before = -1, after = -1;
+      if (xs[ax] >= 0) {
+        i64 b, e;
+        RF_CHECK(geometry::resolve_slice(xs[ax], a.begin, a.end, &b, &e), "gradients(): bad slice in '", n.name, "'");
+        before = b, after = xs[ax] - e;
+      } else if (a.begin >= 0 && a.end == Attrs::kSliceToEnd) {
+        before = a.begin, after = 0;
+      }
+      RF_CHECK(before >= 0, "gradients(): Slice '", n.name, "' along an axis of unknown size (", xs.str(),
+               ") has no gradient rule");
+      dx[0] = ops::pad(dy, ax, before, after, 0.0);
+      return dx;
+    }
+    case Op::Pad:  // dx: the unpadded part of dy
+      dx[0] = ops::slice(dy, a.axis, a.pad_before, a.pad_after > 0 ? -a.pad_after : Attrs::kSliceToEnd);
+      return dx;
+    case Op::Concat: {  // dx_i: input i's part of dy
+      i64 at = 0;
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        const Shape s = g.spec(c.in(int(i))).shape;
+        const int ax = a.axis < 0 ? a.axis + s.rank : a.axis;
+        RF_CHECK(s[ax] >= 0, "gradients(): Concat '", n.name, "' joins input ", i, " of unknown size ", s.str(),
+                 " along axis ", ax, ": no gradient rule");
+        if (c.needs(int(i))) dx[i] = ops::slice(dy, ax, at, at + s[ax]);
+        at += s[ax];
+      }
+      return dx;
+    }
 
     case Op::Dropout:
       RF_CHECK(!c.dy[1].valid(), "gradients(): the mask output of '", n.name, "' is not differentiable");

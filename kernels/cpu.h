@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <cstdint>
 
+#include "kernels/batched.h"
 #include "kernels/common.h"
 #include "kernels/elementwise.h"
 
@@ -162,5 +163,28 @@ struct SparseHyper {
 template <class T, class I>
 void sparse_update(SparseOpt opt, T* w, T* s1, T* s2, i64 V, i64 D, const T* rows, const I* idx, i64 N,
                    const SparseHyper& h);
+// ---- batched matmul, layer norm, slicing along one axis ----
+// (batch_matmul_cpu.cpp) C[i] = op(A_i) op(B_i) for every output matrix i of g (kernels/batched.h);
+// c holds g.count row-major [m, n] matrices. Small products split the batch over threads, large
+// ones thread inside gemm.
+template <class T> void batch_matmul(const BatchGemm& g, bool trans_a, bool trans_b, const T* a, const T* b, T* c);
+// (layernorm_cpu.cpp) Over the last axis of [rows, cols], PyTorch's F.layer_norm: mean[r], biased
+// variance, rstd[r] = 1 / sqrt(var + eps), y = (x - mean) * rstd * gamma + beta. Row statistics
+// accumulate in double.
+template <class T>
+void layer_norm(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* rstd, i64 rows, i64 cols, double eps);
+// xhat = (x - mean) * rstd, g = dy * gamma: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) per
+// row; dgamma[c] = sum_r dy * xhat, dbeta[c] = sum_r dy (column sums in double, rows in order:
+// the result does not depend on the thread count).
+template <class T>
+void layer_norm_grad(const T* dy, const T* x, const T* gamma, const T* mean, const T* rstd, T* dx, T* dgamma,
+                     T* dbeta, i64 rows, i64 cols);
+// (slicing_cpu.cpp) y[r, 0:n] = x[r, 0:n] for r < rows, rows ldx and ldy elements apart (Slice:
+// x points at the slice's first element). memcpy per contiguous run.
+template <class T> void copy_rows(const T* x, i64 ldx, T* y, i64 ldy, i64 rows, i64 n);
+// y[r] = concatenation of xs[i][r, 0:widths[i]] over the count inputs (Concat as [outer, w*inner]).
+template <class T> void concat_rows(const T* const* xs, const i64* widths, int count, T* y, i64 rows);
+// y[r] = before values, x[r, 0:n], after values (Pad as [outer, n]; before/after scaled by inner).
+template <class T> void pad_rows(const T* x, T* y, i64 rows, i64 n, i64 before, i64 after, double value);
 
 }  // namespace rf::kernels::cpu

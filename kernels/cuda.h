@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/batched.h"
 #include "kernels/common.h"
 #include "kernels/elementwise.h"
 
@@ -240,5 +241,33 @@ template <class T, class I>
 void sparse_update(UpdateKind kind, T* w, T* s1, T* s2, i64 V, i64 D, const T* rows, const I* idx, i64 N,
                    const UpdateScalars<T>& scalars, const UpdateScalars<T>* dev_scalars, void* workspace,
                    size_t workspace_bytes, cudaStream_t stream);
+// ---- batched matmul, layer norm, slicing along one axis (as in kernels/cpu.h) ----
+// (batch_matmul.cu) C[i] = op(A_i) op(B_i) for every output matrix of g: cublasGemmStridedBatchedEx
+// over the batch dimensions whose strides are regular (an operand broadcast whole has stride 0),
+// a loop over the rest. f32 in CUBLAS_COMPUTE_32F unless allow_tf32. The handle is re-bound to
+// `stream` when needed.
+template <class T>
+void batch_matmul(const BatchGemm& g, bool trans_a, bool trans_b, const T* a, const T* b, T* c, bool allow_tf32,
+                  cublasHandle_t handle, cudaStream_t stream);
+// (layernorm.cu) PyTorch's F.layer_norm over the last axis of [rows, cols]; statistics in double.
+template <class T>
+void layer_norm(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* rstd, i64 rows, i64 cols, double eps,
+                cudaStream_t stream);
+// dx per row; dgamma, dbeta as deterministic column sums through layer_norm_grad_workspace_bytes of
+// device memory.
+size_t layer_norm_grad_workspace_bytes(i64 rows, i64 cols);
+template <class T>
+void layer_norm_grad(const T* dy, const T* x, const T* gamma, const T* mean, const T* rstd, T* dx, T* dgamma,
+                     T* dbeta, i64 rows, i64 cols, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+// (slicing.cu) y[r, 0:n] = x[r, 0:n], rows ldx and ldy elements apart.
+template <class T> void copy_rows(const T* x, i64 ldx, T* y, i64 ldy, i64 rows, i64 n, cudaStream_t stream);
+// y[r] = xs[0][r, 0:widths[0]], ..., xs[count-1][r, ...]; 1 <= count <= kMaxConcat host-side
+// pointers to device buffers (passed to the kernel by value).
+inline constexpr int kMaxConcat = 16;
+template <class T>
+void concat_rows(const T* const* xs, const i64* widths, int count, T* y, i64 rows, cudaStream_t stream);
+// y[r] = before values, x[r, 0:n], after values.
+template <class T>
+void pad_rows(const T* x, T* y, i64 rows, i64 n, i64 before, i64 after, double value, cudaStream_t stream);
 
 }  // namespace rf::kernels::cuda

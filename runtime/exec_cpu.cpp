@@ -4,6 +4,7 @@
 
 #include "kernels/cpu.h"
 #include "runtime/exec.h"
+#include "runtime/geometry.h"
 
 namespace rf {
 
@@ -355,6 +356,74 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         kc::avg_pool2d_grad<T>(in[0]->data<T>(), out[0]->data<T>(), pool_geom(n, out[0]->shape(), in[0]->shape()));
+      });
+      return;
+
+    case Op::BatchMatMul:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        kernels::BatchGemm bg;
+        RF_CHECK(geometry::batch_layout(in[0]->shape(), in[1]->shape(), out[0]->shape(), a.transpose_a,
+                                        a.transpose_b, &bg),
+                 "node '", n.name, "' (BatchMatMul): ", in[0]->shape().str(), " x ", in[1]->shape().str(), " -> ",
+                 out[0]->shape().str());
+        kc::batch_matmul<T>(bg, a.transpose_a, a.transpose_b, in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>());
+      });
+      return;
+
+    case Op::LayerNorm:  // (x, gamma, beta) -> (y, mean, rstd)
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const i64 cols = in[0]->shape().dim(-1), rows = out[1]->numel();
+        kc::layer_norm<T>(in[0]->data<T>(), in[1]->data<T>(), in[2]->data<T>(), out[0]->data<T>(), out[1]->data<T>(),
+                          out[2]->data<T>(), rows, cols, a.ln_eps);
+      });
+      return;
+    case Op::LayerNormGrad:  // (dy, x, gamma, mean, rstd) -> (dx, dgamma, dbeta)
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const i64 cols = in[1]->shape().dim(-1), rows = in[3]->numel();
+        kc::layer_norm_grad<T>(in[0]->data<T>(), in[1]->data<T>(), in[2]->data<T>(), in[3]->data<T>(),
+                               in[4]->data<T>(), out[0]->data<T>(), out[1]->data<T>(), out[2]->data<T>(), rows, cols);
+      });
+      return;
+
+    case Op::Slice:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const Shape& xs = in[0]->shape();
+        const int ax = geometry::normalize_axis(a.axis, xs.rank);
+        i64 b = 0, e = 0;
+        RF_CHECK(ax >= 0 && geometry::resolve_slice(xs[ax], a.begin, a.end, &b, &e), "node '", n.name,
+                 "' (Slice): [", a.begin, ", ", a.end, ") along axis ", a.axis, " does not fit ", xs.str());
+        const geometry::AxisView v = geometry::axis_view(xs, ax);
+        kc::copy_rows<T>(in[0]->data<T>() + b * v.inner, v.row(), out[0]->data<T>(), (e - b) * v.inner, v.outer,
+                         (e - b) * v.inner);
+      });
+      return;
+    case Op::Concat:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const int count = int(n.inputs.size());
+        RF_CHECK(count <= Attrs::kMaxConcatInputs, "node '", n.name, "' (Concat): ", count, " inputs");
+        const int ax = geometry::normalize_axis(a.axis, out[0]->shape().rank);
+        const T* xs[Attrs::kMaxConcatInputs];
+        i64 widths[Attrs::kMaxConcatInputs];
+        for (int i = 0; i < count; ++i) {
+          xs[i] = in[i]->data<T>();
+          widths[i] = geometry::axis_view(in[i]->shape(), ax).row();
+        }
+        kc::concat_rows<T>(xs, widths, count, out[0]->data<T>(), geometry::axis_view(out[0]->shape(), ax).outer);
+      });
+      return;
+    case Op::Pad:
+      with_float(n, out[0]->dtype(), [&](auto t) {
+        using T = decltype(t);
+        const Shape& xs = in[0]->shape();
+        const int ax = geometry::normalize_axis(a.axis, xs.rank);
+        const geometry::AxisView v = geometry::axis_view(xs, ax);
+        kc::pad_rows<T>(in[0]->data<T>(), out[0]->data<T>(), v.outer, v.row(), a.pad_before * v.inner,
+                        a.pad_after * v.inner, a.pad_value);
       });
       return;
 

@@ -18,6 +18,7 @@
 #include "runtime/error.h"
 #include "runtime/exec.h"
 #include "runtime/exec_cuda_common.h"
+#include "runtime/geometry.h"
 
 namespace rf {
 
@@ -594,6 +595,106 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       dispatch(node, dx.dtype(), [&](auto tag) {
         using T = decltype(tag);
         kc::avg_pool2d_grad<T>(dy.data<T>(), dx.data<T>(), g, st);
+      });
+      return;
+    }
+
+    case Op::BatchMatMul: {
+      const Tensor& a = *in[0];
+      const Tensor& b = *in[1];
+      Tensor& c = *out[0];
+      kernels::BatchGemm bg;
+      RF_CHECK(geometry::batch_layout(a.shape(), b.shape(), c.shape(), at.transpose_a, at.transpose_b, &bg), "node '",
+               node.name, "' (BatchMatMul): ", a.shape().str(), " x ", b.shape().str(), " -> ", c.shape().str());
+      auto handle = static_cast<cublasHandle_t>(cuda::cublas_handle(ctx.device.index));
+      dispatch(node, c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::batch_matmul<T>(bg, at.transpose_a, at.transpose_b, a.data<T>(), b.data<T>(), c.data<T>(),
+                            cuda::allow_tf32(), handle, st);
+      });
+      return;
+    }
+
+    case Op::LayerNorm: {  // (x, gamma, beta) -> (y, mean, rstd)
+      const Tensor& x = *in[0];
+      const i64 cols = x.shape().rank ? x.shape().dim(-1) : 1, rows = out[1]->numel();
+      RF_CHECK(rows * cols == x.numel() && in[1]->numel() == cols && in[2]->numel() == cols && out[2]->numel() == rows,
+               "node '", node.name, "' (LayerNorm): x ", x.shape().str(), ", gamma ", in[1]->shape().str(), ", beta ",
+               in[2]->shape().str());
+      check_same_numel(node, x, *out[0]);
+      dispatch(node, x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::layer_norm<T>(x.data<T>(), in[1]->data<T>(), in[2]->data<T>(), out[0]->data<T>(), out[1]->data<T>(),
+                          out[2]->data<T>(), rows, cols, at.ln_eps, st);
+      });
+      return;
+    }
+    case Op::LayerNormGrad: {  // (dy, x, gamma, mean, rstd) -> (dx, dgamma, dbeta)
+      const Tensor& x = *in[1];
+      const i64 cols = x.shape().rank ? x.shape().dim(-1) : 1, rows = in[3]->numel();
+      RF_CHECK(rows * cols == x.numel() && in[2]->numel() == cols && in[4]->numel() == rows &&
+                   out[1]->numel() == cols && out[2]->numel() == cols,
+               "node '", node.name, "' (LayerNormGrad): x ", x.shape().str(), ", gamma ", in[2]->shape().str(),
+               ", mean ", in[3]->shape().str());
+      check_same_numel(node, x, *in[0]);
+      check_same_numel(node, x, *out[0]);
+      dispatch(node, x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const size_t ws = kc::layer_norm_grad_workspace_bytes(rows, cols);
+        kc::layer_norm_grad<T>(in[0]->data<T>(), x.data<T>(), in[2]->data<T>(), in[3]->data<T>(), in[4]->data<T>(),
+                               out[0]->data<T>(), out[1]->data<T>(), out[2]->data<T>(), rows, cols,
+                               ws ? cuda::workspace(ctx.device.index, ws) : nullptr, ws, st);
+      });
+      return;
+    }
+
+    case Op::Slice: {
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      const Shape& xs = x.shape();
+      const int ax = geometry::normalize_axis(at.axis, xs.rank);
+      i64 b = 0, e = 0;
+      RF_CHECK(ax >= 0 && geometry::resolve_slice(xs[ax], at.begin, at.end, &b, &e), "node '", node.name,
+               "' (Slice): [", at.begin, ", ", at.end, ") along axis ", at.axis, " does not fit ", xs.str());
+      const geometry::AxisView v = geometry::axis_view(xs, ax);
+      RF_CHECK(y.numel() == v.outer * (e - b) * v.inner, "node '", node.name, "' (Slice): output ", y.shape().str());
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::copy_rows<T>(x.data<T>() + b * v.inner, v.row(), y.data<T>(), (e - b) * v.inner, v.outer,
+                         (e - b) * v.inner, st);
+      });
+      return;
+    }
+    case Op::Concat: {
+      Tensor& y = *out[0];
+      const int count = int(node.inputs.size());
+      RF_CHECK(count >= 1 && count <= kc::kMaxConcat, "node '", node.name, "' (Concat): ", count, " inputs");
+      const int ax = geometry::normalize_axis(at.axis, y.shape().rank);
+      RF_CHECK(ax >= 0, "node '", node.name, "' (Concat): axis ", at.axis, " for ", y.shape().str());
+      i64 widths[kc::kMaxConcat], total = 0;
+      for (int i = 0; i < count; ++i) total += widths[i] = geometry::axis_view(in[i]->shape(), ax).row();
+      const geometry::AxisView v = geometry::axis_view(y.shape(), ax);
+      RF_CHECK(total == v.row(), "node '", node.name, "' (Concat): inputs do not fill ", y.shape().str());
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* xs[kc::kMaxConcat];
+        for (int i = 0; i < count; ++i) xs[i] = in[i]->data<T>();
+        kc::concat_rows<T>(xs, widths, count, y.data<T>(), v.outer, st);
+      });
+      return;
+    }
+    case Op::Pad: {
+      const Tensor& x = *in[0];
+      Tensor& y = *out[0];
+      const int ax = geometry::normalize_axis(at.axis, x.shape().rank);
+      RF_CHECK(ax >= 0, "node '", node.name, "' (Pad): axis ", at.axis, " for ", x.shape().str());
+      const geometry::AxisView v = geometry::axis_view(x.shape(), ax);
+      RF_CHECK(y.numel() == v.outer * (v.axis + at.pad_before + at.pad_after) * v.inner, "node '", node.name,
+               "' (Pad): output ", y.shape().str());
+      dispatch(node, y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kc::pad_rows<T>(x.data<T>(), y.data<T>(), v.outer, v.row(), at.pad_before * v.inner, at.pad_after * v.inner,
+                        at.pad_value, st);
       });
       return;
     }

@@ -37,6 +37,14 @@ struct Initializer {
 // Attributes of every op in one flat struct: each op reads the fields it documents.
 struct Attrs {
   bool transpose_a = false, transpose_b = false;  // MatMul
+  // BatchMatMul reads transpose_a / transpose_b too.
+  static constexpr int64_t kSliceToEnd = INT64_MAX;  // Slice end: up to the end of the axis
+  static constexpr int kMaxConcatInputs = 16;        // a plan step's input slots (ops::concat nests beyond)
+  double ln_eps = 1e-5;                           // LayerNorm: added to the variance inside the sqrt
+  int axis = 0;                                   // Slice, Concat, Pad (negative: from the end)
+  int64_t begin = 0, end = 0;                     // Slice: [begin, end) (negative: from the end; kSliceToEnd)
+  int64_t pad_before = 0, pad_after = 0;          // Pad: elements added before / after along axis
+  double pad_value = 0;                           // Pad: their value
   std::vector<int> axes;                          // Sum, Mean (empty: all axes)
   bool keepdims = false;                          // Sum, Mean; BroadcastLike (see op_list.h)
   bool average = false;                           // BroadcastLike: divide by the broadcast factor

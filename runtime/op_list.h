@@ -42,6 +42,13 @@
   X(Conv2DGradFilter, 3, 1)                /* (x, dy, w_like) */                          \
   X(MaxPool2D, 1, 2) /* -> (y, argmax I32) */ X(MaxPool2DGrad, 3, 1) /* (dy, argmax, x) */ \
   X(AvgPool2D, 1, 1) X(AvgPool2DGrad, 2, 1) /* (dy, x_like) */                            \
+  /* batched matmul, layer norm, slicing along one axis */                                 \
+  X(BatchMatMul, 2, 1) /* (a[...,M,K], b[...,K,N]), batch dims broadcast */               \
+  X(LayerNorm, 3, 3) /* (x, gamma[D], beta[D]) -> (y, mean[rows], rstd[rows]) */          \
+  X(LayerNormGrad, 5, 3) /* (dy, x, gamma, mean, rstd) -> (dx, dgamma, dbeta) */          \
+  X(Slice, 1, 1) /* attrs axis, begin, end */                                             \
+  X(Concat, -1, 1) /* attrs axis; 1 to kMaxConcatInputs inputs */                         \
+  X(Pad, 1, 1) /* attrs axis, pad_before, pad_after, pad_value */                         \
   X(Dropout, 1, 2) /* -> (y, mask) */                                                     \
   X(Cast, 1, 1)                                                                           \
   /* sparse rows (embeddings): indices I32/I64; an index outside [0, V) is an error naming it \

@@ -195,6 +195,66 @@ Value max_pool2d(Value x, int kernel, int stride, int pad, const std::string& na
 Value avg_pool2d(Value x, int kernel, int stride, int pad, const std::string& name) {
   return pool(Op::AvgPool2D, x, kernel, stride, pad, name);
 }
+Value batch_matmul(Value a, Value b, bool ta, bool tb, const std::string& name) {
+  RF_CHECK(a.graph == b.graph && a.graph, "BatchMatMul: operands belong to different graphs");
+  Attrs at;
+  at.transpose_a = ta;
+  at.transpose_b = tb;
+  return a.graph->add(Op::BatchMatMul, {a, b}, std::move(at), name);
+}
+Value layer_norm(Value x, Value gamma, Value beta, double eps, const std::string& name) {
+  RF_CHECK(x.graph == gamma.graph && x.graph == beta.graph && x.graph, "LayerNorm: operands belong to different graphs");
+  Attrs at;
+  at.ln_eps = eps;
+  return x.graph->add(Op::LayerNorm, {x, gamma, beta}, std::move(at), name);
+}
+Value slice(Value x, int axis, int64_t begin, int64_t end, const std::string& name) {
+  Attrs at;
+  at.axis = axis;
+  at.begin = begin;
+  at.end = end;
+  return x.graph->add(Op::Slice, {x}, std::move(at), name);
+}
+Value concat(const std::vector<Value>& xs, int axis, const std::string& name) {
+  RF_CHECK(!xs.empty() && xs[0].graph, "concat of no values");
+  for (const Value& v : xs) RF_CHECK(v.graph == xs[0].graph, "Concat: operands belong to different graphs");
+  Attrs at;
+  at.axis = axis;
+  if (int(xs.size()) <= Attrs::kMaxConcatInputs) return xs[0].graph->add(Op::Concat, xs, std::move(at), name);
+  std::vector<Value> parts;  // concatenation is associative: groups first, then the groups
+  for (size_t i = 0; i < xs.size(); i += size_t(Attrs::kMaxConcatInputs)) {
+    const size_t e = std::min(xs.size(), i + size_t(Attrs::kMaxConcatInputs));
+    parts.push_back(e - i == 1 ? xs[i] : concat(std::vector<Value>(xs.begin() + long(i), xs.begin() + long(e)), axis));
+  }
+  return concat(parts, axis, name);
+}
+Value pad(Value x, int axis, int64_t before, int64_t after, double value, const std::string& name) {
+  Attrs at;
+  at.axis = axis;
+  at.pad_before = before;
+  at.pad_after = after;
+  at.pad_value = value;
+  return x.graph->add(Op::Pad, {x}, std::move(at), name);
+}
+std::vector<Value> split(Value x, int axis, const std::vector<int64_t>& sizes, const std::string& name) {
+  const Shape& s = x.graph->spec(x).shape;
+  const int ax = axis < 0 ? axis + s.rank : axis;
+  RF_CHECK(ax >= 0 && ax < s.rank, "split: axis ", axis, " is out of range for ", s.str());
+  int64_t total = 0;
+  for (int64_t n : sizes) {
+    RF_CHECK(n >= 0, "split: a negative size ", n);
+    total += n;
+  }
+  RF_CHECK(s[ax] < 0 || total == s[ax], "split: sizes add up to ", total, ", axis ", axis, " of ", s.str(), " has ",
+           s[ax]);
+  std::vector<Value> out;
+  int64_t at = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    out.push_back(slice(x, ax, at, at + sizes[i], name.empty() ? "" : name + "/" + std::to_string(i)));
+    at += sizes[i];
+  }
+  return out;
+}
 Value dropout(Value x, double rate, uint64_t seed, const std::string& name) {
   Attrs at;
   at.scalar = rate;

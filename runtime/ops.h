@@ -74,6 +74,21 @@ Value bias_add(Value x, Value bias, const std::string& name = "");  // bias over
 Value conv2d(Value x, Value w, int stride = 1, int pad = 0, const std::string& name = "");
 Value max_pool2d(Value x, int kernel, int stride = -1, int pad = 0, const std::string& name = "");
 Value avg_pool2d(Value x, int kernel, int stride = -1, int pad = 0, const std::string& name = "");
+// Batched matmul: a [..., M, K] ([..., K, M] transposed), b [..., K, N] ([..., N, K]), rank >= 2
+// each and one of them >= 3; the batch dimensions broadcast numpy-style -> [..., M, N].
+Value batch_matmul(Value a, Value b, bool transpose_a = false, bool transpose_b = false, const std::string& name = "");
+// PyTorch's F.layer_norm over the last axis (gamma, beta: [D]). Returns y; the node's other
+// outputs, mean and rstd [rows], are what its gradient reads.
+Value layer_norm(Value x, Value gamma, Value beta, double eps = 1e-5, const std::string& name = "");
+// x[..., begin:end, ...] along axis (negative axis, begin and end count from the end;
+// Attrs::kSliceToEnd as end: to the end). Bounds outside the axis are an error, not clamped.
+Value slice(Value x, int axis, int64_t begin, int64_t end, const std::string& name = "");
+// Joined along axis; more than Attrs::kMaxConcatInputs inputs become nested Concat nodes.
+Value concat(const std::vector<Value>& xs, int axis, const std::string& name = "");
+// `before` and `after` elements of `value` added along axis.
+Value pad(Value x, int axis, int64_t before, int64_t after, double value = 0, const std::string& name = "");
+// Consecutive Slices of the given sizes along axis (their sum must be the axis's size).
+std::vector<Value> split(Value x, int axis, const std::vector<int64_t>& sizes, const std::string& name = "");
 Value dropout(Value x, double rate, uint64_t seed, const std::string& name = "");
 Value cast(Value x, DType dtype, const std::string& name = "");
 // Embedding lookup: params[V, D...] at indices[I...] (I32 or I64) -> [I..., D...].

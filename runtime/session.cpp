@@ -34,8 +34,8 @@ struct PlanStep {
   const Node* node = nullptr;   // with a chain: the chain's last node
   FusedChain* chain = nullptr;  // a Kernel step that runs a fused chain (Session::fuse_chains)
   int nin = 0, nout = 0;
-  Tensor* in[8] = {};
-  Tensor* out[2] = {};
+  Tensor* in[16] = {};  // Attrs::kMaxConcatInputs
+  Tensor* out[4] = {};  // LayerNorm, LayerNormGrad: 3
 };
 
 struct Plan {
@@ -254,7 +254,8 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
     st.node = &n;
     st.nin = int(n.inputs.size());
     st.nout = int(n.outputs.size());
-    RF_CHECK(st.nin <= 8 && st.nout <= 2, "internal: node '", n.name, "' has too many inputs/outputs");
+    RF_CHECK(st.nin <= int(std::size(st.in)) && st.nout <= int(std::size(st.out)), "internal: node '", n.name,
+             "' has too many inputs/outputs");
     for (int i = 0; i < st.nin; ++i)
       st.in[i] = &plan->values[size_t(plan->base[size_t(n.inputs[size_t(i)].node)] + n.inputs[size_t(i)].index)];
     for (int j = 0; j < st.nout; ++j) st.out[j] = &plan->values[size_t(plan->base[size_t(id)] + j)];

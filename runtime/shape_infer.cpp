@@ -2,6 +2,7 @@
 // feed fixes later) and again when a plan is compiled (with the feeds' concrete shapes).
 #include <algorithm>
 
+#include "runtime/geometry.h"
 #include "runtime/graph.h"
 
 namespace rf {
@@ -322,6 +323,117 @@ std::vector<OutSpec> infer_outputs(const Node& n, const std::vector<OutSpec>& in
       return same_as(2);
     case Op::AvgPool2DGrad:
       return same_as(1);
+
+    case Op::BatchMatMul: {
+      need_float(in[0], "BatchMatMul operand");
+      same_dtype(in[0], in[1]);
+      const Shape &as = in[0].shape, &bs = in[1].shape;
+      RF_CHECK(as.rank >= 2 && bs.rank >= 2 && std::max(as.rank, bs.rank) >= 3,
+               "BatchMatMul needs operands of rank >= 2, one of them >= 3 (MatMul multiplies matrices), got ",
+               as.str(), " and ", bs.str());
+      const i64 m = a.transpose_a ? as[as.rank - 1] : as[as.rank - 2];
+      const i64 ka = a.transpose_a ? as[as.rank - 2] : as[as.rank - 1];
+      const i64 kb = a.transpose_b ? bs[bs.rank - 1] : bs[bs.rank - 2];
+      const i64 nn = a.transpose_b ? bs[bs.rank - 2] : bs[bs.rank - 1];
+      RF_CHECK(dims_agree(ka, kb), "inner dimensions differ: ", as.str(), a.transpose_a ? "^T" : "", " x ",
+               bs.str(), a.transpose_b ? "^T" : "");
+      Shape ab, bb;  // batch dimensions
+      for (int i = 0; i + 2 < as.rank; ++i) ab.push_back(as[i]);
+      for (int i = 0; i + 2 < bs.rank; ++i) bb.push_back(bs[i]);
+      Shape out;
+      try {
+        out = broadcast_shapes(ab, bb);
+      } catch (const Error&) {
+        fail("batch dimensions of ", as.str(), " and ", bs.str(), " do not broadcast");
+      }
+      out.push_back(m);
+      out.push_back(nn);
+      return {{in[0].dtype, out}};
+    }
+
+    case Op::LayerNorm:
+    case Op::LayerNormGrad: {
+      // LayerNorm (x, gamma, beta); LayerNormGrad (dy, x, gamma, mean, rstd).
+      const bool grad = n.op == Op::LayerNormGrad;
+      const OutSpec& x = in[grad ? 1 : 0];
+      const OutSpec& gamma = in[grad ? 2 : 1];
+      need_float(x, "LayerNorm input");
+      RF_CHECK(x.shape.rank >= 1, "LayerNorm needs rank >= 1, got a scalar");
+      const i64 d = x.shape.dim(-1);
+      i64 rows = 1;
+      for (int i = 0; i + 1 < x.shape.rank; ++i) rows = (rows < 0 || x.shape[i] < 0) ? -1 : rows * x.shape[i];
+      for (size_t i = 0; i < in.size(); ++i) same_dtype(x, in[i]);
+      need_rank(gamma, 1, "gamma");
+      RF_CHECK(dims_agree(gamma.shape[0], d), "gamma ", gamma.shape.str(), " does not match the last axis of ",
+               x.shape.str());
+      if (!grad) {
+        need_rank(in[2], 1, "beta");
+        RF_CHECK(dims_agree(in[2].shape[0], d), "beta ", in[2].shape.str(), " does not match the last axis of ",
+                 x.shape.str());
+        RF_CHECK(a.ln_eps >= 0, "LayerNorm eps must be >= 0, got ", a.ln_eps);
+        return {x, {x.dtype, Shape{rows}}, {x.dtype, Shape{rows}}};
+      }
+      RF_CHECK(in[0].shape.rank == x.shape.rank, "dy ", in[0].shape.str(), " and x ", x.shape.str(), " differ");
+      for (int i = 0; i < x.shape.rank; ++i)
+        RF_CHECK(dims_agree(in[0].shape[i], x.shape[i]), "dy ", in[0].shape.str(), " and x ", x.shape.str(),
+                 " differ");
+      for (int i : {3, 4}) {
+        need_rank(in[size_t(i)], 1, i == 3 ? "mean" : "rstd");
+        RF_CHECK(dims_agree(in[size_t(i)].shape[0], rows), i == 3 ? "mean " : "rstd ", in[size_t(i)].shape.str(),
+                 " does not have one entry per row of ", x.shape.str());
+      }
+      return {x, gamma, gamma};
+    }
+
+    case Op::Slice:
+    case Op::Pad: {
+      const int ax = geometry::normalize_axis(a.axis, in[0].shape.rank);
+      RF_CHECK(ax >= 0, "axis ", a.axis, " is out of range for ", in[0].shape.str());
+      Shape out = in[0].shape;
+      const i64 dim = out[ax];
+      if (n.op == Op::Pad) {
+        RF_CHECK(a.pad_before >= 0 && a.pad_after >= 0, "padding must be >= 0, got ", a.pad_before, " before and ",
+                 a.pad_after, " after");
+        out[ax] = dim < 0 ? -1 : dim + a.pad_before + a.pad_after;
+        return {{in[0].dtype, out}};
+      }
+      if (dim < 0) {  // the length when both bounds count from the same side; checked once a feed fixes dim
+        const bool to_end = a.end == Attrs::kSliceToEnd;
+        const bool same_side = (a.begin >= 0 && a.end >= 0 && !to_end) || (a.begin < 0 && (a.end < 0 || to_end));
+        const i64 len = to_end ? -a.begin : a.end - a.begin;
+        RF_CHECK(!same_side || len >= 0, "slice [", a.begin, ", ", a.end, ") ends before it begins");
+        out[ax] = same_side ? len : -1;
+        return {{in[0].dtype, out}};
+      }
+      i64 b, e;
+      RF_CHECK(geometry::resolve_slice(dim, a.begin, a.end, &b, &e), "slice [", a.begin, ", ",
+               a.end == Attrs::kSliceToEnd ? std::string("end") : std::to_string(a.end), ") is outside axis ", ax,
+               " of ", in[0].shape.str());
+      out[ax] = e - b;
+      return {{in[0].dtype, out}};
+    }
+
+    case Op::Concat: {
+      RF_CHECK(!in.empty() && int(in.size()) <= Attrs::kMaxConcatInputs, "Concat takes 1 to ",
+               Attrs::kMaxConcatInputs, " inputs (ops::concat nests more), got ", in.size());
+      const Shape& s0 = in[0].shape;
+      const int ax = geometry::normalize_axis(a.axis, s0.rank);
+      RF_CHECK(ax >= 0, "axis ", a.axis, " is out of range for ", s0.str());
+      Shape out = s0;
+      for (size_t i = 1; i < in.size(); ++i) {
+        same_dtype(in[0], in[i]);
+        const Shape& si = in[i].shape;
+        RF_CHECK(si.rank == s0.rank, "input ", i, " ", si.str(), " and input 0 ", s0.str(), " differ in rank");
+        for (int d = 0; d < s0.rank; ++d) {
+          if (d == ax) continue;
+          RF_CHECK(dims_agree(si[d], s0[d]), "input ", i, " ", si.str(), " and input 0 ", s0.str(),
+                   " differ off the concatenation axis ", ax);
+          if (out[d] < 0) out[d] = si[d];
+        }
+        out[ax] = (out[ax] < 0 || si[ax] < 0) ? -1 : out[ax] + si[ax];
+      }
+      return {{in[0].dtype, out}};
+    }
 
     case Op::Dropout:
       need_float(in[0], "input");

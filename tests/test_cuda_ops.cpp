@@ -424,6 +424,63 @@ const std::vector<OpCase>& cases() {
          b.fetches.push_back(e.g.add(Op::AvgPool2DGrad, {e.in(b, {2, 3, 5, 4}), x}, a));
          return b;
        }},
+      {Op::BatchMatMul, [](Env& e) {
+         Built b;
+         for (bool ta : {false, true})
+           for (bool tb : {false, true}) {  // every transpose pair over a regular [2, 3] batch
+             Value x = e.in(b, ta ? Shape{2, 3, 9, 5} : Shape{2, 3, 5, 9});
+             Value y = e.in(b, tb ? Shape{2, 3, 7, 9} : Shape{2, 3, 9, 7});
+             e.with_grads(b, ops::batch_matmul(x, y, ta, tb), {x, y});
+           }
+         Value seq = e.in(b, {3, 6, 8}), w = e.in(b, {8, 5}), wt = e.in(b, {5, 8});  // a Linear over a sequence
+         e.with_grads(b, ops::batch_matmul(seq, w), {seq, w});
+         e.with_grads(b, ops::batch_matmul(seq, wt, false, true), {seq, wt});
+         Value p = e.in(b, {2, 1, 4, 6}), q = e.in(b, {3, 6, 5});  // mixed broadcast: a loop of strided batches
+         e.with_grads(b, ops::batch_matmul(p, q), {p, q});
+         return b;
+       }},
+      {Op::LayerNorm, [](Env& e) {
+         Built b;
+         for (Shape s : {Shape{4, 6, 10}, Shape{3, 1500}}) {  // warp-per-row and block-per-row kernels
+           Value x = e.in(b, s, -3, 3), g = e.in(b, {s.dim(-1)}, 0.5, 1.5), be = e.in(b, {s.dim(-1)});
+           Value y = ops::layer_norm(x, g, be, 1e-5);
+           e.with_grads(b, y, {x, g, be});
+           b.fetches.push_back(Value{y.graph, y.node, 1});  // mean
+           b.fetches.push_back(Value{y.graph, y.node, 2});  // rstd
+         }
+         return b;
+       }},
+      {Op::LayerNormGrad, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {700, 40}, -3, 3), g = e.in(b, {40}, 0.5, 1.5);  // 700 rows: three slabs of partials
+         Value y = ops::layer_norm(x, g, e.in(b, {40}), 1e-5);
+         Value ln = e.g.add(Op::LayerNormGrad, {e.in(b, {700, 40}), x, g, Value{y.graph, y.node, 1},
+                                                Value{y.graph, y.node, 2}});
+         for (int j = 0; j < 3; ++j) b.fetches.push_back(Value{ln.graph, ln.node, j});
+         return b;
+       }},
+      {Op::Slice, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {4, 6, 5});
+         e.with_grads(b, ops::slice(x, 1, 2, 5), {x});
+         e.with_grads(b, ops::slice(x, 0, 1, 2), {x});  // one contiguous run
+         e.with_grads(b, ops::slice(x, -1, -3, Attrs::kSliceToEnd), {x});
+         return b;
+       }},
+      {Op::Concat, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {3, 2, 5}), y = e.in(b, {3, 4, 5}), z = e.in(b, {3, 1, 5});
+         e.with_grads(b, ops::concat({x, y, z}, 1), {x, y, z});
+         e.with_grads(b, ops::concat({x, x}, 0), {x});
+         return b;
+       }},
+      {Op::Pad, [](Env& e) {
+         Built b;
+         Value x = e.in(b, {3, 4, 5});
+         e.with_grads(b, ops::pad(x, 1, 2, 1, -0.5), {x});
+         e.with_grads(b, ops::pad(x, -1, 0, 3), {x});
+         return b;
+       }},
       {Op::Dropout, [](Env& e) {
          Built b;
          Value x = e.in(b, {7, 300});

@@ -406,6 +406,12 @@ const char* gradcheck_row(rf::Op op) {
     case Op::MaxPool2DGrad: return "OpsGradcheck.MaxPool2D";
     case Op::AvgPool2D:
     case Op::AvgPool2DGrad: return "OpsGradcheck.AvgPool2D";
+    case Op::BatchMatMul: return "OpsGradcheck.BatchMatMulTransposesAndBroadcasting";
+    case Op::LayerNorm:
+    case Op::LayerNormGrad: return "OpsGradcheck.LayerNorm";
+    case Op::Slice: return "OpsGradcheck.SliceAlongEveryAxis";
+    case Op::Concat: return "OpsGradcheck.ConcatAndSplit";
+    case Op::Pad: return "OpsGradcheck.PadAlongEveryAxis";
     case Op::Dropout: return "OpsGradcheck.Dropout";
     case Op::Cast: return "OpsGradcheck.CastRoundTrip";
     case Op::Gather: return "OpsGradcheck.GatherI32AndI64Duplicates";

@@ -1,0 +1,76 @@
+// Geometry shared by the shape inference and both execution tables (exec_cpu.cpp,
+// exec_cuda.cu): the [outer, axis, inner] view of a row-major tensor around one axis (Slice,
+// Concat, Pad) and BatchMatMul's batch layout (kernels::BatchGemm) from the operands' shapes. Header-only, no allocation, C++17 (nvcc).
+#pragma once
+#include <cstdint>
+
+#include "kernels/batched.h"
+#include "kernels/common.h"
+
+namespace rf::geometry {
+
+// The axis in [0, rank), or -1 when `axis` (negative: counted from the end) is out of range.
+inline int normalize_axis(int axis, int rank) {
+  const int a = axis < 0 ? axis + rank : axis;
+  return a >= 0 && a < rank ? a : -1;
+}
+
+// A row-major tensor seen as [outer, axis, inner]: outer = product of the dimensions before the
+// axis, inner = product after it. A block of consecutive positions [p, p + n) along the axis is
+// then `outer` contiguous runs of n * inner elements, run o starting at (o * axis + p) * inner.
+struct AxisView {
+  i64 outer = 1, axis = 1, inner = 1;
+  i64 row() const { return axis * inner; }  // elements per outer index
+};
+inline AxisView axis_view(const Shape& s, int axis) {  // axis already normalised
+  AxisView v;
+  for (int d = 0; d < axis; ++d) v.outer *= s[d];
+  v.axis = s[axis];
+  for (int d = axis + 1; d < s.rank; ++d) v.inner *= s[d];
+  return v;
+}
+
+// Slice bounds against a known dimension: negative begin / end count from the end, INT64_MAX
+// (Attrs::kSliceToEnd) as end is the end. Writes [*b, *e) and returns true when
+// 0 <= *b <= *e <= dim; no clamping (a bound outside the axis is an error, not an empty slice).
+inline bool resolve_slice(i64 dim, i64 begin, i64 end, i64* b, i64* e) {
+  const i64 rb = begin < 0 ? begin + dim : begin;
+  const i64 re = end == INT64_MAX ? dim : end < 0 ? end + dim : end;
+  *b = rb;
+  *e = re;
+  return rb >= 0 && rb <= re && re <= dim;
+}
+
+// The layout of C = op(A) op(B) for A of shape as, B of shape bs (rank >= 2 each) and C of shape
+// cs; returns false when the shapes do not fit together (the caller names the node).
+inline bool batch_layout(const Shape& as, const Shape& bs, const Shape& cs, bool ta, bool tb, kernels::BatchGemm* L) {
+  if (as.rank < 2 || bs.rank < 2 || cs.rank < 2) return false;
+  const i64 ar = as[as.rank - 2], ac = as[as.rank - 1], br = bs[bs.rank - 2], bc = bs[bs.rank - 1];
+  L->m = ta ? ac : ar;
+  L->k = ta ? ar : ac;
+  L->n = tb ? br : bc;
+  if ((tb ? bc : br) != L->k || cs[cs.rank - 2] != L->m || cs[cs.rank - 1] != L->n) return false;
+  L->lda = ac;
+  L->ldb = bc;
+  L->mat_a = ar * ac;
+  L->mat_b = br * bc;
+  L->rank = cs.rank - 2;
+  L->count = 1;
+  const int pa = L->rank - (as.rank - 2), pb = L->rank - (bs.rank - 2);  // left padding
+  if (pa < 0 || pb < 0) return false;
+  i64 sa = L->mat_a, sb = L->mat_b;
+  for (int d = L->rank - 1; d >= 0; --d) {
+    const i64 od = cs[d];
+    const i64 ad = d >= pa ? as[d - pa] : 1, bd = d >= pb ? bs[d - pb] : 1;
+    if ((ad != od && ad != 1) || (bd != od && bd != 1)) return false;
+    L->dims[d] = od;
+    L->stride_a[d] = ad == 1 ? 0 : sa;
+    L->stride_b[d] = bd == 1 ? 0 : sb;
+    sa *= ad;
+    sb *= bd;
+    L->count *= od;
+  }
+  return true;
+}
+
+}  // namespace rf::geometry
