@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "autodiff/gradients.h"
+#include "runtime/ops.h"
 
 namespace rf {
 
@@ -24,14 +25,65 @@ LrSchedule::Kind parse_schedule(const std::string& s) {
   fail("unknown lr schedule '", s, "': expected constant, step, cosine or invsqrt");
 }
 
-TrainOp minimize(Value loss, const OptimizerConfig& cfg) {
+GradsAndVars compute_gradients(Value loss, std::vector<int> var_list) {
+  RF_CHECK(loss.valid(), "compute_gradients(): invalid loss value");
   Graph& g = *loss.graph;
-  TrainOp t;
-  t.vars = g.variables(/*trainable_only=*/true);
-  RF_CHECK(!t.vars.empty(), "minimize(): the graph has no trainable Variables");
+  if (var_list.empty()) var_list = g.variables(/*trainable_only=*/true);
+  RF_CHECK(!var_list.empty(), "compute_gradients(): the graph has no trainable Variables");
   std::vector<Value> xs;
-  for (int id : t.vars) xs.push_back(Value{&g, id, 0});
-  t.grads = gradients(loss, xs);
+  for (int id : var_list) {
+    RF_CHECK(id >= 0 && id < g.size() && g.node(id).op == Op::Variable, "compute_gradients(): node ", id,
+             " is not a Variable");
+    xs.push_back(Value{&g, id, 0});
+  }
+  const std::vector<Value> grads = gradients(loss, xs);
+  GradsAndVars gv;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    RF_CHECK(grads[i].valid(), "compute_gradients(): the loss does not depend on Variable '",
+             g.node(var_list[i]).name, "'");
+    gv.push_back({grads[i], var_list[i]});
+  }
+  return gv;
+}
+
+namespace {
+Tensor scalar_of(double v, DType dt) {
+  return dt == DType::F32 ? Tensor::scalar<float>(float(v)) : Tensor::scalar<double>(v);
+}
+}  // namespace
+
+ClippedGrads clip_by_global_norm(const std::vector<Value>& grads, double clip_norm) {
+  RF_CHECK(!grads.empty() && grads[0].valid(), "clip_by_global_norm(): no gradients");
+  RF_CHECK(clip_norm > 0 && std::isfinite(clip_norm), "clip_by_global_norm(): the norm must be positive, got ",
+           clip_norm);
+  Graph& g = *grads[0].graph;
+  const DType dt = g.spec(grads[0]).dtype;
+  Value sum_sq;
+  for (const Value& gr : grads) {
+    RF_CHECK(gr.valid() && g.spec(gr).dtype == dt, "clip_by_global_norm(): every gradient must be ", dtype_name(dt));
+    const Value s = ops::sum(ops::square(gr));
+    sum_sq = sum_sq.valid() ? ops::add(sum_sq, s) : s;
+  }
+  ClippedGrads out;
+  out.norm = ops::sqrt(sum_sq, "clip/global_norm");
+  // torch.nn.utils.clip_grad_norm_ (1.13): every gradient times min(1, clip / (norm + 1e-6)).
+  const Value denom = ops::add_scalar(out.norm, 1e-6);
+  const Value ratio = ops::div(g.constant(scalar_of(clip_norm, dt)), denom);
+  const Value one = g.constant(scalar_of(1.0, dt));
+  out.scale = ops::where(ops::less(ratio, one), ratio, one, "clip/scale");
+  for (const Value& gr : grads) out.grads.push_back(ops::mul(gr, out.scale));
+  return out;
+}
+
+TrainOp apply_gradients(const GradsAndVars& grads_and_vars, const OptimizerConfig& cfg) {
+  RF_CHECK(!grads_and_vars.empty() && grads_and_vars[0].first.valid(), "apply_gradients(): no gradients");
+  Graph& g = *grads_and_vars[0].first.graph;
+  TrainOp t;
+  for (const auto& [grad, var] : grads_and_vars) {
+    RF_CHECK(grad.valid() && grad.graph == &g, "apply_gradients(): a gradient is not of the graph");
+    t.grads.push_back(grad);
+    t.vars.push_back(var);
+  }
   t.hyper = g.placeholder("optimizer/hyper", DType::F64, Shape{2});
 
   Attrs base;
@@ -51,7 +103,6 @@ TrainOp minimize(Value loss, const OptimizerConfig& cfg) {
     const std::string name = v.name;
     const Shape shape = v.attrs.shape;
     const DType dtype = v.attrs.dtype;
-    RF_CHECK(t.grads[i].valid(), "minimize(): the loss does not depend on Variable '", name, "'");
     auto slot = [&](const char* s) {
       return g.variable(name + "/" + s, shape, dtype, Initializer::zeros(), /*trainable=*/false);
     };
@@ -80,6 +131,20 @@ TrainOp minimize(Value loss, const OptimizerConfig& cfg) {
       }
     }
   }
+  return t;
+}
+
+TrainOp minimize(Value loss, const OptimizerConfig& cfg) {
+  const GradsAndVars gv = compute_gradients(loss);
+  if (cfg.clip_norm <= 0) return apply_gradients(gv, cfg);
+  std::vector<Value> raw;
+  for (const auto& p : gv) raw.push_back(p.first);
+  const ClippedGrads clipped = clip_by_global_norm(raw, cfg.clip_norm);
+  GradsAndVars cv = gv;
+  for (size_t i = 0; i < cv.size(); ++i) cv[i].first = clipped.grads[i];
+  TrainOp t = apply_gradients(cv, cfg);
+  t.grads = raw;  // what the data-parallel exchange reduces; the clip reads the exchanged values
+  t.grad_norm = clipped.norm;
   return t;
 }
 

@@ -23,19 +23,43 @@ struct OptimizerConfig {
   // and AdamW stay dense (exactly PyTorch's Adam on the dense gradient) unless lazy_adam is set:
   // then ApplyAdamSparse (TF's LazyAdam). Any weight decay means a dense update.
   bool lazy_adam = false;
+  // > 0: minimize() clips the gradients to this global norm (clip_by_global_norm) before the
+  // update, after their data-parallel exchange.
+  double clip_norm = 0;
 };
 // "sgd", "momentum", "nesterov", "adam", "adamw"; throws rf::Error otherwise.
 OptimizerConfig::Kind parse_optimizer(const std::string& name);
 
 struct TrainOp {
   std::vector<Value> updates;  // run these as targets; updates[i] updates vars[i]
-  std::vector<Value> grads;    // d loss / d var, aligned with vars (a sparse one: as_sparse())
+  // d loss / d var, aligned with vars (a sparse one: as_sparse()): what the data-parallel
+  // Reducer exchanges. With clipping the updates read the clipped values computed from these.
+  std::vector<Value> grads;
   std::vector<int> vars;       // Variable node ids, in creation order
   Value hyper;                 // F64[2] placeholder {lr, step (1-based)}, fed on the host
+  Value grad_norm;             // with clip_norm: the global norm before clipping (a scalar)
 };
 
-// Builds gradients of loss for every trainable Variable and their update ops.
+// TF1's optimizer API. compute_gradients: (d loss / d var, var) for every Variable of var_list
+// (empty: every trainable one), in creation order; a Variable the loss does not depend on is an
+// error naming it. apply_gradients: one update op (and its slots) per pair; the gradient may be
+// any value of the Variable's shape (clipped, scaled, a sum). minimize = apply(compute), with
+// clip_by_global_norm in between when cfg.clip_norm > 0.
+using GradsAndVars = std::vector<std::pair<Value, int>>;
+GradsAndVars compute_gradients(Value loss, std::vector<int> var_list = {});
+TrainOp apply_gradients(const GradsAndVars& grads_and_vars, const OptimizerConfig& cfg);
 TrainOp minimize(Value loss, const OptimizerConfig& cfg);
+
+// Every gradient times min(1, clip_norm / (norm + 1e-6)), norm the global L2 norm of all of them
+// (torch.nn.utils.clip_grad_norm_'s rule; tf.clip_by_global_norm has no 1e-6). Built from graph
+// ops, so on a data-parallel step its nodes read the gradients after their exchange (they read
+// the Reducer's bound buffers: the Session runs them once every bucket is reduced), and the norm
+// is that of the averaged gradient, the same on every rank. A sparse gradient is clipped dense.
+struct ClippedGrads {
+  std::vector<Value> grads;  // aligned with the input
+  Value norm, scale;         // scalars of the gradients' dtype
+};
+ClippedGrads clip_by_global_norm(const std::vector<Value>& grads, double clip_norm);
 
 struct LrSchedule {
   // InvSqrt: the Transformer schedule, base_lr * min(t / warmup, sqrt(warmup / t)) at the

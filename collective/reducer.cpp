@@ -91,6 +91,11 @@ Reducer::Reducer(Communicator& comm, Session& session, const std::vector<int>& v
 
   run_options_.on_node_done = [this](int node) { on_node_done(node); };
   run_options_.before_updates = [this] { backward_done(); };
+  // Nodes that read the exchanged gradients other than updates (clip_by_global_norm's): every
+  // bucket first.
+  run_options_.before_exchanged_reads = [this] {
+    for (size_t b = 0; b < buckets_.size(); ++b) wait_bucket(b);
+  };
   run_options_.before_update = [this](int node) {
     if (size_t(node) < update_bucket_.size() && update_bucket_[size_t(node)] >= 0)
       wait_bucket(size_t(update_bucket_[size_t(node)]));

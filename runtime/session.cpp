@@ -36,6 +36,7 @@ struct PlanStep {
   int nin = 0, nout = 0;
   Tensor* in[16] = {};  // Attrs::kMaxConcatInputs
   Tensor* out[4] = {};  // LayerNorm, LayerNormGrad: 3
+  bool reads_exchanged = false;  // reads a bound output (an exchanged gradient): runs after the others
 };
 
 struct Plan {
@@ -213,6 +214,21 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
     nvalues += n.outputs.size();
     (n.op == Op::InitVariable ? init_ids : is_update(n.op) ? update_ids : compute_ids).push_back(id);
   }
+  // Non-update nodes downstream of a bound output (a gradient the Reducer exchanges) run after
+  // every other non-update node, once the exchange is done (RunOptions::before_exchanged_reads).
+  std::vector<char> exchanged(size_t(N), 0);
+  {
+    std::vector<int> before, after;
+    for (int id : compute_ids) {
+      const Node& n = graph_.node(id);
+      for (const Value& in : n.inputs)
+        if (!fed[size_t(in.node)] && (exchanged[size_t(in.node)] || bound_outputs_.count(int64_t(in.node) * 8 + in.index)))
+          exchanged[size_t(id)] = 1;
+      (exchanged[size_t(id)] ? after : before).push_back(id);
+    }
+    compute_ids = std::move(before);
+    compute_ids.insert(compute_ids.end(), after.begin(), after.end());
+  }
   plan->values.resize(nvalues);
   std::vector<OutSpec> out_spec(nvalues);  // kernel outputs: allocated by assign_buffers
 
@@ -300,6 +316,7 @@ std::unique_ptr<Plan> Session::compile(const std::vector<Value>& fetches, const 
                    src.name, "'");
       }
     }
+    st.reads_exchanged = exchanged[size_t(id)] != 0;
     plan->steps.push_back(st);
   };
   for (int id : init_ids) make_step(id);
@@ -547,8 +564,9 @@ Plan& Session::plan_for(const std::vector<Value>& fetches, const std::vector<Fee
 // fixed addresses: refuse what is not, naming it.
 void Session::check_graphable(const Plan& plan, const std::vector<Feed>& feeds, const RunOptions& o) const {
   RF_CHECK(device_.is_cuda(), "CUDA graphs need a CUDA device; this session runs on ", device_.str());
-  RF_CHECK(!o.on_node_done && !o.before_updates && !o.before_update && !o.timeline,
-           "a CUDA graph cannot run host hooks (on_node_done, before_update(s), timeline) inside a step");
+  RF_CHECK(!o.on_node_done && !o.before_updates && !o.before_update && !o.before_exchanged_reads && !o.timeline,
+           "a CUDA graph cannot run host hooks (on_node_done, before_update(s), before_exchanged_reads, timeline) "
+           "inside a step");
   for (size_t i = 0; i < feeds.size(); ++i)
     RF_CHECK(!plan.feed_staging[i].defined(), "a CUDA graph needs device feeds; '", graph_.node(feeds[i].first).name,
              "' is fed from ", feeds[i].second.device().str());
@@ -616,9 +634,19 @@ void Session::execute(Plan& plan, const RunOptions* options) {
 #if RINGFLOW_CUDA
   if (plan.fused) plan.fused->upload(ctx);
 #endif
+  bool updates_began = false;
+  auto begin_updates = [&] {
+    if (updates_began) return;
+    updates_began = true;
+    if (options && options->before_updates) options->before_updates();
+  };
   for (size_t si = 0; si < plan.steps.size(); ++si) {
     PlanStep& st = plan.steps[si];
-    if (si == plan.first_update && options && options->before_updates) options->before_updates();
+    if (st.reads_exchanged && !updates_began) {
+      begin_updates();
+      if (options && options->before_exchanged_reads) options->before_exchanged_reads();
+    }
+    if (si == plan.first_update) begin_updates();
 #if RINGFLOW_CUDA
     if (si == plan.first_update && plan.fused) {
       // Every update of a group runs in one launch, once the hooks of all its members ran.
@@ -702,7 +730,7 @@ void Session::execute(Plan& plan, const RunOptions* options) {
       options->on_node_done(st.node->id);
     }
   }
-  if (plan.first_update == plan.steps.size() && options && options->before_updates) options->before_updates();
+  begin_updates();  // a plan without update nodes
   for (size_t i = 0; i < plan.fetch_slots.size(); ++i) plan.results[i] = *plan.fetch_slots[i];
   if (options && options->epilogue) options->epilogue(stream_.handle, plan.results);
 }

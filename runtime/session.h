@@ -21,8 +21,14 @@ struct RunOptions {
   // Called after each node of the plan ran, with its id (the data-parallel layer starts a
   // bucket's allreduce when its last gradient is ready).
   std::function<void(int node)> on_node_done;
-  // Called once after every other node ran and before the first update (Apply*) node.
+  // Called once after every other node ran and before the first update (Apply*) node, or
+  // before the first node that reads an exchanged gradient (below), whichever comes first.
   std::function<void()> before_updates;
+  // Called once, after before_updates, before the first node that is not an update but reads a
+  // bound output (Session::bind_output), directly or through other such nodes: the gradients
+  // after their data-parallel exchange (clip_by_global_norm's norm and scaling). The plan runs
+  // those nodes after every other non-update node; the Reducer waits here for every bucket.
+  std::function<void()> before_exchanged_reads;
   // Called before each update (Apply*) node runs, with its id: the Reducer waits there for
   // the one bucket holding that Variable's gradient, so updates overlap later allreduces.
   std::function<void(int node)> before_update;

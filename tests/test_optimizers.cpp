@@ -118,3 +118,54 @@ TEST(Schedules, WarmupThenInverseSquareRoot) {
   EXPECT_DOUBLE_EQ(s.at(0), 1e-3);
   EXPECT_DOUBLE_EQ(s.at(3), 0.5e-3);
 }
+
+// compute_gradients / apply_gradients (TF1's split of minimize) and clip_by_global_norm with
+// torch's rule: g * min(1, c / (norm + 1e-6)).
+TEST(Optimizers, ComputeClipAndApplyGradients) {
+  for (double clip : {0.1, 100.0}) {  // acting, and not
+    Graph g(5);
+    const Value x = g.placeholder("x", DType::F64, Shape{3});
+    const Value a = g.variable("a", Shape{3}, DType::F64, Initializer::constant(0.5));
+    const Value b = g.variable("b", Shape{3}, DType::F64, Initializer::constant(-1.0));
+    const Value frozen = g.variable("frozen", Shape{3}, DType::F64, Initializer::constant(2.0));
+    const Value loss = ops::sum(ops::mul(ops::mul(ops::add(ops::mul(a, x), b), x), frozen));  // sum(frozen*(a*x+b)*x)
+    const GradsAndVars gv = compute_gradients(loss, {a.node, b.node});
+    ASSERT_EQ(gv.size(), 2u);
+    EXPECT_EQ(gv[1].second, b.node);
+    const ClippedGrads c = clip_by_global_norm({gv[0].first, gv[1].first}, clip);
+    OptimizerConfig oc;
+    oc.kind = OptimizerConfig::Kind::SGD;
+    const TrainOp t = apply_gradients({{c.grads[0], a.node}, {c.grads[1], b.node}}, oc);
+    Session s(g);
+    s.run({}, {}, g.initializers());
+    const std::vector<double> xv{1.0, -2.0, 3.0};
+    const auto& out = s.run({c.norm, c.scale}, {{x, Tensor::from_vector<double>(xv, Shape{3})},
+                                                {t.hyper, Tensor::from_vector<double>({0.1, 1.0}, Shape{2})}},
+                            t.updates);
+    // d/da = frozen * x^2, d/db = frozen * x.
+    double sq = 0;
+    for (double v : xv) sq += 4 * v * v * v * v + 4 * v * v;
+    const double norm = std::sqrt(sq), scale = std::min(1.0, clip / (norm + 1e-6));
+    EXPECT_NEAR(out[0].item(), norm, 1e-12);
+    EXPECT_NEAR(out[1].item(), scale, 1e-15);
+    const auto av = s.variable(a.node).to_vector<double>(), bv = s.variable(b.node).to_vector<double>();
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_NEAR(av[i], 0.5 - 0.1 * scale * 2 * xv[i] * xv[i], 1e-14);
+      EXPECT_NEAR(bv[i], -1.0 - 0.1 * scale * 2 * xv[i], 1e-14);
+    }
+    EXPECT_EQ(s.variable(frozen.node).to_vector<double>()[0], 2.0);  // not in var_list: not updated
+  }
+}
+
+TEST(Optimizers, ComputeGradientsNamesAVariableTheLossIgnores) {
+  Graph g(5);
+  const Value a = g.variable("a", Shape{2}, DType::F64, Initializer::constant(1));
+  g.variable("unused", Shape{2}, DType::F64, Initializer::constant(1));
+  try {
+    compute_gradients(ops::sum(ops::square(a)));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unused"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(clip_by_global_norm({a}, 0), Error);
+}

@@ -114,6 +114,61 @@ TEST(Reducer, BucketsOverlapBackwardAndAverageGradients) {
   EXPECT_LT(worst, 1e-6) << "averaged gradients differ from the mean of per-rank gradients";
 }
 
+// clip_by_global_norm after the exchange: the norm is that of the averaged gradient (the same
+// on every rank), and the update applies the clipped average. Were the clip's nodes run before
+// the buckets are reduced, each rank would clip its own gradient by its own norm.
+TEST(Reducer, ClipByGlobalNormReadsTheExchangedGradients) {
+  auto comm = make_communicator("ring");
+  const int rank = comm->rank(), world = comm->size();
+  Graph g(3);
+  const Model m = build_model(g, "mlp");
+  OptimizerConfig oc;
+  oc.kind = OptimizerConfig::Kind::SGD;
+  oc.clip_norm = 0.05;  // far below the gradient's norm: the clip acts
+  const TrainOp t = minimize(m.loss, oc);
+  ASSERT_TRUE(t.grad_norm.valid());
+  Session plain(g), dp(g);
+  for (Session* s : {&plain, &dp}) s->run({}, {}, g.initializers());
+  ReducerOptions ro;
+  ro.bucket_mb = 0.3;
+  ro.first_bucket_mb = 0.05;
+  Reducer reducer(*comm, dp, t.vars, t.grads, ro);  // fuse auto: the updates read clipped values, so allreduce
+  EXPECT_FALSE(reducer.fused());
+
+  Tensor x(Shape{16, 1, 28, 28}, DType::F32), y(Shape{16}, DType::I32);
+  // Expected: the mean over ranks of each rank's own gradient, its norm, the clipped SGD step.
+  std::vector<std::vector<double>> mean(t.vars.size());
+  for (int r = 0; r < world; ++r) {
+    fill_batch(x, y, r);
+    const auto& out = plain.run(t.grads, {{m.images, x}, {m.labels, y}});
+    for (size_t k = 0; k < t.vars.size(); ++k) {
+      const auto v = out[k].to_vector<float>();
+      mean[k].resize(v.size(), 0.0);
+      for (size_t i = 0; i < v.size(); ++i) mean[k][i] += double(v[i]) / world;
+    }
+  }
+  double sq = 0;
+  for (const auto& gk : mean)
+    for (double v : gk) sq += v * v;
+  const double norm = std::sqrt(sq), scale = std::min(1.0, oc.clip_norm / (norm + 1e-6)), lr = 0.5;
+  ASSERT_LT(scale, 0.5);
+  std::vector<std::vector<float>> before;
+  for (int id : t.vars) before.push_back(dp.variable(id).to_vector<float>());
+
+  fill_batch(x, y, rank);
+  Tensor hyper = Tensor::from_vector<double>({lr, 1.0}, Shape{2});
+  const std::vector<Session::Feed> feeds{{m.images, x}, {m.labels, y}, {t.hyper, hyper}};
+  const double got_norm = dp.run({t.grad_norm}, feeds, t.updates, &reducer.run_options())[0].item();
+  EXPECT_NEAR(got_norm, norm, 1e-5 * norm) << "rank " << rank << " clipped by a norm other than the averaged gradient's";
+  double worst = 0;
+  for (size_t k = 0; k < t.vars.size(); ++k) {
+    const auto after = dp.variable(t.vars[k]).to_vector<float>();
+    for (size_t i = 0; i < after.size(); ++i)
+      worst = std::max(worst, std::fabs(double(after[i]) - (double(before[k][i]) - lr * scale * mean[k][i])));
+  }
+  EXPECT_LT(worst, 1e-6) << "the update is not the clipped average gradient's";
+}
+
 // The fused update (each update averages every rank's gradient, read in place from the shared
 // window) against allreduce-then-update on a second communicator: the same bits in every
 // Variable and optimizer slot after several steps with per-rank batches, on every rank, for
