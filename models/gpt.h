@@ -1,0 +1,27 @@
+// The gpt model of docs/GPT.md: a decoder-only, character-level Transformer (pre-LN, learned
+// positions, causal attention, tied embedding) with PyTorch's parameter names and layouts.
+#pragma once
+#include <cstdint>
+
+#include "runtime/graph.h"
+
+namespace rf {
+
+struct GptConfig {
+  int64_t vocab = 73, layers = 4, heads = 4, width = 128, context = 128;
+  double dropout = 0;  // after the embeddings, on the attention probabilities, before each residual add
+  uint64_t dropout_seed = 0;
+};
+
+struct Gpt {
+  Value tokens;   // I32 [B, T] placeholder
+  Value targets;  // I32 [B, T] placeholder: the next byte of each position
+  Value logits;   // [B*T, V], the model's dtype
+  Value loss;     // scalar: mean cross-entropy over the B*T positions, in nats
+};
+
+// Builds the model into g with Variables of dtype (F32 or F64). Throws rf::Error for a width
+// that the heads do not divide, or a non-positive size.
+Gpt build_gpt(Graph& g, const GptConfig& c, DType dtype);
+
+}  // namespace rf
