@@ -295,6 +295,18 @@ Dataset make_synthetic(int64_t n, uint64_t seed, int64_t classes) {
   return d;
 }
 
+void epoch_permutation(int64_t n, uint64_t seed, int64_t epoch, std::vector<int64_t>& perm) {
+  perm.resize(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  // Fisher-Yates written out (std::shuffle's algorithm is implementation-defined), seeded the
+  // same on every rank so their shards are disjoint.
+  std::mt19937_64 rng(seed + static_cast<uint64_t>(epoch));
+  for (int64_t i = n - 1; i > 0; --i) {
+    const int64_t j = static_cast<int64_t>(bounded(rng, static_cast<uint64_t>(i) + 1));
+    std::swap(perm[size_t(i)], perm[size_t(j)]);
+  }
+}
+
 BatchIterator::BatchIterator(const Dataset& data, int64_t batch, uint64_t seed, bool shuffle,
                              int rank, int world, bool drop_last)
     : data_(&data), batch_(batch), seed_(seed), shuffle_(shuffle), rank_(rank), world_(world),
@@ -329,15 +341,10 @@ void BatchIterator::start_epoch(int64_t epoch) {
   pos_ = 0;
   current_ = 0;
   const int64_t n = data_->n;
-  std::iota(perm_.begin(), perm_.end(), int64_t{0});
   if (shuffle_) {
-    // Fisher-Yates written out (std::shuffle's algorithm is implementation-defined), seeded the
-    // same on every rank so the shards below are disjoint.
-    std::mt19937_64 rng(seed_ + static_cast<uint64_t>(epoch));
-    for (int64_t i = n - 1; i > 0; --i) {
-      int64_t j = static_cast<int64_t>(bounded(rng, static_cast<uint64_t>(i) + 1));
-      std::swap(perm_[i], perm_[j]);
-    }
+    epoch_permutation(n, seed_, epoch, perm_);
+  } else {
+    std::iota(perm_.begin(), perm_.end(), int64_t{0});
   }
   for (int64_t k = 0; k < per_rank_; ++k) shard_[k] = perm_[rank_ + k * world_];
 }

@@ -38,6 +38,11 @@ FashionMnist load_fashion_mnist(const std::string& dir);
 // per-sample noise. Deterministic across platforms and standard libraries.
 Dataset make_synthetic(int64_t n, uint64_t seed, int64_t classes = 10);
 
+// The permutation of [0, n) that epoch `epoch` visits: Fisher-Yates from the end with
+// std::mt19937_64(seed + epoch) and rejection-sampled bounded draws (library-independent; the
+// order docs/GPT.md specifies and bench/gpt/kjv.py reproduces). Every data source shuffles with it.
+void epoch_permutation(int64_t n, uint64_t seed, int64_t epoch, std::vector<int64_t>& perm);
+
 // Shuffled mini-batches over a Dataset, sharded across data-parallel ranks like PyTorch's
 // DistributedSampler: every rank computes the same permutation of all n samples for epoch e
 // (from seed + e), and rank r takes permuted positions r, r + world, r + 2*world, ... The tail
