@@ -53,16 +53,6 @@ class ImageDeviceBatches : public DeviceBatches {
 
 }  // namespace
 
-std::vector<Tensor> DataSource::make_batch(int64_t batch) const {
-  std::vector<Tensor> out;
-  for (const FeedSpec& f : feeds()) {
-    std::vector<i64> dims{batch};
-    for (int i = 0; i < f.sample.rank; ++i) dims.push_back(f.sample[i]);
-    out.emplace_back(Shape(dims), f.dtype);
-  }
-  return out;
-}
-
 ImageClassificationSource::ImageClassificationSource(std::string name, FashionMnist data)
     : name_(std::move(name)), data_(std::move(data)) {}
 

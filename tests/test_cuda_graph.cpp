@@ -164,7 +164,7 @@ TEST(FusedUpdate, BitIdenticalToSingleTensorKernels) {
                                "adamw f64");
 }
 
-TEST(TrainInput, GatherAndStepStatsOnTheDevice) {
+TEST(TrainInput, GatherAndAccuracyOnTheDevice) {
   SKIP_WITHOUT_CUDA();
   const Dataset d = make_synthetic(50, 2);
   const Device dev = Device::cuda(0);
