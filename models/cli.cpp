@@ -103,6 +103,9 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
       ->check(integer<int64_t>())->capture_default_str();
   tr->add_flag("--no-shuffle", no_shuffle, "keep the data set order");
   tr->add_option("--init-from", c.init_from, "start from a safetensors checkpoint");
+  tr->add_flag("--resume", c.resume,
+               "with --init-from: continue the saved run's data order and step count (optimizer slots are not "
+               "saved: exact for sgd)");
   tr->add_option("--save", c.save_path, "write the trained Variables as safetensors");
   tr->add_option("--eval-batch", c.eval_batch, "batch size of the test-set evaluation")
       ->check(integer<int64_t>())->capture_default_str();

@@ -388,6 +388,8 @@ struct TrainerSetup {
   std::vector<int> feed_of_input;  // per model input: its index in data->feeds()
   TrainOp t;
   std::vector<std::pair<int, Tensor>> init;  // --init-from's Variables (host), checked against m
+  DataState resume;                          // --resume: where the data order continues
+  int64_t resume_step = 0;                   // --resume: steps the saved run had taken
 };
 
 namespace {
@@ -496,8 +498,18 @@ void set_up(const TrainerConfig& c, const std::string& model, const std::map<std
     const std::string why = collective::peer_window_blocker(comm);
     RF_CHECK(why.empty(), "--fuse-update on: ", why);
   }
+  RF_CHECK(!c.resume || !c.init_from.empty(), "--resume continues the run saved in --init-from: pass --init-from");
   if (!c.init_from.empty()) {
     try {
+      if (c.resume) {
+        s.resume = read_data_state(c.init_from, &s.resume_step);
+        // A run saved at the end of an epoch (its evaluation done) resumes at the next one.
+        if (s.resume.position >= s.data->steps_per_epoch()) s.resume = {s.resume.epoch + 1, 0};
+        RF_CHECK(s.resume.epoch < c.epochs && (c.max_steps < 0 || s.resume_step < c.max_steps), c.init_from,
+                 " was saved after ", s.resume_step, " steps (epoch ", s.resume.epoch + 1,
+                 "): nothing is left to train within --epochs ", c.epochs,
+                 c.max_steps > 0 ? " and --max-steps " + std::to_string(c.max_steps) : std::string());
+      }
       s.init = read_checkpoint(g, c.init_from);
     } catch (const Error& e) {
       fail("--init-from: ", e.what());
@@ -661,14 +673,18 @@ nlohmann::json Trainer::fit(const std::string& model, const std::map<std::string
   Progress progress(c.progress && lead);
   double train_seconds = 0, final_loss = 0, window_loss = 0, bytes_sent = 0;
   size_t step_plan_bytes = 0;  // what the training step's plan holds for node outputs
-  int64_t step = 0, window_steps = 0;
+  const int64_t first_step = setup.resume_step;  // 0 unless --resume
+  int64_t step = first_step, window_steps = 0;
   std::vector<MetricSum> window(nm);
   bool evaluated = false;
   Evaluation eval;
   const DType loss_dtype = g.spec(m.loss).dtype;
   (void)loss_dtype;
-  for (int64_t epoch = 0; epoch < c.epochs && step < total_steps; ++epoch) {
-    data.start_epoch(epoch);
+  for (int64_t epoch = setup.resume.epoch; epoch < c.epochs && step < total_steps; ++epoch) {
+    if (epoch == setup.resume.epoch && setup.resume.position > 0)
+      data.restore(setup.resume);  // --resume: mid-epoch
+    else
+      data.start_epoch(epoch);
     const auto epoch_start = Clock::now();
     int64_t epoch_steps = 0;
     while (step < total_steps) {
@@ -708,7 +724,7 @@ nlohmann::json Trainer::fit(const std::string& model, const std::map<std::string
       ++step;
       ++epoch_steps;
       if (c.check_every > 0 && step % c.check_every == 0 && world > 1) collective::check_replicas(sess, *comm, step);
-      const double sps = double(step * c.batch) / std::max(train_seconds, 1e-9);
+      const double sps = double((step - first_step) * c.batch) / std::max(train_seconds, 1e-9);
       progress.update(epoch + 1, c.epochs, step, total_steps, loss, sps,
                       double((total_steps - step) * c.batch) / std::max(sps, 1e-9));
       if (step % c.metrics_every == 0) {
@@ -767,7 +783,7 @@ nlohmann::json Trainer::fit(const std::string& model, const std::map<std::string
   s["seed"] = c.seed;
   s["steps"] = step;
   s["train_seconds"] = train_seconds;
-  s["samples_per_second"] = double(step * c.batch) / std::max(train_seconds, 1e-9);
+  s["samples_per_second"] = double((step - first_step) * c.batch) / std::max(train_seconds, 1e-9);
   for (size_t k = 0; k < nm; ++k) s["test_" + m.metrics[k].name] = evaluated ? eval.metrics[k] : 0.0;
   s["test_loss"] = test_loss;
   s["final_loss"] = final_loss;

@@ -39,6 +39,10 @@ struct TrainerConfig {
   int64_t metrics_every = 100;
   bool shuffle = true;
   std::string init_from;
+  // With init_from: continue the run that saved it (its data order's epoch and position and its
+  // step count, from the checkpoint's metadata) instead of starting a new one. Optimizer slots
+  // are not saved, so the continued run is the uninterrupted one exactly for slot-free SGD.
+  bool resume = false;
   std::string save_path;
   int64_t eval_batch = 1000;
   bool progress = true;
