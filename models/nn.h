@@ -22,8 +22,8 @@ Value conv2d(Value x, i64 cout, int kernel, const std::string& name, int stride 
 // Zeroes each element with probability p and scales the rest by 1/(1-p) (nn.Dropout in training
 // mode); p = 0 adds nothing. The mask's seed is derived from the graph seed and `name`, so it
 // does not depend on the order layers are built in. The graph has no train/eval switch yet:
-// the layer also drops in evaluation runs, and a Dropout node stops a step from being captured
-// as a CUDA graph (--cuda-graph on refuses it; auto then needs to see it: see ARCHITECTURE).
+// the layer also drops in evaluation runs. A step with Dropout is not captured as a CUDA graph
+// (its counter would be frozen): --cuda-graph auto runs it eagerly, on refuses it.
 Value dropout(Value x, double p, const std::string& name);
 
 }  // namespace rf::nn
