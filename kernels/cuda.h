@@ -101,16 +101,6 @@ template <class T>
 void multi_tensor_update(UpdateKind kind, const MultiTensorEntry<T>* entries, const MultiTensorChunk* chunks,
                          i64 nchunks, const UpdateScalars<T>* scalars, cudaStream_t stream);
 
-// ---- training-loop helpers (batch.cu) ----
-// out_images[b] = images[idx[b]] (rows of row_size floats), out_labels[b] = labels[idx[b]].
-void gather_batch(const float* images, const int32_t* labels, const int32_t* idx, i64 batch, i64 row_size,
-                  float* out_images, int32_t* out_labels, cudaStream_t stream);
-// stats[0] = *loss, stats[1] = rows of logits [rows, cols] whose first largest entry is at the
-// label (std::max_element's rule, as the trainer counts on the host). One block.
-template <class L, class T>
-void step_stats(const L* loss, const T* logits, const int32_t* labels, i64 rows, i64 cols, double* stats,
-                cudaStream_t stream);
-
 // ---- dense algebra (matmul.cu, cuBLAS) ----
 // Row-major C[m,n] = alpha * op(A) op(B) + beta * C; op(A) is [m,k], op(B) is [k,n]. Runs on
 // `stream` (the handle is re-bound to it when it is bound to another one).

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <string>
 
 #include "models/safetensors.h"
 #include "runtime/error.h"
@@ -64,7 +65,8 @@ std::vector<std::pair<int, Tensor>> read_checkpoint(const Graph& g, const std::s
   return out;
 }
 
-void save_checkpoint(Session& s, const Graph& g, const std::string& path) {
+void save_checkpoint(Session& s, const Graph& g, const std::string& path,
+                     const std::map<std::string, std::string>& metadata) {
   std::vector<Tensor> host;
   std::vector<NamedTensor> named;
   for (int id : g.variables(true)) host.push_back(s.variable(id).to(Device::cpu()));
@@ -73,7 +75,37 @@ void save_checkpoint(Session& s, const Graph& g, const std::string& path) {
     const Tensor& t = host[i++];
     named.push_back({g.node(id).name, t.dtype(), t.shape(), t.raw()});
   }
-  save_safetensors(path, named);
+  save_safetensors(path, named, metadata);
+}
+
+std::map<std::string, std::string> data_state_metadata(const DataState& state, int64_t step) {
+  return {{"ringflow.data_epoch", std::to_string(state.epoch)},
+          {"ringflow.data_position", std::to_string(state.position)},
+          {"ringflow.step", std::to_string(step)}};
+}
+
+DataState read_data_state(const std::string& path, int64_t* step) {
+  std::map<std::string, std::string> meta;
+  // Only the header is wanted: refusing every tensor from the header check stops before the data.
+  struct HeaderRead {};
+  try {
+    load_safetensors(path, &meta, [](const std::map<std::string, LoadedTensor>&) { throw HeaderRead{}; });
+  } catch (const HeaderRead&) {
+  }
+  auto number = [&](const char* key) {
+    auto it = meta.find(key);
+    RF_CHECK(it != meta.end(), path, ": no ", key, " in the checkpoint's metadata (not saved by ringflow --save)");
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(it->second, &used);
+    } catch (const std::exception&) {
+    }
+    RF_CHECK(used == it->second.size() && v >= 0, path, ": ", key, " is '", it->second, "', not a count");
+    return int64_t(v);
+  };
+  if (step) *step = number("ringflow.step");
+  return {number("ringflow.data_epoch"), number("ringflow.data_position")};
 }
 
 }  // namespace rf

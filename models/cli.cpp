@@ -4,12 +4,16 @@
 
 #include <CLI/CLI.hpp>
 #include <cerrno>
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
+#include <map>
 #include <ostream>
 #include <string>
 #include <type_traits>
 
+#include "models/registry.h"
+#include "runtime/error.h"
 #include "runtime/session.h"
 
 namespace rf {
@@ -46,7 +50,20 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
   TrainConfig& c = cl.config;
   bool no_shuffle = false, quiet = false;
   CLI::App* tr = app.add_subcommand("train", "train a model and print a one-line JSON summary on stdout");
-  tr->add_option("--model", c.model, "mlp | cnn")->check(CLI::IsMember({"mlp", "cnn"}))->capture_default_str();
+  std::string model_names;
+  for (const std::string& n : models().names()) model_names += (model_names.empty() ? "" : " | ") + n;
+  tr->add_option("--model", c.model, model_names + " (`ringflow models` describes them)")
+      ->check(CLI::Validator(
+          [](const std::string& v) -> std::string {
+            try {
+              models().get(v);
+            } catch (const Error& e) {
+              return e.what();
+            }
+            return "";
+          },
+          ""))
+      ->capture_default_str();
   tr->add_option("--dtype", c.dtype, "f32 | f64 (Variables and math)")
       ->check(CLI::IsMember({"f32", "f64"}))
       ->capture_default_str();
@@ -86,6 +103,9 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
       ->check(integer<int64_t>())->capture_default_str();
   tr->add_flag("--no-shuffle", no_shuffle, "keep the data set order");
   tr->add_option("--init-from", c.init_from, "start from a safetensors checkpoint");
+  tr->add_flag("--resume", c.resume,
+               "with --init-from: continue the saved run's data order and step count (optimizer slots are not "
+               "saved: exact for sgd)");
   tr->add_option("--save", c.save_path, "write the trained Variables as safetensors");
   tr->add_option("--eval-batch", c.eval_batch, "batch size of the test-set evaluation")
       ->check(integer<int64_t>())->capture_default_str();
@@ -139,6 +159,23 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
       ->check(CLI::IsMember({"auto", "on", "off"}))
       ->option_text("[auto|on|off]=auto");
 
+  // Each model's own options (registry.h: ModelOption), as --NAME VALUE; a name several models
+  // declare is one flag. validate_config refuses an option the chosen model does not declare.
+  std::map<std::string, std::string> given;
+  std::map<std::string, CLI::Option*> model_flags;
+  for (const auto& [name, entry] : models().entries())
+    for (const ModelOption& o : entry.options) {
+      auto it = model_flags.find(o.name);
+      if (it != model_flags.end()) {
+        it->second->description(it->second->get_description() + "; " + name + ": " + o.help);
+        continue;
+      }
+      model_flags[o.name] = tr->add_option("--" + o.name, given[o.name], name + ": " + o.help)
+                                ->default_str(o.default_value)
+                                ->group("Model options");
+    }
+  CLI::App* list = app.add_subcommand("models", "list the models `ringflow train --model` can train");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -152,10 +189,27 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
     cl.error = e.what();
     return cl;
   }
+  if (list->parsed()) {
+    cl.list_models = true;
+    return cl;
+  }
+  for (const auto& [name, flag] : model_flags)
+    if (flag->count() > 0) c.model_options[name] = given[name];
   c.shuffle = !no_shuffle;
   c.progress = !quiet;
   cl.train = true;
   return cl;
+}
+
+void print_models(std::ostream& out) {
+  size_t width = 0;
+  for (const std::string& n : models().names()) width = std::max(width, n.size());
+  for (const auto& [name, e] : models().entries()) {
+    out << name << std::string(width + 2 - name.size(), ' ') << e.description << '\n';
+    for (const ModelOption& o : e.options)
+      out << std::string(width + 2, ' ') << "--" << o.name << " (default " << o.default_value << "): " << o.help
+          << '\n';
+  }
 }
 
 }  // namespace rf

@@ -11,6 +11,7 @@ namespace rf {
 // What the arguments ask for.
 struct CommandLine {
   bool train = false;  // `ringflow train` with flags that parsed: run rf::train(config)
+  bool list_models = false;  // `ringflow models`: print the registry (print_models)
   int exit_code = 0;   // otherwise the program exits with this: 0 after --help, 2 after a bad flag
   std::string error;   // after a bad flag (exit_code 2): CLI11's message, one line
   TrainConfig config;
@@ -20,5 +21,8 @@ struct CommandLine {
 // values are checked as far as CLI11 can (members of a set, integers that fit their type); the
 // checks of values and their combinations are rf::validate_config's.
 CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& out);
+
+// `ringflow models`: one line per registered model (name and description), then its options.
+void print_models(std::ostream& out);
 
 }  // namespace rf

@@ -77,6 +77,15 @@ class BatchIterator {
   // that gathers the batch itself, e.g. from a copy of the data set on a GPU).
   bool next_indices(int32_t* idx_out);
 
+  // Advances over the next batch without copying it (false at the end of the epoch): how a
+  // resumed run skips what it has already trained on.
+  bool skip() {
+    int64_t first = 0;
+    return advance(&first);
+  }
+  // Batches yielded since start_epoch.
+  int64_t batches_done() const { return (pos_ + batch_ - 1) / batch_; }
+
   // Dataset indices this rank visits in the current epoch, in order (for tests and debugging).
   const std::vector<int64_t>& shard() const { return shard_; }
 

@@ -66,6 +66,10 @@ bool reports_flag_errors() {
 
 int main(int argc, char** argv) {
   const rf::CommandLine cl = rf::parse_command_line(argc, argv, std::cout);
+  if (cl.list_models) {
+    rf::print_models(std::cout);
+    return 0;
+  }
   if (!cl.train) {
     if (cl.exit_code == 2 && reports_flag_errors())  // a bad flag (--help exits 0)
       std::fprintf(stderr, "ringflow: error: %s (see ringflow train --help)\n", cl.error.c_str());

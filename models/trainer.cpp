@@ -1,5 +1,6 @@
-// The single-replica training loop. Throughput counts training steps only: data loading,
-// graph building, initialisation and evaluation are outside the timed region.
+// The Trainer (trainer.h): set-up agreed across ranks, then the training loop over any
+// registered model and DataSource. Throughput counts training steps only: data loading, graph
+// building, initialisation and evaluation are outside the timed region.
 #include "models/trainer.h"
 
 #include <unistd.h>
@@ -20,8 +21,7 @@
 #include "collective/reducer.h"
 #include "collective/replicas.h"
 #include "models/checkpoint.h"
-#include "models/dataset.h"
-#include "models/models.h"
+#include "models/image_data.h"
 #include "runtime/session.h"
 #if RINGFLOW_CUDA
 #include "runtime/cuda_backend.h"
@@ -34,18 +34,13 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// A synthetic set of more samples than this would not fit in memory as floats (7.8 GB).
-constexpr int64_t kMaxSynthetic = 2'500'000;
 // More OpenMP threads than this is no machine ringflow runs on (and 100000 crashes libgomp).
 constexpr int kMaxThreads = 1024;
 constexpr int64_t kMaxPlanCache = 1 << 20;
 
 }  // namespace
 
-void validate_config(const TrainConfig& c) {
-  RF_CHECK(c.model == "mlp" || c.model == "cnn", "unknown model '", c.model, "': expected mlp or cnn");
-  RF_CHECK(c.data == "fashion-mnist" || c.data == "synthetic", "unknown data set '", c.data,
-           "': expected fashion-mnist or synthetic");
+void validate_trainer_config(const TrainerConfig& c) {
   RF_CHECK(c.dtype == "f32" || c.dtype == "f64", "unknown dtype '", c.dtype, "': expected f32 or f64");
   RF_CHECK(c.batch > 0, "--batch must be positive, got ", c.batch);
   RF_CHECK(c.lr > 0 && std::isfinite(c.lr), "--lr must be positive, got ", c.lr);
@@ -68,8 +63,6 @@ void validate_config(const TrainConfig& c) {
   RF_CHECK(c.weight_decay >= 0 && std::isfinite(c.weight_decay), "--weight-decay must be >= 0, got ", c.weight_decay);
   RF_CHECK(c.momentum >= 0 && std::isfinite(c.momentum), "--momentum must be >= 0, got ", c.momentum);
   RF_CHECK(c.warmup_steps >= 0, "--warmup-steps must be >= 0, got ", c.warmup_steps);
-  RF_CHECK(c.data != "synthetic" || (c.synthetic_train > 0 && c.synthetic_train <= kMaxSynthetic),
-           "--synthetic-train must be in [1, ", kMaxSynthetic, "], got ", c.synthetic_train);
   RF_CHECK(c.compress_momentum == 0 || c.optimizer == "sgd",
            "--compress-momentum is the optimizer's momentum (DGC's correction): use it with --optimizer sgd, not ",
            c.optimizer);
@@ -89,6 +82,24 @@ void validate_config(const TrainConfig& c) {
            "unknown collective '", c.collective, "': expected auto, ring, mpi or nccl");
   parse_optimizer(c.optimizer);
   parse_schedule(c.schedule);
+}
+
+namespace {
+// The model's name and its options, checked against the registry.
+void check_model(const std::string& model, const std::map<std::string, std::string>& options) {
+  const ModelEntry& e = models().get(model);
+  for (const auto& [key, value] : options) {
+    bool declared = false;
+    for (const ModelOption& o : e.options) declared = declared || o.name == key;
+    RF_CHECK(declared, "--", key, " is not an option of model '", model, "'");
+  }
+}
+}  // namespace
+
+void validate_config(const TrainConfig& c) {
+  check_model(c.model, c.model_options);
+  check_image_source_args(c.data, c.synthetic_train);
+  validate_trainer_config(c);
 }
 
 namespace {
@@ -172,83 +183,6 @@ void write_timeline(const Timeline& tl, const std::string& path, collective::Com
   }
 }
 
-// Rows of logits [B, C] whose largest entry is at the label.
-int64_t count_correct(const Tensor& logits, const Tensor& labels) {
-  const i64 b = logits.shape()[0], k = logits.shape()[1];
-  const float* l = logits.data<float>();
-  const int32_t* y = labels.data<int32_t>();
-  int64_t correct = 0;
-  for (i64 i = 0; i < b; ++i) correct += std::max_element(l + i * k, l + (i + 1) * k) - (l + i * k) == y[i];
-  return correct;
-}
-
-// Test accuracy and mean loss over a data set, in batches of eval_batch (last one smaller).
-// Each rank evaluates a contiguous 1/world of the set; the sums are allreduced.
-std::pair<double, double> evaluate(Session& s, const Model& m, const Dataset& d, int64_t eval_batch,
-                                   collective::Communicator& comm) {
-  int64_t correct = 0;
-  double loss_sum = 0;
-  const int64_t per = d.sample_size();
-  const int64_t lo = d.n * comm.rank() / comm.size(), hi = d.n * (comm.rank() + 1) / comm.size();
-  for (int64_t start = lo; start < hi; start += eval_batch) {
-    const int64_t b = std::min(eval_batch, hi - start);
-    Tensor x(Shape{b, 1, d.height, d.width}, DType::F32);
-    Tensor y(Shape{b}, DType::I32);
-    std::memcpy(x.raw(), d.images.data() + start * per, size_t(b * per) * sizeof(float));
-    std::memcpy(y.raw(), d.labels.data() + start, size_t(b) * sizeof(int32_t));
-    const auto& out = s.run({m.logits, m.loss}, {{m.images, x}, {m.labels, y}});
-    correct += count_correct(out[0].to(Device::cpu()), y);
-    loss_sum += out[1].item() * double(b);
-  }
-  double sums[2] = {double(correct), loss_sum};
-  comm.allreduce(sums, 2, DType::F64, collective::ReduceOp::Sum);
-  return {sums[0] / double(d.n), sums[1] / double(d.n)};
-}
-
-#if RINGFLOW_CUDA
-// Training input on a CUDA device: the training set is uploaded once; each step copies only the
-// batch's indices (pinned memory, cudaMemcpyAsync) and gathers images and labels on the device
-// (the prologue). The epilogue computes the loss and the accuracy count on the device and copies
-// those 16 bytes into pinned memory: the host's one wait per step is the stream synchronisation
-// after the run. Both are stream work at fixed addresses, so a captured step replays them.
-struct GpuBatches {
-  GpuBatches(const Dataset& d, int64_t batch, Device device)
-      : dev(device),
-        all_images(Shape{d.n, d.channels, d.height, d.width}, DType::F32, dev),
-        all_labels(Shape{d.n}, DType::I32, dev),
-        idx(Shape{batch}, DType::I32, dev),
-        images(Shape{batch, d.channels, d.height, d.width}, DType::F32, dev),
-        labels(Shape{batch}, DType::I32, dev),
-        stats(Shape{2}, DType::F64, dev),
-        idx_host(static_cast<int32_t*>(cuda::host_alloc(size_t(batch) * sizeof(int32_t)))),
-        stats_host(static_cast<double*>(cuda::host_alloc(2 * sizeof(double)))) {
-    copy_bytes(all_images.raw(), dev, d.images.data(), Device::cpu(), all_images.nbytes());
-    copy_bytes(all_labels.raw(), dev, d.labels.data(), Device::cpu(), all_labels.nbytes());
-    options.prologue = [this](void*) {
-      cuda::copy_async(idx.raw(), idx_host, idx.nbytes(), dev.index);
-      cuda::gather_batch(all_images, all_labels, idx, images, labels);
-    };
-    options.epilogue = [this](void*, const std::vector<Tensor>& fetched) {  // fetched: {loss, logits}
-      cuda::step_stats(fetched[0], fetched[1], labels, stats);
-      cuda::copy_async(stats_host, stats.raw(), 2 * sizeof(double), dev.index);
-    };
-  }
-  ~GpuBatches() {
-    cuda::host_free(idx_host);
-    cuda::host_free(stats_host);
-  }
-  GpuBatches(const GpuBatches&) = delete;
-  GpuBatches& operator=(const GpuBatches&) = delete;
-
-  Device dev;
-  Tensor all_images, all_labels, idx;
-  Tensor images, labels;  // the step's feeds
-  Tensor stats;
-  int32_t* idx_host;   // pinned: written by the host before each step (BatchIterator::next_indices)
-  double* stats_host;  // pinned: {loss, correct}, valid once the stream is synchronised
-  RunOptions options;  // the prologue and epilogue; the caller adds its own hooks
-};
-#endif
 
 class Progress {
  public:
@@ -273,25 +207,223 @@ class Progress {
   double last_ = -1e9;
 };
 
+
+// The values a step (and an evaluation batch) fetches: the loss first, then what the metrics
+// read, each value once.
+struct Fetches {
+  std::vector<Value> values;
+  std::vector<int> scalar_at;              // per metric: its scalar's index (-1: a host metric)
+  std::vector<std::vector<int>> fetch_at;  // per metric: its fetch values' indices
+};
+
+Fetches plan_fetches(const ModelSpec& m) {
+  Fetches f;
+  auto index = [&](Value v) {
+    for (size_t i = 0; i < f.values.size(); ++i)
+      if (f.values[i] == v) return int(i);
+    f.values.push_back(v);
+    return int(f.values.size()) - 1;
+  };
+  index(m.loss);
+  for (const Metric& metric : m.metrics) {
+    f.scalar_at.push_back(metric.scalar.valid() ? index(metric.scalar) : -1);
+    f.fetch_at.emplace_back();
+    for (Value v : metric.fetch) f.fetch_at.back().push_back(index(v));
+  }
+  return f;
+}
+
+Tensor on_host(const Tensor& t) { return t.device().is_cuda() ? t.to(Device::cpu()) : t; }
+
+// Adds one batch to every metric's sums, on the host: `out` is what plan_fetches' values
+// fetched (any device), `feeds` the batch's feeds by input name.
+void add_metrics(const ModelSpec& m, const Fetches& f, const std::vector<Tensor>& out,
+                 const std::map<std::string, const Tensor*>& feeds, int64_t rows, std::vector<MetricSum>& sums) {
+  std::map<std::string, Tensor> host_feeds;  // device feeds, copied only when a host metric reads them
+  std::map<std::string, const Tensor*> host_view;
+  for (size_t k = 0; k < m.metrics.size(); ++k) {
+    const Metric& metric = m.metrics[k];
+    if (f.scalar_at[k] >= 0) {
+      sums[k].sum += out[size_t(f.scalar_at[k])].item() * metric.scale * double(rows);
+      sums[k].count += double(rows);
+      continue;
+    }
+    std::vector<Tensor> fetched;
+    for (int i : f.fetch_at[k]) fetched.push_back(on_host(out[size_t(i)]));
+    if (host_view.empty())
+      for (const auto& [name, t] : feeds) {
+        if (t->device().is_cuda()) host_view[name] = &(host_feeds[name] = t->to(Device::cpu()));
+        else host_view[name] = t;
+      }
+    const MetricSum s = metric.host(MetricBatch{fetched, host_view, rows});
+    sums[k].sum += s.sum;
+    sums[k].count += s.count;
+  }
+}
+
+// The test loss and every metric over the test set, in batches of eval_batch (last one
+// smaller). Each rank evaluates a contiguous 1/world of the set; the sums are allreduced.
+struct Evaluation {
+  double loss = 0;
+  std::vector<double> metrics;
+};
+Evaluation evaluate(Session& s, const ModelSpec& m, const Fetches& f, const std::vector<int>& feed_of_input,
+                    const DataSource& data, int64_t eval_batch, collective::Communicator& comm) {
+  const int64_t n = data.test_size();
+  const std::vector<FeedSpec> specs = data.feeds();
+  std::vector<MetricSum> sums(m.metrics.size());
+  double loss_sum = 0;
+  const int64_t lo = n * comm.rank() / comm.size(), hi = n * (comm.rank() + 1) / comm.size();
+  for (int64_t start = lo; start < hi; start += eval_batch) {
+    const int64_t b = std::min(eval_batch, hi - start);
+    const std::vector<Tensor> batch = data.test_batch(start, b);
+    std::vector<Session::Feed> feeds;
+    std::map<std::string, const Tensor*> by_name;
+    for (size_t i = 0; i < m.inputs.size(); ++i) {
+      const Tensor& t = batch[size_t(feed_of_input[i])];
+      feeds.emplace_back(m.inputs[i].second, t);
+      by_name[m.inputs[i].first] = &t;
+    }
+    const auto& out = s.run(f.values, feeds);
+    add_metrics(m, f, out, by_name, b, sums);
+    loss_sum += out[0].item() * double(b);
+  }
+  std::vector<double> v{loss_sum};
+  for (const MetricSum& ms : sums) {
+    v.push_back(ms.sum);
+    v.push_back(ms.count);
+  }
+  comm.allreduce(v.data(), v.size(), DType::F64, collective::ReduceOp::Sum);
+  Evaluation e;
+  e.loss = v[0] / double(n);
+  for (size_t k = 0; k < m.metrics.size(); ++k) e.metrics.push_back(v[1 + 2 * k] / v[2 + 2 * k]);
+  return e;
+}
+
+#if RINGFLOW_CUDA
+// A GPU step's numbers without a synchronisation: the epilogue copies the loss (its bytes) and
+// each metric's {sum, count} (a scalar metric's bytes, or what its device function wrote) into
+// pinned memory, 16 bytes an entry; the host reads them after the step's one wait.
+class DeviceReport {
+ public:
+  DeviceReport(const ModelSpec& m, const Fetches& f, Device dev) : m_(m), f_(f), dev_(dev) {
+    pinned_ = static_cast<char*>(cuda::host_alloc(16 * (1 + m.metrics.size())));
+    for (const Metric& metric : m.metrics)
+      out_.push_back(metric.scalar.valid() || !metric.device ? Tensor() : Tensor(Shape{2}, DType::F64, dev));
+  }
+  ~DeviceReport() { cuda::host_free(pinned_); }
+  DeviceReport(const DeviceReport&) = delete;
+  DeviceReport& operator=(const DeviceReport&) = delete;
+
+  // Every metric has a device path (a scalar, or a device function).
+  bool complete() const {
+    for (const Metric& metric : m_.metrics)
+      if (!metric.scalar.valid() && !metric.device) return false;
+    return true;
+  }
+  // Queued after the step (RunOptions::epilogue).
+  void queue(const std::vector<Tensor>& fetched, const std::map<std::string, const Tensor*>& feeds, int64_t rows) {
+    cuda::copy_async(pinned_, fetched[0].raw(), fetched[0].nbytes(), dev_.index);
+    for (size_t k = 0; k < m_.metrics.size(); ++k) {
+      char* slot = pinned_ + 16 * (k + 1);
+      if (f_.scalar_at[k] >= 0) {
+        const Tensor& t = fetched[size_t(f_.scalar_at[k])];
+        cuda::copy_async(slot, t.raw(), t.nbytes(), dev_.index);
+      } else if (out_[k].defined()) {
+        std::vector<Tensor> mine;
+        for (int i : f_.fetch_at[k]) mine.push_back(fetched[size_t(i)]);
+        m_.metrics[k].device(MetricBatch{mine, feeds, rows}, out_[k]);
+        cuda::copy_async(slot, out_[k].raw(), 2 * sizeof(double), dev_.index);
+      }
+    }
+  }
+  // After the stream synchronisation.
+  double loss(DType dt) const { return read(pinned_, dt); }
+  void add_metrics(int64_t rows, std::vector<MetricSum>& sums) const {
+    for (size_t k = 0; k < m_.metrics.size(); ++k) {
+      const char* slot = pinned_ + 16 * (k + 1);
+      if (f_.scalar_at[k] >= 0) {
+        sums[k].sum += read(slot, m_.loss.graph->spec(m_.metrics[k].scalar).dtype) * m_.metrics[k].scale * double(rows);
+        sums[k].count += double(rows);
+      } else {
+        double v[2];
+        std::memcpy(v, slot, sizeof v);
+        sums[k].sum += v[0];
+        sums[k].count += v[1];
+      }
+    }
+  }
+
+ private:
+  static double read(const char* p, DType dt) {
+    if (dt == DType::F64) {
+      double v;
+      std::memcpy(&v, p, sizeof v);
+      return v;
+    }
+    RF_CHECK(dt == DType::F32, "a reported scalar must be F32 or F64, not ", dtype_name(dt));
+    float v;
+    std::memcpy(&v, p, sizeof v);
+    return double(v);
+  }
+  const ModelSpec& m_;
+  const Fetches& f_;
+  Device dev_;
+  char* pinned_ = nullptr;
+  std::vector<Tensor> out_;
+};
+#endif
+
 }  // namespace
 
-// What train() needs from the configuration, the data and the model before training.
-struct Setup {
+// What fit() needs from the configuration, the data and the model before training.
+struct TrainerSetup {
   int threads = 1;
   int64_t local_batch = 0;
   collective::CompressSpec compress;
   Device device = Device::cpu();
   bool cuda_graph = false;  // --cuda-graph resolved: the training step runs with RunOptions::cuda_graph
-  FashionMnist data;
-  Model m;
+  std::unique_ptr<DataSource> data;
+  ModelSpec m;
+  std::vector<int> feed_of_input;  // per model input: its index in data->feeds()
   TrainOp t;
   std::vector<std::pair<int, Tensor>> init;  // --init-from's Variables (host), checked against m
+  DataState resume;                          // --resume: where the data order continues
+  int64_t resume_step = 0;                   // --resume: steps the saved run had taken
 };
 
+namespace {
+
+// Each model input's feed in the data source, checked by name, dtype and sample shape.
+std::vector<int> match_feeds(const Graph& g, const ModelSpec& m, const DataSource& data) {
+  const std::vector<FeedSpec> feeds = data.feeds();
+  std::string offered;
+  for (const FeedSpec& f : feeds) offered += (offered.empty() ? "" : ", ") + f.name;
+  std::vector<int> out;
+  for (const auto& [name, v] : m.inputs) {
+    int k = -1;
+    for (size_t i = 0; i < feeds.size(); ++i)
+      if (feeds[i].name == name) k = int(i);
+    RF_CHECK(k >= 0, "model '", m.name, "' reads input '", name, "', which data set '", data.name(),
+             "' does not provide (it feeds ", offered, ")");
+    const FeedSpec& f = feeds[size_t(k)];
+    const OutSpec& p = g.spec(v);
+    bool fits = p.dtype == f.dtype && p.shape.rank == f.sample.rank + 1;
+    for (int i = 0; fits && i < f.sample.rank; ++i) fits = p.shape[i + 1] < 0 || p.shape[i + 1] == f.sample[i];
+    RF_CHECK(fits, "data set '", data.name(), "' feeds '", name, "' as ", dtype_name(f.dtype), f.sample.str(),
+             " per sample; model '", m.name, "' takes ", dtype_name(p.dtype), p.shape.str());
+    out.push_back(k);
+  }
+  return out;
+}
+
 // Everything bad input can break, found before the first collective of training (throws
-// rf::Error): flags and their combinations, the data set, the model and where it runs,
+// rf::Error): the configuration and its combinations, the data set, the model and where it runs,
 // --init-from, and on rank 0 the output paths. The model is built into g.
-void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setup& s) {
+void set_up(const TrainerConfig& c, const std::string& model, const std::map<std::string, std::string>& options,
+            const DataFactory& make_data, collective::Communicator& comm, Graph& g, TrainerSetup& s) {
+  validate_trainer_config(c);
+  check_model(model, options);
   // Default: this node's cores shared evenly by the ranks on it.
   s.threads = c.threads > 0 ? c.threads : std::max(1, int(std::thread::hardware_concurrency()) / comm.local_size());
   set_num_threads(s.threads);
@@ -306,20 +438,19 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
            "--fuse-update on needs 2 or more ranks (one replica exchanges no gradients)");
   s.device = Device::parse(c.device);
   if (s.device.is_cuda() && comm.size() > 1) s.device = Device::cuda(comm.local_rank() % cuda_device_count());
-  if (c.data == "fashion-mnist") {
-    s.data = load_fashion_mnist(c.data_dir);
-    for (const Dataset* d : {&s.data.train, &s.data.test})
-      RF_CHECK(d->channels == 1 && d->height == 28 && d->width == 28, "the images in ", c.data_dir, " are ",
-               d->height, "x", d->width, "; the models take Fashion-MNIST's 28x28");
-  } else {
-    s.data.train = make_synthetic(c.synthetic_train, c.seed);
-    s.data.test = make_synthetic(c.synthetic_test, c.seed + 1);
-  }
-  RF_CHECK(c.batch <= s.data.train.n, "--batch ", c.batch, " is larger than the training set (", s.data.train.n,
-           " samples)");
+  RF_CHECK(make_data != nullptr, "no data set to train on");
+  s.data = make_data();
+  RF_CHECK(s.data != nullptr, "the data factory made no data set");
+  RF_CHECK(c.batch <= s.data->train_size(), "--batch ", c.batch, " is larger than the training set (",
+           s.data->train_size(), " samples)");
+  s.data->set_order(DataOrder{comm.rank(), comm.size(), s.local_batch, c.seed, c.shuffle});
   // The model, and where it runs: --device auto falls back to the CPU for ops without a
   // CUDA kernel, which decides the collectives that can serve.
-  s.m = build_model(g, c.model, c.dtype == "f64" ? DType::F64 : DType::F32);
+  ModelConfig mc;
+  mc.dtype = c.dtype == "f64" ? DType::F64 : DType::F32;
+  mc.options = options;
+  s.m = build_model_spec(g, model, mc);
+  s.feed_of_input = match_feeds(g, s.m, *s.data);
   OptimizerConfig oc;
   oc.kind = parse_optimizer(c.optimizer);
   oc.nesterov = c.optimizer == "nesterov";
@@ -337,14 +468,19 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
       }
   }
   // --cuda-graph auto: wherever `on` is accepted. The Reducer's hooks (several replicas) and the
-  // timeline's per-op spans need the host inside the step; the models have no Dropout or host feed.
+  // timeline's per-op spans need the host inside the step, and the batches must be gathered on
+  // the device (a capture refuses host feeds), as must every metric be computed there.
   const bool graph_on = c.cuda_graph == "on";
   RF_CHECK(!graph_on || s.device.is_cuda(), "--cuda-graph on needs a CUDA device (--device cuda)");
   RF_CHECK(!graph_on || comm.size() == 1, "--cuda-graph on supports one replica for now");
   RF_CHECK(!graph_on || c.timeline_path.empty(),
            "--cuda-graph on cannot record a --timeline (a replayed step has no per-op spans)");
+  bool device_metrics = true;
+  for (const Metric& metric : s.m.metrics) device_metrics = device_metrics && (metric.scalar.valid() || metric.device);
+  bool dropout = false;
+  for (const Node& n : g.nodes()) dropout = dropout || n.op == Op::Dropout;
   s.cuda_graph = graph_on || (c.cuda_graph == "auto" && s.device.is_cuda() && comm.size() == 1 &&
-                              c.timeline_path.empty());
+                              c.timeline_path.empty() && s.data->has_device_batches() && device_metrics && !dropout);
   if (comm.size() > 1 && s.device.is_cuda()) {
     RF_CHECK(c.collective == "auto" || c.collective == "nccl", "--collective ", c.collective,
              " reduces host memory; replicas on GPUs use --collective nccl (or auto)");
@@ -362,8 +498,18 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
     const std::string why = collective::peer_window_blocker(comm);
     RF_CHECK(why.empty(), "--fuse-update on: ", why);
   }
+  RF_CHECK(!c.resume || !c.init_from.empty(), "--resume continues the run saved in --init-from: pass --init-from");
   if (!c.init_from.empty()) {
     try {
+      if (c.resume) {
+        s.resume = read_data_state(c.init_from, &s.resume_step);
+        // A run saved at the end of an epoch (its evaluation done) resumes at the next one.
+        if (s.resume.position >= s.data->steps_per_epoch()) s.resume = {s.resume.epoch + 1, 0};
+        RF_CHECK(s.resume.epoch < c.epochs && (c.max_steps < 0 || s.resume_step < c.max_steps), c.init_from,
+                 " was saved after ", s.resume_step, " steps (epoch ", s.resume.epoch + 1,
+                 "): nothing is left to train within --epochs ", c.epochs,
+                 c.max_steps > 0 ? " and --max-steps " + std::to_string(c.max_steps) : std::string());
+      }
       s.init = read_checkpoint(g, c.init_from);
     } catch (const Error& e) {
       fail("--init-from: ", e.what());
@@ -376,15 +522,11 @@ void set_up(const TrainConfig& c, collective::Communicator& comm, Graph& g, Setu
   }
 }
 
-nlohmann::json train(const TrainConfig& c) {
-  // Set-up errors are agreed on by every rank (agree_or_throw), so a bad value ends every rank
-  // alike with one message instead of leaving the others waiting.
-  std::string setup_error;
-  try {
-    validate_config(c);
-  } catch (const std::exception& e) {
-    setup_error = e.what();
-  }
+}  // namespace
+
+nlohmann::json Trainer::fit(const std::string& model, const std::map<std::string, std::string>& options,
+                            const DataFactory& make_data) {
+  const TrainerConfig& c = cfg_;
   // `comm` (ring or mpi, host memory) carries the metrics, checksums, evaluation sums and the
   // timeline, and the gradients of host replicas; replicas on GPUs reduce their gradients with
   // NCCL (`grad_comm`, made below once the device is known).
@@ -393,22 +535,24 @@ nlohmann::json train(const TrainConfig& c) {
   const int rank = comm->rank(), world = comm->size();
   const bool lead = rank == 0;
   Graph g(c.seed);
-  Setup setup;
-  if (setup_error.empty()) {
-    try {
-      set_up(c, *comm, g, setup);
-    } catch (const std::exception& e) {
-      setup_error = e.what();
-    }
+  TrainerSetup setup;
+  // Set-up errors are agreed on by every rank (agree_or_throw), so a bad value ends every rank
+  // alike with one message instead of leaving the others waiting.
+  std::string setup_error;
+  try {
+    set_up(c, model, options, make_data, *comm, g, setup);
+  } catch (const std::exception& e) {
+    setup_error = e.what();
   }
   agree_or_throw(*comm, setup_error);
   const int threads = setup.threads;
   const int64_t local_batch = setup.local_batch;
   const collective::CompressSpec& compress = setup.compress;
   const Device device = setup.device;
-  const FashionMnist& data = setup.data;
-  const Model& m = setup.m;
+  DataSource& data = *setup.data;
+  const ModelSpec& m = setup.m;
   const TrainOp& t = setup.t;
+  const Fetches fetches = plan_fetches(m);
   std::ofstream metrics;
   if (lead && !c.metrics_path.empty()) {  // probed by set_up; opened (and truncated) only now
     metrics.open(c.metrics_path);
@@ -451,8 +595,7 @@ nlohmann::json train(const TrainConfig& c) {
     step_options = &traced;
   }
 
-  BatchIterator it(data.train, local_batch, c.seed, c.shuffle, rank, world);
-  const int64_t steps_per_epoch = it.steps_per_epoch();
+  const int64_t steps_per_epoch = data.steps_per_epoch();
   int64_t all_epochs = 0;  // epochs * steps_per_epoch, saturated (--epochs may be huge with --max-steps)
   if (__builtin_mul_overflow(c.epochs, steps_per_epoch, &all_epochs)) all_epochs = std::numeric_limits<int64_t>::max();
   const int64_t total_steps = c.max_steps > 0 ? std::min(c.max_steps, all_epochs) : all_epochs;
@@ -470,50 +613,78 @@ nlohmann::json train(const TrainConfig& c) {
     RF_CHECK(metrics.good(), "cannot write --metrics ", c.metrics_path, ": ",
              errno ? std::strerror(errno) : "the stream failed");
   };
-  // Loss and accuracy sums of every rank (one tiny allreduce, only when reporting).
-  auto global_mean = [&](double loss_sum, double correct, double steps) {
-    double v[3] = {loss_sum, correct, steps};
-    if (world > 1) comm->allreduce(v, 3, DType::F64, collective::ReduceOp::Sum);
-    return std::pair<double, double>{v[0] / v[2], v[1] / (v[2] * double(local_batch))};
+  const size_t nm = m.metrics.size();
+  // The window's loss and metric sums of every rank (one tiny allreduce, only when reporting):
+  // the mean loss per step and each metric's sum / count.
+  auto global_mean = [&](double loss_sum, double steps, const std::vector<MetricSum>& sums) {
+    std::vector<double> v{loss_sum, steps};
+    for (const MetricSum& s : sums) {
+      v.push_back(s.sum);
+      v.push_back(s.count);
+    }
+    if (world > 1) comm->allreduce(v.data(), v.size(), DType::F64, collective::ReduceOp::Sum);
+    std::vector<double> values;
+    for (size_t k = 0; k < sums.size(); ++k) values.push_back(v[2 + 2 * k] / v[3 + 2 * k]);
+    return std::pair<double, std::vector<double>>{v[0] / v[1], values};
   };
 
-  Tensor images(Shape{local_batch, 1, data.train.height, data.train.width}, DType::F32);
-  Tensor labels(Shape{local_batch}, DType::I32);
+  // The step's feeds: host batches from DataSource::next, or on a GPU the device batches.
+  std::vector<Tensor> batch = data.make_batch(local_batch);
   Tensor hyper(Shape{2}, DType::F64);
-  std::vector<Session::Feed> feeds{{m.images, images}, {m.labels, labels}, {t.hyper, hyper}};
-  const std::vector<Value> fetches{m.loss, m.logits};
-  Tensor logits_host(Shape{local_batch, data.train.classes}, DType::F32);
-#if RINGFLOW_CUDA
-  std::unique_ptr<GpuBatches> gpu;
-  if (device.is_cuda()) {
-    gpu = std::make_unique<GpuBatches>(data.train, local_batch, device);
-    feeds = {{m.images, gpu->images}, {m.labels, gpu->labels}, {t.hyper, hyper}};
-    if (step_options) {
-      gpu->options.on_node_done = step_options->on_node_done;
-      gpu->options.before_updates = step_options->before_updates;
-      gpu->options.before_update = step_options->before_update;
-      gpu->options.timeline = step_options->timeline;
+  std::vector<Session::Feed> feeds;
+  std::map<std::string, const Tensor*> feed_by_name;
+  auto bind_feeds = [&](const std::vector<Tensor>& tensors) {
+    feeds.clear();
+    feed_by_name.clear();
+    for (size_t i = 0; i < m.inputs.size(); ++i) {
+      const Tensor& x = tensors[size_t(setup.feed_of_input[i])];
+      feeds.emplace_back(m.inputs[i].second, x);
+      feed_by_name[m.inputs[i].first] = &x;
     }
-    gpu->options.cuda_graph = setup.cuda_graph;
-    step_options = &gpu->options;
+    feeds.emplace_back(t.hyper, hyper);
+  };
+  bind_feeds(batch);
+#if RINGFLOW_CUDA
+  std::unique_ptr<DeviceBatches> gpu;
+  std::unique_ptr<DeviceReport> report;
+  RunOptions gpu_options;  // the prologue (gather) and epilogue (report); the Reducer's or timeline's hooks
+  if (device.is_cuda()) gpu = data.device_batches(device);
+  if (gpu) {
+    report = std::make_unique<DeviceReport>(m, fetches, device);
+    bind_feeds(gpu->tensors());
+    if (step_options) gpu_options = *step_options;
+    gpu_options.prologue = [&](void* stream) { gpu->prologue(stream); };
+    gpu_options.epilogue = [&](void*, const std::vector<Tensor>& fetched) {
+      report->queue(fetched, feed_by_name, local_batch);
+    };
+    gpu_options.cuda_graph = setup.cuda_graph;
+    step_options = &gpu_options;
   }
   const Stream step_stream = compute_stream(device);
 #endif
-  // The next batch: copied into images/labels on the CPU, its indices for the gather on a GPU.
+  // The next batch: copied into the host feeds on the CPU, picked for the device gather on a GPU.
   auto next_batch = [&] {
 #if RINGFLOW_CUDA
-    if (gpu) return it.next_indices(gpu->idx_host);
+    if (gpu) return gpu->next();
 #endif
-    return it.next(images.data<float>(), labels.data<int32_t>());
+    return data.next(batch);
   };
 
   Progress progress(c.progress && lead);
   double train_seconds = 0, final_loss = 0, window_loss = 0, bytes_sent = 0;
   size_t step_plan_bytes = 0;  // what the training step's plan holds for node outputs
-  int64_t step = 0, window_steps = 0, window_correct = 0;
-  nlohmann::json eval_json;
-  for (int64_t epoch = 0; epoch < c.epochs && step < total_steps; ++epoch) {
-    it.start_epoch(epoch);
+  const int64_t first_step = setup.resume_step;  // 0 unless --resume
+  int64_t step = first_step, window_steps = 0;
+  std::vector<MetricSum> window(nm);
+  bool evaluated = false;
+  Evaluation eval;
+  const DType loss_dtype = g.spec(m.loss).dtype;
+  (void)loss_dtype;
+  for (int64_t epoch = setup.resume.epoch; epoch < c.epochs && step < total_steps; ++epoch) {
+    if (epoch == setup.resume.epoch && setup.resume.position > 0)
+      data.restore(setup.resume);  // --resume: mid-epoch
+    else
+      data.start_epoch(epoch);
     const auto epoch_start = Clock::now();
     int64_t epoch_steps = 0;
     while (step < total_steps) {
@@ -525,14 +696,14 @@ nlohmann::json train(const TrainConfig& c) {
       hyper.data<double>()[1] = double(step + 1);
       const auto t0 = Clock::now();
       const int64_t tr0 = timeline ? timeline->now_us() : 0;
-      const auto& out = sess.run(fetches, feeds, t.updates, step_options);
+      const auto& out = sess.run(fetches.values, feeds, t.updates, step_options);
       step_plan_bytes = sess.last_plan_bytes();
       if (timeline) timeline->span("step", "host", 2, tr0, timeline->now_us());
       double loss;
 #if RINGFLOW_CUDA
-      if (gpu) {  // the step's one wait, for 16 bytes: {loss, correct}
+      if (gpu) {  // the step's one wait, for the reported bytes
         step_stream.synchronize();
-        loss = gpu->stats_host[0];
+        loss = report->loss(loss_dtype);
       } else
 #endif
         loss = out[0].item();
@@ -540,14 +711,11 @@ nlohmann::json train(const TrainConfig& c) {
       const size_t step_bytes = reducer ? reducer->bytes_sent_last_step() : 0;
       bytes_sent += double(step_bytes);
 #if RINGFLOW_CUDA
-      if (gpu) {
-        window_correct += int64_t(gpu->stats_host[1]);
+      if (gpu && report->complete()) {
+        report->add_metrics(local_batch, window);
       } else
 #endif
-      {
-        logits_host.copy_from(out[1]);
-        window_correct += count_correct(logits_host, labels);
-      }
+        add_metrics(m, fetches, out, feed_by_name, local_batch, window);
       RF_CHECK(std::isfinite(loss), "loss became ", loss, " at step ", step + 1, " (epoch ", epoch + 1,
                ", rank ", rank, "): lower --lr or check the data");
       final_loss = loss;
@@ -556,31 +724,38 @@ nlohmann::json train(const TrainConfig& c) {
       ++step;
       ++epoch_steps;
       if (c.check_every > 0 && step % c.check_every == 0 && world > 1) collective::check_replicas(sess, *comm, step);
-      const double sps = double(step * c.batch) / std::max(train_seconds, 1e-9);
+      const double sps = double((step - first_step) * c.batch) / std::max(train_seconds, 1e-9);
       progress.update(epoch + 1, c.epochs, step, total_steps, loss, sps,
                       double((total_steps - step) * c.batch) / std::max(sps, 1e-9));
       if (step % c.metrics_every == 0) {
-        const auto [mloss, macc] = global_mean(window_loss, double(window_correct), double(window_steps));
-        emit({{"step", step}, {"epoch", epoch + 1}, {"loss", mloss}, {"accuracy", macc}, {"lr", lr},
-              {"samples_per_second", sps}, {"bytes_sent_per_step", step_bytes}});
+        const auto [mloss, mvalues] = global_mean(window_loss, double(window_steps), window);
+        nlohmann::json line = {{"step", step}, {"epoch", epoch + 1}, {"loss", mloss}};
+        for (size_t k = 0; k < nm; ++k) line[m.metrics[k].name] = mvalues[k];
+        line["lr"] = lr;
+        line["samples_per_second"] = sps;
+        line["bytes_sent_per_step"] = step_bytes;
+        emit(line);
         window_loss = 0;
         window_steps = 0;
-        window_correct = 0;
+        window.assign(nm, MetricSum{});
       }
     }
-    const auto [acc, test_loss] = evaluate(sess, m, data.test, c.eval_batch, *comm);
-    eval_json = {{"test_accuracy", acc}, {"test_loss", test_loss}};
-    emit({{"step", step}, {"epoch", epoch + 1}, {"loss", global_mean(final_loss, 0, 1).first}, {"accuracy", acc},
-          {"test_loss", test_loss}, {"lr", sched.at(std::max<int64_t>(step - 1, 0))},
-          {"samples_per_second", double(epoch_steps * c.batch) / std::max(seconds_since(epoch_start), 1e-9)}});
+    eval = evaluate(sess, m, fetches, setup.feed_of_input, data, c.eval_batch, *comm);
+    evaluated = true;
+    nlohmann::json line = {{"step", step}, {"epoch", epoch + 1}, {"loss", global_mean(final_loss, 1, {}).first}};
+    for (size_t k = 0; k < nm; ++k) line[m.metrics[k].name] = eval.metrics[k];
+    line["test_loss"] = eval.loss;
+    line["lr"] = sched.at(std::max<int64_t>(step - 1, 0));
+    line["samples_per_second"] = double(epoch_steps * c.batch) / std::max(seconds_since(epoch_start), 1e-9);
+    emit(line);
   }
   progress.done();
-  final_loss = global_mean(final_loss, 0, 1).first;
+  final_loss = global_mean(final_loss, 1, {}).first;
   if (world > 1 && !c.no_gradient_exchange) collective::check_replicas(sess, *comm, step);
   // The per-step check reads each step's loss before its update; the last update, and what it did
   // to the test loss, are checked here, before anything is saved.
   const double norm = param_norm(sess, g);
-  const double test_loss = eval_json.is_object() ? eval_json.value("test_loss", 0.0) : 0.0;
+  const double test_loss = evaluated ? eval.loss : 0.0;
   std::string diverged;
   if (!std::isfinite(norm) || !std::isfinite(test_loss)) {
     std::ostringstream os;
@@ -589,12 +764,12 @@ nlohmann::json train(const TrainConfig& c) {
     diverged = os.str();
   }
   agree_or_throw(*comm, diverged);
-  if (lead && !c.save_path.empty()) save_checkpoint(sess, g, c.save_path);
+  if (lead && !c.save_path.empty()) save_checkpoint(sess, g, c.save_path, data_state_metadata(data.state(), step));
   if (timeline) write_timeline(*timeline, c.timeline_path, *comm);
 
   nlohmann::json s;
-  s["model"] = c.model;
-  s["data"] = c.data;
+  s["model"] = m.name;
+  s["data"] = data.name();
   s["device"] = device.str();
   s["world_size"] = world;
   s["collective"] = world > 1 ? grad_comm.name() : "none";
@@ -608,9 +783,9 @@ nlohmann::json train(const TrainConfig& c) {
   s["seed"] = c.seed;
   s["steps"] = step;
   s["train_seconds"] = train_seconds;
-  s["samples_per_second"] = double(step * c.batch) / std::max(train_seconds, 1e-9);
-  s["test_accuracy"] = eval_json.is_object() ? eval_json.value("test_accuracy", 0.0) : 0.0;
-  s["test_loss"] = eval_json.is_object() ? eval_json.value("test_loss", 0.0) : 0.0;
+  s["samples_per_second"] = double((step - first_step) * c.batch) / std::max(train_seconds, 1e-9);
+  for (size_t k = 0; k < nm; ++k) s["test_" + m.metrics[k].name] = evaluated ? eval.metrics[k] : 0.0;
+  s["test_loss"] = test_loss;
   s["final_loss"] = final_loss;
   s["param_norm"] = norm;
   s["compress"] = world > 1 ? compress.str() : "none";  // one replica exchanges no gradients
@@ -628,6 +803,14 @@ nlohmann::json train(const TrainConfig& c) {
       reducer ? collective::ring_allreduce_bytes(reducer->bytes_per_step(), world) : size_t(0);
   s["rank"] = rank;
   return s;
+}
+
+nlohmann::json train(const TrainConfig& c) {
+  Trainer trainer(c);
+  const TrainConfig cfg = c;
+  return trainer.fit(c.model, c.model_options, [cfg] {
+    return make_image_source(cfg.data, cfg.data_dir, cfg.synthetic_train, cfg.synthetic_test, cfg.seed);
+  });
 }
 
 }  // namespace rf

@@ -1,21 +1,28 @@
-// The training loop behind `ringflow train`: data, model, optimizer, session, metrics,
-// checkpoints and the one-line JSON summary.
+// The Trainer: trains any registered model (registry.h) on any DataSource (data.h), alone or
+// data parallel under mpirun, and returns the run's one-line JSON summary. `ringflow train`
+// (train() below, cli.cpp) is a thin layer over it: flags -> TrainConfig -> the registry's
+// model and the image DataSource -> Trainer::fit.
+//
+//   rf::TrainerConfig c;  c.epochs = 1;  c.batch = 64;
+//   rf::Trainer trainer(c);
+//   auto summary = trainer.fit("mlp", {}, [] {
+//     return rf::make_image_source("fashion-mnist", rf::kFashionMnistDefaultDir, 0, 0, 42); });
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "models/data.h"
+#include "models/registry.h"
 #include "runtime/error.h"
 
 namespace rf {
 
-struct TrainConfig {
-  std::string model = "cnn";
+// What the Trainer does, for every model and data set alike.
+struct TrainerConfig {
   std::string dtype = "f32";  // f32 | f64: Variables and math
-  std::string data = "fashion-mnist";  // or "synthetic"
-  std::string data_dir = "/usr/share/datasets/fashion-mnist";
-  int64_t synthetic_train = 12000, synthetic_test = 2000;
   int64_t epochs = 3;
   int64_t max_steps = -1;  // stop after this many steps in total (-1: no limit)
   int64_t batch = 64;      // global batch
@@ -32,6 +39,10 @@ struct TrainConfig {
   int64_t metrics_every = 100;
   bool shuffle = true;
   std::string init_from;
+  // With init_from: continue the run that saved it (its data order's epoch and position and its
+  // step count, from the checkpoint's metadata) instead of starting a new one. Optimizer slots
+  // are not saved, so the continued run is the uninterrupted one exactly for slot-free SGD.
+  bool resume = false;
   std::string save_path;
   int64_t eval_batch = 1000;
   bool progress = true;
@@ -52,7 +63,17 @@ struct TrainConfig {
   bool no_gradient_exchange = false; // diagnostics: replicas skip the gradient exchange (and drift apart)
 };
 
-// A set-up error (flags, data, output paths) that train() found before training and agreed on
+// `ringflow train`'s configuration: the Trainer's, plus which model (a registry name and its
+// model-specific options) and which image data set.
+struct TrainConfig : TrainerConfig {
+  std::string model = "cnn";
+  std::map<std::string, std::string> model_options;  // --NAME VALUE of the options the model declares
+  std::string data = "fashion-mnist";  // or "synthetic"
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  int64_t synthetic_train = 12000, synthetic_test = 2000;
+};
+
+// A set-up error (flags, data, output paths) that the Trainer found before training and agreed on
 // across the ranks, so every rank throws it alike: the caller prints it once (where `print`, on
 // rank 0) and every rank exits normally; no peer is left waiting.
 struct JobError : Error {
@@ -60,13 +81,33 @@ struct JobError : Error {
   bool print;
 };
 
-// Checks every flag's value and their combinations that can be known without data, devices or
-// peers (throws rf::Error with a one-line message); train() starts with it.
+// Checks every value of the Trainer's configuration and their combinations that can be known
+// without data, devices or peers (throws rf::Error with a one-line message).
+void validate_trainer_config(const TrainerConfig& cfg);
+// The same for `ringflow train`: the model (the registry) and data set too.
 void validate_config(const TrainConfig& cfg);
 
-// Validates the configuration (throws JobError with a one-line message on bad input), trains
-// and returns the summary (model, device, world_size, steps, train_seconds, samples_per_second,
-// test_accuracy, final_loss, param_norm, ...).
+class Trainer {
+ public:
+  explicit Trainer(TrainerConfig config) : cfg_(std::move(config)) {}
+
+  // Builds registered model `model` with `options` and the data source `data` makes, trains it
+  // and returns the summary (model, data, device, world_size, steps, train_seconds,
+  // samples_per_second, test_loss, test_<metric> for each of the model's metrics, final_loss,
+  // param_norm, ...; README "Training"). Every set-up error (the configuration, the model and
+  // its options, the data, the devices, --init-from, the output paths) is agreed on by every
+  // rank and thrown as JobError. An error during training throws rf::Error.
+  nlohmann::json fit(const std::string& model, const std::map<std::string, std::string>& options,
+                     const DataFactory& data);
+
+  const TrainerConfig& config() const { return cfg_; }
+
+ private:
+  TrainerConfig cfg_;
+};
+
+// `ringflow train`: validates the configuration, then trains c.model on the image data set
+// c.data through a Trainer (throws JobError with a one-line message on bad input).
 nlohmann::json train(const TrainConfig& cfg);
 
 }  // namespace rf

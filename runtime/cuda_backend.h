@@ -68,13 +68,6 @@ void capture_abort(int device, void* stream) noexcept;  // after a failure insid
 void graph_launch(void* exec, void* stream);
 void graph_destroy(void* exec) noexcept;
 
-// Training-loop helpers on the tensors' device's compute stream (kernels/batch.cu).
-// out_images[b] = images[idx[b]], out_labels[b] = labels[idx[b]]: F32 [n, ...], I32 [n], I32 [B].
-void gather_batch(const Tensor& images, const Tensor& labels, const Tensor& idx, Tensor& out_images,
-                  Tensor& out_labels);
-// stats (F64 [2] on the device) = {loss, rows of logits whose first largest entry is the label}.
-void step_stats(const Tensor& loss, const Tensor& logits, const Tensor& labels, Tensor& stats);
-
 // The update (Apply*) nodes of a CUDA plan, fused: nodes with the same op, dtype, attributes
 // and hyper feed form a group that one multi-tensor kernel launch applies (its table of pointers
 // and sizes is built in device memory on the first launch). Each step's scalars are formed on

@@ -1,6 +1,6 @@
 // The fused optimizer updates of a CUDA plan (FusedUpdates: every Variable of a group in one
-// multi-tensor launch) and the training loop's device helpers (the batch gather, the step's
-// loss and accuracy statistics).
+// multi-tensor launch). The classification helpers that were here (batch gather, accuracy
+// count) are models/classify_cuda.cu.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -205,53 +205,6 @@ void FusedUpdates::launch(size_t group, const ExecContext& ctx) {
 void FusedUpdates::step_queued(const Stream& stream) {
   done_.record(stream);
   pending_ = true;
-}
-
-// ---- training-loop helpers ----
-
-void gather_batch(const Tensor& images, const Tensor& labels, const Tensor& idx, Tensor& out_images,
-                  Tensor& out_labels) {
-  const Device d = out_images.device();
-  RF_CHECK(d.is_cuda() && images.device() == d && labels.device() == d && idx.device() == d &&
-               out_labels.device() == d,
-           "gather_batch: every tensor must be on one CUDA device");
-  CUDA_CHECK(cudaSetDevice(d.index));  // the kernel launches on d's stream, as exec_cuda's do
-  RF_CHECK(images.dtype() == DType::F32 && out_images.dtype() == DType::F32 && labels.dtype() == DType::I32 &&
-               out_labels.dtype() == DType::I32 && idx.dtype() == DType::I32,
-           "gather_batch: images F32, labels and indices I32");
-  const i64 batch = out_labels.numel(), n = labels.numel();
-  RF_CHECK(batch <= idx.numel() && n > 0 && images.numel() % n == 0 &&
-               out_images.numel() == batch * (images.numel() / n),
-           "gather_batch: ", images.shape().str(), " / ", labels.shape().str(), " into ", out_images.shape().str(),
-           " / ", out_labels.shape().str(), " with ", idx.numel(), " indices");
-  kc::gather_batch(images.data<float>(), labels.data<int32_t>(), idx.data<int32_t>(), batch, images.numel() / n,
-                   out_images.data<float>(), out_labels.data<int32_t>(),
-                   static_cast<cudaStream_t>(compute_stream(d.index)));
-}
-
-void step_stats(const Tensor& loss, const Tensor& logits, const Tensor& labels, Tensor& stats) {
-  const Device d = stats.device();
-  RF_CHECK(d.is_cuda() && loss.device() == d && logits.device() == d && labels.device() == d,
-           "step_stats: every tensor must be on one CUDA device");
-  CUDA_CHECK(cudaSetDevice(d.index));
-  RF_CHECK(logits.shape().rank == 2 && labels.dtype() == DType::I32 && labels.numel() == logits.shape()[0] &&
-               loss.numel() == 1 && stats.dtype() == DType::F64 && stats.numel() == 2,
-           "step_stats: loss ", loss.shape().str(), ", logits ", logits.shape().str(), ", labels ",
-           labels.shape().str());
-  const auto st = static_cast<cudaStream_t>(compute_stream(d.index));
-  auto is_float = [](DType t) { return t == DType::F32 || t == DType::F64; };
-  RF_CHECK(is_float(loss.dtype()) && is_float(logits.dtype()), "step_stats: loss and logits must be F32 or F64");
-  auto with_loss = [&](auto tag) {
-    using L = decltype(tag);
-    if (logits.dtype() == DType::F64)
-      kc::step_stats<L, double>(loss.data<L>(), logits.data<double>(), labels.data<int32_t>(), logits.shape()[0],
-                                logits.shape()[1], stats.data<double>(), st);
-    else
-      kc::step_stats<L, float>(loss.data<L>(), logits.data<float>(), labels.data<int32_t>(), logits.shape()[0],
-                               logits.shape()[1], stats.data<double>(), st);
-  };
-  if (loss.dtype() == DType::F64) with_loss(double{});
-  else with_loss(float{});
 }
 
 }  // namespace cuda

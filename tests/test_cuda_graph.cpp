@@ -22,6 +22,7 @@
 #include <random>
 
 #include "kernels/cuda.h"
+#include "models/classify_cuda.h"
 #include "runtime/cuda_backend.h"
 #endif
 
@@ -163,7 +164,7 @@ TEST(FusedUpdate, BitIdenticalToSingleTensorKernels) {
                                "adamw f64");
 }
 
-TEST(TrainInput, GatherAndStepStatsOnTheDevice) {
+TEST(TrainInput, GatherAndAccuracyOnTheDevice) {
   SKIP_WITHOUT_CUDA();
   const Dataset d = make_synthetic(50, 2);
   const Device dev = Device::cuda(0);
@@ -172,7 +173,7 @@ TEST(TrainInput, GatherAndStepStatsOnTheDevice) {
   Tensor labels = Tensor::from_vector<int32_t>(d.labels, Shape{d.n}).to(dev);
   Tensor idx_dev = Tensor::from_vector<int32_t>(idx, Shape{5}).to(dev);
   Tensor out_images(Shape{5, 1, 28, 28}, DType::F32, dev), out_labels(Shape{5}, DType::I32, dev);
-  cuda::gather_batch(images, labels, idx_dev, out_images, out_labels);
+  classify::gather_batch(images, labels, idx_dev, out_images, out_labels);
   const std::vector<float> xi = out_images.to_vector<float>();
   const std::vector<int32_t> yi = out_labels.to_vector<int32_t>();
   for (size_t b = 0; b < idx.size(); ++b) {
@@ -183,12 +184,14 @@ TEST(TrainInput, GatherAndStepStatsOnTheDevice) {
   const std::vector<float> logits{1, 3, 3, /**/ 5, 1, 5, /**/ 0, 0, 1, /**/ 2, 9, 1, /**/ 4, 4, 4};
   Tensor l = Tensor::from_vector<float>(logits, Shape{5, 3}).to(dev);
   Tensor y = Tensor::from_vector<int32_t>({2, 0, 2, 0, 0}, Shape{5}).to(dev);
-  Tensor loss = Tensor::from_vector<float>({0.25f}, Shape{}).to(dev);
   Tensor stats(Shape{2}, DType::F64, dev);
-  cuda::step_stats(loss, l, y, stats);
+  classify::accuracy_stats(l, y, stats);
   const std::vector<double> s = stats.to_vector<double>();
-  EXPECT_EQ(s[0], 0.25);
-  EXPECT_EQ(s[1], 3.0);  // rows 1, 2 and 4
+  EXPECT_EQ(s[0], 3.0);  // rows 1, 2 and 4
+  EXPECT_EQ(s[1], 5.0);  // of 5
+  Tensor l64 = Tensor::from_vector<double>(std::vector<double>(logits.begin(), logits.end()), Shape{5, 3}).to(dev);
+  classify::accuracy_stats(l64, y, stats);  // F64 logits count alike
+  EXPECT_EQ(stats.to_vector<double>()[0], 3.0);
 }
 
 struct Trainer {
