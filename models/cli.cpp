@@ -67,10 +67,12 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
   tr->add_option("--dtype", c.dtype, "f32 | f64 (Variables and math)")
       ->check(CLI::IsMember({"f32", "f64"}))
       ->capture_default_str();
-  tr->add_option("--data", c.data, "fashion-mnist | synthetic")
-      ->check(CLI::IsMember({"fashion-mnist", "synthetic"}))
+  tr->add_option("--data", c.data, "fashion-mnist | synthetic | kjv | auto (the model's: `ringflow models`)")
+      ->check(CLI::IsMember({"fashion-mnist", "synthetic", "kjv", "auto"}))
       ->capture_default_str();
-  tr->add_option("--data-dir", c.data_dir, "directory of the Fashion-MNIST IDX files")->capture_default_str();
+  tr->add_option("--data-dir", c.data_dir,
+                 "directory of the data set's files (default: /usr/share/datasets/fashion-mnist for Fashion-MNIST, "
+                 "data/kjv for kjv, falling back to Debian's `bible` program)");
   tr->add_option("--epochs", c.epochs, "epochs over the training set")
       ->check(integer<int64_t>())->capture_default_str();
   tr->add_option("--max-steps", c.max_steps, "stop after this many steps (default: no limit)")
@@ -88,8 +90,13 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
       ->capture_default_str();
   tr->add_option("--momentum", c.momentum, "momentum factor (momentum, nesterov)")->capture_default_str();
   tr->add_option("--weight-decay", c.weight_decay, "L2 (decoupled for adamw)")->capture_default_str();
+  tr->add_option("--beta1", c.beta1, "Adam's first-moment decay (adam, adamw)")->capture_default_str();
+  tr->add_option("--beta2", c.beta2, "Adam's second-moment decay (adam, adamw)")->capture_default_str();
+  tr->add_option("--clip-grad-norm", c.clip_norm,
+                 "clip the gradients to this global norm after their exchange (torch's clip_grad_norm_; 0: off)")
+      ->capture_default_str();
   tr->add_option("--lr-schedule", c.schedule, "constant | step | cosine | invsqrt (warm-up then inverse square root)")
-      ->check(CLI::IsMember({"constant", "step", "cosine"}))
+      ->check(CLI::IsMember({"constant", "step", "cosine", "invsqrt"}))
       ->capture_default_str();
   tr->add_option("--warmup-steps", c.warmup_steps, "linear learning-rate warm-up steps")
       ->check(integer<int64_t>())->capture_default_str();

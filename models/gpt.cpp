@@ -3,9 +3,14 @@
 #include <cmath>
 #include <string>
 
+#include "models/registry.h"
 #include "runtime/ops.h"
 
 namespace rf {
+
+namespace detail {
+void link_gpt_model() {}  // registry.cpp's anchor: links this file, and its registration
+}  // namespace detail
 
 namespace {
 
@@ -78,5 +83,33 @@ Gpt build_gpt(Graph& g, const GptConfig& c, DType dt) {
                      "loss");
   return m;
 }
+
+namespace {
+
+ModelSpec gpt_spec(Graph& g, const ModelConfig& mc) {
+  GptConfig c;
+  c.layers = mc.get_int("layers", c.layers, 1);
+  c.heads = mc.get_int("heads", c.heads, 1);
+  c.width = mc.get_int("width", c.width, 1);
+  c.context = mc.get_int("context", c.context, 1);
+  c.dropout = mc.get_double("dropout", 0);
+  c.dropout_seed = g.seed();
+  const Gpt m = build_gpt(g, c, mc.dtype);
+  ModelSpec s;
+  s.inputs = {{"tokens", m.tokens}, {"targets", m.targets}};
+  s.loss = m.loss;
+  s.metrics.push_back(Metric::mean_of("bits_per_char", m.loss, 1.0 / std::log(2.0)));
+  return s;
+}
+
+}  // namespace
+
+RF_REGISTER_MODEL("gpt", "character-level decoder-only Transformer on the King James Bible (docs/GPT.md)", gpt_spec,
+                  {{"layers", "4", "gpt: Transformer blocks"},
+                   {"heads", "4", "gpt: attention heads (divide --width)"},
+                   {"width", "128", "gpt: model width d"},
+                   {"context", "128", "gpt: characters per window T"},
+                   {"dropout", "0", "gpt: dropout rate (embeddings, attention, residual branches)"}},
+                  "kjv");
 
 }  // namespace rf

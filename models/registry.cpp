@@ -11,9 +11,13 @@ namespace rf {
 namespace detail {
 // One anchor per file of built-in models (defined there): referencing it links that file.
 void link_classifier_models();
+void link_gpt_model();
 }  // namespace detail
 
-void link_models() { detail::link_classifier_models(); }
+void link_models() {
+  detail::link_classifier_models();
+  detail::link_gpt_model();
+}
 
 std::string ModelConfig::get(const std::string& name, const std::string& fallback) const {
   auto it = options.find(name);

@@ -92,6 +92,7 @@ struct ModelEntry {
   std::string description;  // one line, for `ringflow models`
   ModelBuilder build;
   std::vector<ModelOption> options;
+  std::string data = "fashion-mnist";  // the data set `ringflow train --data auto` gives it
 };
 
 class ModelRegistry {
@@ -126,14 +127,16 @@ void link_models();
 
 struct ModelRegistration {
   ModelRegistration(std::string name, std::string description, ModelBuilder build,
-                    std::vector<ModelOption> options = {}) {
-    models().add(ModelEntry{std::move(name), std::move(description), std::move(build), std::move(options)});
+                    std::vector<ModelOption> options = {}, std::string data = "fashion-mnist") {
+    models().add(ModelEntry{std::move(name), std::move(description), std::move(build), std::move(options),
+                            std::move(data)});
   }
 };
 
 #define RF_MODEL_CONCAT_(a, b) a##b
 #define RF_MODEL_CONCAT(a, b) RF_MODEL_CONCAT_(a, b)
-// RF_REGISTER_MODEL("name", "one-line description", builder [, {{"option", "default", "help"}, ...}])
+// RF_REGISTER_MODEL("name", "one-line description", builder [, {{"option", "default", "help"}, ...}
+// [, "default data set"]])
 // at namespace scope registers a model when the program starts.
 #define RF_REGISTER_MODEL(name, description, ...) \
   static const ::rf::ModelRegistration RF_MODEL_CONCAT(rf_model_registration_, __LINE__)(name, description, __VA_ARGS__)

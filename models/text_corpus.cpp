@@ -78,12 +78,16 @@ TextCorpus load_text_corpus(const std::string& path, bool expect_kjv) {
            " (stage it with scripts/stage_data.sh, or pass --data-dir)");
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   RF_CHECK(!in.bad(), "error reading ", path);
+  return text_corpus_from(text, path, expect_kjv);
+}
+
+TextCorpus text_corpus_from(const std::string& text, const std::string& what, bool expect_kjv) {
   if (expect_kjv)
-    RF_CHECK(text.size() == 4298239, path, " has ", text.size(),
+    RF_CHECK(text.size() == 4298239, what, " has ", text.size(),
              " bytes, not the 4298239 of `bible gen1:1-rev22:21` (docs/GPT.md)");
   TextCorpus c = split_corpus(text);
   if (expect_kjv)
-    RF_CHECK(c.chapters == 1189 && c.vocab.size() == 73, path, " has ", c.chapters, " chapters and ", c.vocab.size(),
+    RF_CHECK(c.chapters == 1189 && c.vocab.size() == 73, what, " has ", c.chapters, " chapters and ", c.vocab.size(),
              " distinct bytes, not the 1189 and 73 of docs/GPT.md");
   return c;
 }

@@ -25,5 +25,7 @@ TextCorpus split_corpus(const std::string& text, int64_t test_every = 20);
 // Reads the file and splits it; with `expect_kjv`, fails with one line unless it is the corpus
 // docs/GPT.md fixes (4,298,239 bytes, 1,189 chapters, 73 symbols).
 TextCorpus load_text_corpus(const std::string& path, bool expect_kjv = true);
+// The same for text already in memory; `what` names it in errors.
+TextCorpus text_corpus_from(const std::string& text, const std::string& what, bool expect_kjv = true);
 
 }  // namespace rf

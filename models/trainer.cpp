@@ -22,6 +22,7 @@
 #include "collective/replicas.h"
 #include "models/checkpoint.h"
 #include "models/image_data.h"
+#include "models/text_data.h"
 #include "runtime/session.h"
 #if RINGFLOW_CUDA
 #include "runtime/cuda_backend.h"
@@ -61,6 +62,10 @@ void validate_trainer_config(const TrainerConfig& c) {
   RF_CHECK(!c.no_gradient_exchange || c.check_every == 0,
            "--no-gradient-exchange lets the replicas drift apart: it does not combine with --check-every");
   RF_CHECK(c.weight_decay >= 0 && std::isfinite(c.weight_decay), "--weight-decay must be >= 0, got ", c.weight_decay);
+  RF_CHECK(c.beta1 >= 0 && c.beta1 < 1, "--beta1 must be in [0, 1), got ", c.beta1);
+  RF_CHECK(c.beta2 >= 0 && c.beta2 < 1, "--beta2 must be in [0, 1), got ", c.beta2);
+  RF_CHECK(c.clip_norm >= 0 && std::isfinite(c.clip_norm), "--clip-grad-norm must be >= 0 (0: off), got ",
+           c.clip_norm);
   RF_CHECK(c.momentum >= 0 && std::isfinite(c.momentum), "--momentum must be >= 0, got ", c.momentum);
   RF_CHECK(c.warmup_steps >= 0, "--warmup-steps must be >= 0, got ", c.warmup_steps);
   RF_CHECK(c.compress_momentum == 0 || c.optimizer == "sgd",
@@ -96,9 +101,21 @@ void check_model(const std::string& model, const std::map<std::string, std::stri
 }
 }  // namespace
 
+std::string resolved_data(const TrainConfig& c) {
+  if (c.data != "auto") return c.data;
+  const ModelEntry* e = models().find(c.model);
+  return e ? e->data : "fashion-mnist";
+}
+
+std::string resolved_data_dir(const TrainConfig& c) {
+  if (!c.data_dir.empty()) return c.data_dir;
+  return resolved_data(c) == "kjv" ? "data/kjv" : kFashionMnistDefaultDir;
+}
+
 void validate_config(const TrainConfig& c) {
   check_model(c.model, c.model_options);
-  check_image_source_args(c.data, c.synthetic_train);
+  const std::string data = resolved_data(c);
+  if (data != "kjv") check_image_source_args(data, c.synthetic_train);
   validate_trainer_config(c);
 }
 
@@ -456,6 +473,9 @@ void set_up(const TrainerConfig& c, const std::string& model, const std::map<std
   oc.nesterov = c.optimizer == "nesterov";
   oc.momentum = c.momentum;
   oc.weight_decay = c.weight_decay;
+  oc.beta1 = c.beta1;
+  oc.beta2 = c.beta2;
+  oc.clip_norm = c.clip_norm;
   s.t = minimize(s.m.loss, oc);
   if (s.device.is_cuda() && c.device == "auto") {
     for (const Node& n : g.nodes())
@@ -780,6 +800,7 @@ nlohmann::json Trainer::fit(const std::string& model, const std::map<std::string
   s["optimizer"] = c.optimizer;
   s["batch"] = c.batch;
   s["lr"] = c.lr;
+  s["clip_grad_norm"] = c.clip_norm;
   s["seed"] = c.seed;
   s["steps"] = step;
   s["train_seconds"] = train_seconds;
@@ -809,7 +830,13 @@ nlohmann::json train(const TrainConfig& c) {
   Trainer trainer(c);
   const TrainConfig cfg = c;
   return trainer.fit(c.model, c.model_options, [cfg] {
-    return make_image_source(cfg.data, cfg.data_dir, cfg.synthetic_train, cfg.synthetic_test, cfg.seed);
+    const std::string data = resolved_data(cfg), dir = resolved_data_dir(cfg);
+    if (data == "kjv") {
+      const auto context = cfg.model_options.find("context");
+      return make_kjv_source(dir, context == cfg.model_options.end() ? 128 : std::stoll(context->second),
+                             cfg.data_dir.empty());
+    }
+    return make_image_source(data, dir, cfg.synthetic_train, cfg.synthetic_test, cfg.seed);
   });
 }
 

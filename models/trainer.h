@@ -30,6 +30,8 @@ struct TrainerConfig {
   std::string optimizer = "momentum";
   double momentum = 0.9;
   double weight_decay = 0;
+  double beta1 = 0.9, beta2 = 0.999;  // adam, adamw
+  double clip_norm = 0;               // > 0: gradients clipped to this global norm after their exchange
   std::string schedule = "cosine";
   int64_t warmup_steps = 0;
   std::string device = "auto";
@@ -68,10 +70,16 @@ struct TrainerConfig {
 struct TrainConfig : TrainerConfig {
   std::string model = "cnn";
   std::map<std::string, std::string> model_options;  // --NAME VALUE of the options the model declares
-  std::string data = "fashion-mnist";  // or "synthetic"
-  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  std::string data = "auto";  // fashion-mnist | synthetic | kjv | auto (the model's own, registry.h)
+  std::string data_dir;       // empty: the data set's default (resolved_data_dir)
   int64_t synthetic_train = 12000, synthetic_test = 2000;
 };
+
+// --data and --data-dir with "auto" and "" resolved: the model's data set, and its default place
+// (Fashion-MNIST: Debian's /usr/share/datasets/fashion-mnist; kjv: data/kjv, or the text printed
+// by Debian's `bible` program where that has no kjv.txt).
+std::string resolved_data(const TrainConfig& c);
+std::string resolved_data_dir(const TrainConfig& c);
 
 // A set-up error (flags, data, output paths) that the Trainer found before training and agreed on
 // across the ranks, so every rank throws it alike: the caller prints it once (where `print`, on
