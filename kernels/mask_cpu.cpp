@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <limits>
 #include <string>
 
 #include "kernels/cpu.h"
+#include "kernels/vmath.h"
 #include "kernels/parallel.h"
 
 namespace rf::kernels::cpu {
@@ -139,12 +141,20 @@ template <class T> void masked_softmax(const T* x, const Shape& xs, const T* mas
         std::fill(yr, yr + cols, T(0));
         return;
       }
-      double s = 0;  // in double, as softmax_cpu.cpp
-      for (i64 i = 0; i < cols; ++i) {
-        const T e = std::exp(xr[i] + mr[i * mc] - m);
-        yr[i] = e;
-        s += e;
+      for (i64 i = 0; i < cols; ++i) yr[i] = xr[i] + mr[i * mc] - m;
+      if constexpr (std::is_same_v<T, float>) {
+        // libmvec's 8-wide expf (kernels/vmath.h) takes a slow scalar path for a vector with any
+        // lane whose result underflows (every masked -inf): such lanes are clamped to kExpFloor
+        // for the call and set to 0 after it (exp(kExpFloor) < FLT_MIN: what a float can hold there).
+        for (i64 i = 0; i < cols; ++i) yr[i] = yr[i] < kExpFloor ? kExpFloor : yr[i];
+        vexp(yr, yr, cols);
+        for (i64 i = 0; i < cols; ++i)
+          if (xr[i] + mr[i * mc] - m <= kExpFloor) yr[i] = 0;
+      } else {
+        for (i64 i = 0; i < cols; ++i) yr[i] = std::exp(yr[i]);
       }
+      double s = 0;  // in double, as softmax_cpu.cpp
+      for (i64 i = 0; i < cols; ++i) s += yr[i];
       const T inv = static_cast<T>(1.0 / s);
       for (i64 i = 0; i < cols; ++i) yr[i] *= inv;
     });
