@@ -132,29 +132,44 @@ template <class T> void masked_softmax(const T* x, const Shape& xs, const T* mas
       const T* xr = x + r * cols;
       const T* mr = mask + off[0];
       T* yr = y + r * cols;
-      T m = kNegInf;
-      for (i64 i = 0; i < cols; ++i) {
-        const T v = xr[i] + mr[i * mc];
-        m = v > m ? v : m;
+      // x + mask into y, and its max, in 8 independent lanes (one serial max over a row is a chain
+      // of dependent instructions; lanes let the compiler vectorise).
+      T lane[8] = {kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf};
+      i64 i = 0;
+      if (mc == 1) {
+        for (; i + 8 <= cols; i += 8)
+          for (int l = 0; l < 8; ++l) {
+            yr[i + l] = xr[i + l] + mr[i + l];
+            lane[l] = yr[i + l] > lane[l] ? yr[i + l] : lane[l];
+          }
       }
+      for (; i < cols; ++i) {
+        yr[i] = xr[i] + mr[i * mc];
+        lane[0] = yr[i] > lane[0] ? yr[i] : lane[0];
+      }
+      T m = lane[0];
+      for (int l = 1; l < 8; ++l) m = lane[l] > m ? lane[l] : m;
       if (m == kNegInf) {  // fully masked: zeros, not exp(-inf - -inf) = NaN
         std::fill(yr, yr + cols, T(0));
         return;
       }
-      for (i64 i = 0; i < cols; ++i) yr[i] = xr[i] + mr[i * mc] - m;
       if constexpr (std::is_same_v<T, float>) {
         // libmvec's 8-wide expf (kernels/vmath.h) takes a slow scalar path for a vector with any
         // lane whose result underflows (every masked -inf): such lanes are clamped to kExpFloor
         // for the call and set to 0 after it (exp(kExpFloor) < FLT_MIN: what a float can hold there).
-        for (i64 i = 0; i < cols; ++i) yr[i] = yr[i] < kExpFloor ? kExpFloor : yr[i];
+        for (i64 k = 0; k < cols; ++k) yr[k] = std::max(yr[k] - m, kExpFloor);
         vexp(yr, yr, cols);
-        for (i64 i = 0; i < cols; ++i)
-          if (xr[i] + mr[i * mc] - m <= kExpFloor) yr[i] = 0;
+        for (i64 k = 0; k < cols; ++k) yr[k] = xr[k] + mr[k * mc] - m <= kExpFloor ? 0.0f : yr[k];
       } else {
-        for (i64 i = 0; i < cols; ++i) yr[i] = std::exp(yr[i]);
+        for (i64 k = 0; k < cols; ++k) yr[k] = std::exp(yr[k] - m);
       }
-      double s = 0;  // in double, as softmax_cpu.cpp
-      for (i64 i = 0; i < cols; ++i) s += yr[i];
+      // The sum in double (as softmax_cpu.cpp), over 4 lanes then added in order: deterministic.
+      double part[4] = {0, 0, 0, 0};
+      i = 0;
+      for (; i + 4 <= cols; i += 4)
+        for (int l = 0; l < 4; ++l) part[l] += double(yr[i + l]);
+      for (; i < cols; ++i) part[0] += double(yr[i]);
+      const double s = (part[0] + part[1]) + (part[2] + part[3]);
       const T inv = static_cast<T>(1.0 / s);
       for (i64 i = 0; i < cols; ++i) yr[i] *= inv;
     });
