@@ -182,6 +182,19 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
                                 ->group("Model options");
     }
   CLI::App* list = app.add_subcommand("models", "list the models `ringflow train --model` can train");
+  SampleConfig& sc = cl.sample_config;
+  CLI::App* smp = app.add_subcommand("sample", "generate text from a checkpoint of the gpt model (docs/GPT.md)");
+  smp->add_option("--init-from", sc.init_from, "the checkpoint (ringflow train --model gpt --save FILE)")->required();
+  smp->add_option("--prompt", sc.prompt, "the text to continue")->capture_default_str();
+  smp->add_option("--chars", sc.chars, "characters to generate")->check(integer<int64_t>())->capture_default_str();
+  smp->add_option("--temperature", sc.temperature, "softmax temperature (0: the most likely character)")
+      ->capture_default_str();
+  smp->add_option("--seed", sc.seed, "seed of the sampling")->capture_default_str();
+  smp->add_option("--data-dir", sc.data_dir, "where kjv.txt is, for the vocabulary (as ringflow train)");
+  smp->add_option("--layers", sc.model.layers, "as in training")->check(integer<int64_t>())->capture_default_str();
+  smp->add_option("--heads", sc.model.heads, "as in training")->check(integer<int64_t>())->capture_default_str();
+  smp->add_option("--width", sc.model.width, "as in training")->check(integer<int64_t>())->capture_default_str();
+  smp->add_option("--context", sc.model.context, "as in training")->check(integer<int64_t>())->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -198,6 +211,10 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
   }
   if (list->parsed()) {
     cl.list_models = true;
+    return cl;
+  }
+  if (smp->parsed()) {
+    cl.sample = true;
     return cl;
   }
   for (const auto& [name, flag] : model_flags)

@@ -4,6 +4,7 @@
 #include <iosfwd>
 #include <string>
 
+#include "models/gpt.h"
 #include "models/trainer.h"
 
 namespace rf {
@@ -12,6 +13,8 @@ namespace rf {
 struct CommandLine {
   bool train = false;  // `ringflow train` with flags that parsed: run rf::train(config)
   bool list_models = false;  // `ringflow models`: print the registry (print_models)
+  bool sample = false;       // `ringflow sample`: generate text from a gpt checkpoint (sample_gpt)
+  SampleConfig sample_config;
   int exit_code = 0;   // otherwise the program exits with this: 0 after --help, 2 after a bad flag
   std::string error;   // after a bad flag (exit_code 2): CLI11's message, one line
   TrainConfig config;

@@ -1,9 +1,15 @@
 #include "models/gpt.h"
 
+#include <algorithm>
+#include <array>
+#include <random>
 #include <cmath>
 #include <string>
 
+#include "models/checkpoint.h"
 #include "models/registry.h"
+#include "models/text_data.h"
+#include "runtime/session.h"
 #include "runtime/ops.h"
 
 namespace rf {
@@ -111,5 +117,66 @@ RF_REGISTER_MODEL("gpt", "character-level decoder-only Transformer on the King J
                    {"context", "128", "gpt: characters per window T"},
                    {"dropout", "0", "gpt: dropout rate (embeddings, attention, residual branches)"}},
                   "kjv");
+
+std::string sample_gpt(const SampleConfig& c) {
+  RF_CHECK(c.chars >= 0, "--chars must be >= 0, got ", c.chars);
+  RF_CHECK(c.temperature >= 0 && std::isfinite(c.temperature), "--temperature must be >= 0, got ", c.temperature);
+  RF_CHECK(!c.prompt.empty(), "--prompt must not be empty");
+  const std::unique_ptr<DataSource> data =
+      make_kjv_source(c.data_dir.empty() ? "data/kjv" : c.data_dir, c.model.context, c.data_dir.empty());
+  const std::vector<uint8_t>& vocab = static_cast<const TextWindowSource&>(*data).corpus().vocab;
+  RF_CHECK(int64_t(vocab.size()) == c.model.vocab, "the corpus has ", vocab.size(), " symbols, the model ",
+           c.model.vocab);
+  std::array<int32_t, 256> id{};
+  id.fill(-1);
+  for (size_t i = 0; i < vocab.size(); ++i) id[vocab[i]] = int32_t(i);
+  Graph g(c.seed);
+  const Gpt m = build_gpt(g, c.model, DType::F32);
+  Session s(g);
+  s.run({}, {}, g.initializers());
+  std::vector<std::pair<int, Tensor>> weights;
+  try {
+    weights = read_checkpoint(g, c.init_from);
+  } catch (const Error& e) {
+    fail("--init-from: ", e.what());
+  }
+  for (const auto& [vid, host] : weights) {
+    s.variable(vid).copy_from(host);
+    s.set_initialized(vid);
+  }
+  std::vector<int32_t> ids;
+  for (unsigned char ch : c.prompt) {
+    RF_CHECK(id[ch] >= 0, "--prompt: byte ", int(ch), " ('", std::string(1, char(ch)),
+             "') is not in the corpus's vocabulary");
+    ids.push_back(id[ch]);
+  }
+  const int64_t T = c.model.context, V = c.model.vocab;
+  Tensor tokens(Shape{1, T}, DType::I32);
+  std::mt19937_64 rng(c.seed);
+  std::string out = c.prompt;
+  std::vector<double> p(static_cast<size_t>(V));
+  for (int64_t k = 0; k < c.chars; ++k) {
+    // The last T characters at positions 0..; later positions (causal: they cannot change the
+    // earlier ones) hold copies of the last one.
+    const int64_t n = std::min<int64_t>(T, int64_t(ids.size()));
+    for (int64_t i = 0; i < T; ++i) tokens.data<int32_t>()[i] = ids[ids.size() - size_t(n) + size_t(std::min(i, n - 1))];
+    const Tensor& logits = s.run({m.logits}, {{m.tokens, tokens}})[0];
+    const float* row = logits.data<float>() + (n - 1) * V;
+    int32_t next = 0;
+    if (c.temperature == 0) {
+      next = int32_t(std::max_element(row, row + V) - row);
+    } else {
+      const float mx = *std::max_element(row, row + V);
+      double sum = 0;
+      for (int64_t v = 0; v < V; ++v) sum += p[size_t(v)] = std::exp((double(row[v]) - mx) / c.temperature);
+      double u = double(rng() >> 11) * 0x1p-53 * sum;
+      for (next = 0; next < V - 1 && (u -= p[size_t(next)]) >= 0; ++next) {
+      }
+    }
+    ids.push_back(next);
+    out += char(vocab[size_t(next)]);
+  }
+  return out;
+}
 
 }  // namespace rf

@@ -70,6 +70,15 @@ int main(int argc, char** argv) {
     rf::print_models(std::cout);
     return 0;
   }
+  if (cl.sample) {
+    try {
+      std::cout << rf::sample_gpt(cl.sample_config) << std::endl;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ringflow: error: %s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
   if (!cl.train) {
     if (cl.exit_code == 2 && reports_flag_errors())  // a bad flag (--help exits 0)
       std::fprintf(stderr, "ringflow: error: %s (see ringflow train --help)\n", cl.error.c_str());

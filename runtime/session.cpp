@@ -582,7 +582,9 @@ const std::vector<Tensor>& Session::run(const std::vector<Value>& fetches, const
   Plan& plan = plan_for(fetches, feeds, targets);
   last_plan_bytes_ = plan.bytes;
   for (size_t i = 0; i < feeds.size(); ++i) {
-    Tensor& slot = plan.values[size_t(plan.base[size_t(feeds[i].first.node)])];
+    const int base = plan.base[size_t(feeds[i].first.node)];
+    if (base < 0) continue;  // a feed the fetches do not need (allowed, as in TensorFlow)
+    Tensor& slot = plan.values[size_t(base)];
     if (plan.feed_staging[i].defined()) {
       plan.feed_staging[i].copy_from(feeds[i].second);
       slot = plan.feed_staging[i];

@@ -149,3 +149,39 @@ TEST(Gpt, LivenessReuseHalvesTheTrainingStepsMemory) {
 }
 
 }  // namespace
+
+namespace {
+
+// `ringflow sample`: from a saved (untrained) small gpt, the prompt continued by the asked number
+// of characters, the same for the same seed; a prompt byte outside the vocabulary is an error.
+TEST(Gpt, SampleContinuesThePromptFromACheckpoint) {
+  if (kjv_path().empty()) GTEST_SKIP() << "no King James text (scripts/install_deps.sh installs bible-kjv)";
+  SampleConfig c;
+  c.model.layers = 1, c.model.heads = 2, c.model.width = 16, c.model.context = 8;
+  c.init_from = std::string(RF_BINARY_DIR) + "/gpt_sample_test.safetensors";
+  {
+    Graph g(3);
+    build_gpt(g, c.model, DType::F32);
+    Session s(g);
+    s.run({}, {}, g.initializers());
+    save_checkpoint(s, g, c.init_from);
+  }
+  const std::string staged = std::string(RF_SOURCE_DIR) + "/data/kjv";
+  if (std::filesystem::exists(staged + "/kjv.txt")) c.data_dir = staged;
+  c.prompt = "And God said";
+  c.chars = 20;
+  const std::string a = sample_gpt(c), b = sample_gpt(c);
+  EXPECT_EQ(a.size(), c.prompt.size() + 20);
+  EXPECT_EQ(a.substr(0, c.prompt.size()), c.prompt);
+  EXPECT_EQ(a, b);
+  c.temperature = 0;
+  EXPECT_EQ(sample_gpt(c).size(), c.prompt.size() + 20);
+  c.prompt = "caf\xc3\xa9";  // not ASCII: not in the vocabulary
+  EXPECT_THROW(sample_gpt(c), Error);
+  c.prompt = "x";
+  c.model.width = 32;  // not the checkpoint's shape
+  EXPECT_THROW(sample_gpt(c), Error);
+  std::filesystem::remove(c.init_from);
+}
+
+}  // namespace

@@ -19,6 +19,19 @@ std::string error_of(const std::function<void()>& f) {
   }
   return "";
 }
+// Feeding a placeholder that the fetches do not need is allowed (as in TensorFlow) and ignored;
+// it used to index the plan's values at -1.
+TEST(Session, AFeedTheFetchesDoNotNeedIsIgnored) {
+  Graph g;
+  const Value a = g.placeholder("a", DType::F32, Shape{2});
+  const Value b = g.placeholder("b", DType::F32, Shape{2});
+  const Value y = ops::mul_scalar(a, 2.0);
+  (void)ops::add(a, b);
+  Session s(g);
+  const auto& out = s.run({y}, {{a, Tensor::from_vector<float>({1, 2}, Shape{2})}, {b, Tensor::from_vector<float>({5, 6}, Shape{2})}});
+  EXPECT_EQ(out[0].to_vector<float>(), (std::vector<float>{2, 4}));
+}
+
 }  // namespace
 
 TEST(Graph, ShapeInferenceAtAddTime) {
