@@ -407,11 +407,12 @@ std::vector<Value> gradients(const std::vector<Value>& ys, const std::vector<Val
 
   for (int id = end - 1; id >= 0; --id) {
     if (!on_path[size_t(id)] || pending[size_t(id)].empty()) continue;
-    const Node& n = g.node(id);
-    if (n.inputs.empty()) continue;
-    std::vector<Value> dys(n.outputs.size());
+    // A copy: summing the gradients (total) and the rules add nodes, which may move g's node
+    // storage (a reference taken before the sums dangled once they grew it).
+    const Node node_copy = g.node(id);
+    if (node_copy.inputs.empty()) continue;
+    std::vector<Value> dys(node_copy.outputs.size());
     for (size_t j = 0; j < dys.size(); ++j) dys[j] = total(id, int(j));
-    const Node node_copy = n;  // rules add nodes, which may move g's node storage
     GradContext ctx{g, node_copy, dys, on_path};
     std::vector<Value> dxs = rule(ctx);
     for (size_t i = 0; i < dxs.size(); ++i)

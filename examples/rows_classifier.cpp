@@ -27,29 +27,25 @@ namespace {
 using namespace rf;
 
 // Rows as tokens: each of the 28 rows (28 pixels) is embedded by one Linear shared by every row
-// (a reshape to [N*28, 28] and one MatMul), a token-mixing Linear then mixes the rows for each
-// feature (MLP-Mixer's token mixing, with a residual), and a Linear head reads all tokens.
+// (a reshape to [N*28, 28] and one MatMul), plus a learned position per row; one pre-LN
+// Transformer block (multi-head self-attention over the 28 rows, no mask, and an MLP) mixes
+// them; the mean over the rows goes to a Linear head.
 ModelSpec build_rows(Graph& g, const ModelConfig& c) {
-  const int64_t width = c.get_int("width", 32, 1);
+  const int64_t width = c.get_int("width", 32, 1), heads = c.get_int("heads", 4, 1);
   return image_classifier(g, c, Shape{1, 28, 28}, [&](Value images) {
-    Value h = ops::reshape(images, Shape{-1, 28});                       // [N*28, 28]: one row per token
-    h = ops::relu(nn::linear(h, width, "embed"));                        // [N*28, D], shared over rows
-    // TODO(attention): a Transformer block goes here once BatchMatMul and LayerNorm land:
-    //   h = h + attention(layer_norm(h)) over the 28 tokens; h = h + mlp(layer_norm(h)).
-    // Until then, token mixing: the same Linear over the 28 rows for every feature.
-    Value t = ops::transpose(ops::reshape(h, Shape{-1, 28, width}), {0, 2, 1});  // [N, D, 28]
-    t = ops::relu(nn::linear(ops::reshape(t, Shape{-1, 28}), 28, "mix"));      // [N*D, 28]
-    t = ops::transpose(ops::reshape(t, Shape{-1, width, 28}), {0, 2, 1});        // [N, 28, D]
-    h = ops::add(ops::reshape(h, Shape{-1, 28, width}), t);                      // residual
-    h = ops::reshape(h, Shape{-1, 28 * width});                                  // [N, 28*D]
+    Value h = nn::linear(ops::reshape(images, Shape{-1, 28}), width, "embed");  // [N*28, D]
+    const Value pos = g.variable("pos.weight", Shape{28, width}, g.spec(h).dtype, Initializer::normal(0, 0.02));
+    h = ops::reshape(ops::add(ops::reshape(h, Shape{-1, 28, width}), pos), Shape{-1, width});
+    h = nn::transformer_block(h, 28, heads, Value{}, "block");                   // attention over the rows
+    h = ops::mean(ops::reshape(nn::layer_norm(h, "ln"), Shape{-1, 28, width}), {1});  // [N, D]
     return nn::linear(h, 10, "head");
   });
 }
 
 }  // namespace
 
-RF_REGISTER_MODEL("rows", "Fashion-MNIST rows as 28 tokens: shared row embedding, token mixing, linear head",
-                  build_rows, {{"width", "32", "features per row token"}});
+RF_REGISTER_MODEL("rows", "Fashion-MNIST rows as 28 tokens: row embedding, a Transformer block, linear head", build_rows,
+                  {{"width", "32", "features per row token"}, {"heads", "4", "attention heads"}});
 
 int main(int argc, char** argv) {
   std::string dir = rf::kFashionMnistDefaultDir, width = "32";
@@ -57,9 +53,10 @@ int main(int argc, char** argv) {
   int world_size = 0;
   rf::TrainerConfig c;
   c.epochs = 1;
-  c.max_steps = 300;
+  c.max_steps = 800;
   c.batch = 64;
-  c.lr = 0.05;
+  c.optimizer = "adam";
+  c.lr = 3e-3;
   c.device = "cpu";
   c.threads = 1;
   c.progress = false;

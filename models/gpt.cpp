@@ -7,6 +7,7 @@
 #include <string>
 
 #include "models/checkpoint.h"
+#include "models/nn.h"
 #include "models/registry.h"
 #include "models/text_data.h"
 #include "runtime/session.h"
@@ -18,42 +19,6 @@ namespace detail {
 void link_gpt_model() {}  // registry.cpp's anchor: links this file, and its registration
 }  // namespace detail
 
-namespace {
-
-struct Builder {
-  Graph& g;
-  const GptConfig& c;
-  DType dt;
-  int dropouts = 0;
-
-  Value normal(const std::string& name, const Shape& s, double stddev) {
-    return g.variable(name, s, dt, Initializer::normal(0, stddev));
-  }
-  Value constant(const std::string& name, const Shape& s, double v) {
-    return g.variable(name, s, dt, Initializer::constant(v));
-  }
-  // x [N, in] -> [N, out] with a PyTorch Linear's weight [out, in] and bias [out].
-  Value linear(Value x, const std::string& name, int64_t in, int64_t out, double stddev) {
-    const Value w = normal(name + ".weight", Shape{out, in}, stddev);
-    const Value b = constant(name + ".bias", Shape{out}, 0);
-    return ops::bias_add(ops::matmul(x, w, false, true), b);
-  }
-  Value layer_norm(Value x, const std::string& name) {
-    return ops::layer_norm(x, constant(name + ".weight", Shape{c.width}, 1), constant(name + ".bias", Shape{c.width}, 0),
-                           1e-5);
-  }
-  Value dropout(Value x) {
-    if (c.dropout <= 0) return x;
-    return ops::dropout(x, c.dropout, c.dropout_seed * 1000003 + uint64_t(++dropouts));
-  }
-  // [B*T, d] -> [B, H, T, d/H]
-  Value heads(Value x) {
-    return ops::transpose(ops::reshape(x, Shape{-1, c.context, c.heads, c.width / c.heads}), {0, 2, 1, 3});
-  }
-};
-
-}  // namespace
-
 Gpt build_gpt(Graph& g, const GptConfig& c, DType dt) {
   RF_CHECK(c.vocab > 0 && c.layers > 0 && c.heads > 0 && c.width > 0 && c.context > 0,
            "gpt: every size must be positive (vocab ", c.vocab, ", layers ", c.layers, ", heads ", c.heads, ", width ",
@@ -61,30 +26,21 @@ Gpt build_gpt(Graph& g, const GptConfig& c, DType dt) {
   RF_CHECK(c.width % c.heads == 0, "gpt: --heads ", c.heads, " does not divide --width ", c.width);
   RF_CHECK(c.dropout >= 0 && c.dropout < 1, "gpt: --dropout must be in [0, 1), got ", c.dropout);
   RF_CHECK(dt == DType::F32 || dt == DType::F64, "gpt: F32 or F64, not ", dtype_name(dt));
-  Builder b{g, c, dt};
-  const int64_t d = c.width, T = c.context, dh = d / c.heads;
-  const double proj_std = 0.02 / std::sqrt(2.0 * double(c.layers));
+  const int64_t d = c.width, T = c.context;
+  nn::AttentionOptions ao;
+  ao.proj_std = 0.02 / std::sqrt(2.0 * double(c.layers));
+  ao.dropout = c.dropout;
   Gpt m;
   m.tokens = g.placeholder("tokens", DType::I32, Shape{-1, T});
   m.targets = g.placeholder("targets", DType::I32, Shape{-1, T});
-  const Value wte = b.normal("wte.weight", Shape{c.vocab, d}, 0.02);
-  const Value wpe = b.normal("wpe.weight", Shape{T, d}, 0.02);
+  const Value x = nn::embedding(m.tokens, c.vocab, d, dt, "wte", Initializer::normal(0, 0.02));
+  const Value wte = g.node(x).inputs[0];  // the table, tied to the output layer
+  const Value wpe = g.variable("wpe.weight", Shape{T, d}, dt, Initializer::normal(0, 0.02));
   // The residual stream as [B*T, d]: every Linear is one rank-2 MatMul + BiasAdd.
-  Value h = ops::reshape(b.dropout(ops::add(ops::gather(wte, m.tokens), wpe)), Shape{-1, d});
+  Value h = ops::reshape(nn::dropout(ops::add(x, wpe), c.dropout, "drop"), Shape{-1, d});
   const Value causal = ops::causal_mask(g, T, dt);
-  for (int64_t i = 0; i < c.layers; ++i) {
-    const std::string p = "h." + std::to_string(i) + ".";
-    const Value qkv = b.linear(b.layer_norm(h, p + "ln_1"), p + "attn.c_attn", d, 3 * d, 0.02);
-    const std::vector<Value> parts = ops::split(qkv, 1, {d, d, d});
-    const Value q = b.heads(parts[0]), k = b.heads(parts[1]), v = b.heads(parts[2]);
-    const Value s = ops::mul_scalar(ops::batch_matmul(q, k, false, true), 1.0 / std::sqrt(double(dh)));
-    const Value att = b.dropout(ops::masked_softmax(s, causal));
-    const Value y = ops::reshape(ops::transpose(ops::batch_matmul(att, v), {0, 2, 1, 3}), Shape{-1, d});
-    h = ops::add(h, b.dropout(b.linear(y, p + "attn.c_proj", d, d, proj_std)));
-    const Value f = ops::gelu(b.linear(b.layer_norm(h, p + "ln_2"), p + "mlp.c_fc", d, 4 * d, 0.02));
-    h = ops::add(h, b.dropout(b.linear(f, p + "mlp.c_proj", 4 * d, d, proj_std)));
-  }
-  m.logits = ops::matmul(b.layer_norm(h, "ln_f"), wte, false, true, "logits");
+  for (int64_t i = 0; i < c.layers; ++i) h = nn::transformer_block(h, T, c.heads, causal, "h." + std::to_string(i), ao);
+  m.logits = ops::matmul(nn::layer_norm(h, "ln_f"), wte, false, true, "logits");
   m.loss = ops::mean(ops::sparse_softmax_cross_entropy(m.logits, ops::reshape(m.targets, Shape{-1})), {}, false,
                      "loss");
   return m;
@@ -99,7 +55,6 @@ ModelSpec gpt_spec(Graph& g, const ModelConfig& mc) {
   c.width = mc.get_int("width", c.width, 1);
   c.context = mc.get_int("context", c.context, 1);
   c.dropout = mc.get_double("dropout", 0);
-  c.dropout_seed = g.seed();
   const Gpt m = build_gpt(g, c, mc.dtype);
   ModelSpec s;
   s.inputs = {{"tokens", m.tokens}, {"targets", m.targets}};

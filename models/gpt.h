@@ -11,7 +11,7 @@ namespace rf {
 struct GptConfig {
   int64_t vocab = 73, layers = 4, heads = 4, width = 128, context = 128;
   double dropout = 0;  // after the embeddings, on the attention probabilities, before each residual add
-  uint64_t dropout_seed = 0;
+                       // (masks seeded by the graph seed and the layer's name: nn::dropout)
 };
 
 struct Gpt {

@@ -56,6 +56,66 @@ Value conv2d(Value x, i64 cout, int kernel, const std::string& name, int stride,
   return bias ? ops::bias_add(y, b) : y;
 }
 
+Value linear(Value x, i64 out, const std::string& name, const Initializer& weight_init) {
+  RF_CHECK(x.valid(), "linear '", name, "': no input");
+  Graph& g = *x.graph;
+  const DType dt = g.spec(x).dtype;
+  RF_CHECK(g.spec(x).shape.rank == 2, "linear '", name, "': input must be [N, in], got ", g.spec(x).shape.str());
+  RF_CHECK(out > 0, "linear '", name, "': out must be positive, got ", out);
+  const i64 in = known_dim(x, 1, "linear", name, "feature");
+  const Value w = g.variable(name + ".weight", Shape{out, in}, dt, weight_init);
+  const Value b = g.variable(name + ".bias", Shape{out}, dt, Initializer::zeros());
+  return ops::bias_add(ops::matmul(x, w, false, true), b);
+}
+
+Value embedding(Value ids, i64 vocab, i64 dim, DType dtype, const std::string& name, const Initializer& init) {
+  RF_CHECK(ids.valid(), "embedding '", name, "': no input");
+  RF_CHECK(vocab > 0 && dim > 0, "embedding '", name, "': vocab and dim must be positive");
+  const Value table = ids.graph->variable(name + ".weight", Shape{vocab, dim}, dtype, init);
+  return ops::gather(table, ids);
+}
+
+Value layer_norm(Value x, const std::string& name, double eps) {
+  RF_CHECK(x.valid(), "layer_norm '", name, "': no input");
+  Graph& g = *x.graph;
+  const i64 d = known_dim(x, -1, "layer_norm", name, "last");
+  const DType dt = g.spec(x).dtype;
+  return ops::layer_norm(x, g.variable(name + ".weight", Shape{d}, dt, Initializer::constant(1)),
+                         g.variable(name + ".bias", Shape{d}, dt, Initializer::zeros()), eps);
+}
+
+Value multi_head_attention(Value x, i64 seq_len, i64 heads, Value mask, const std::string& name,
+                           const AttentionOptions& o) {
+  RF_CHECK(x.valid(), "multi_head_attention '", name, "': no input");
+  const i64 d = known_dim(x, -1, "multi_head_attention", name, "feature");
+  RF_CHECK(heads > 0 && d % heads == 0, "multi_head_attention '", name, "': ", heads, " heads do not divide width ", d);
+  RF_CHECK(seq_len > 0, "multi_head_attention '", name, "': seq_len must be positive");
+  const i64 dh = d / heads;
+  // [B*T, d] -> [B, H, T, d/H]
+  auto split_heads = [&](Value v) {
+    return ops::transpose(ops::reshape(v, Shape{-1, seq_len, heads, dh}), {0, 2, 1, 3});
+  };
+  const Value qkv = linear(x, 3 * d, name + ".c_attn", Initializer::normal(0, o.init_std));
+  const std::vector<Value> parts = ops::split(qkv, 1, {d, d, d});
+  const Value q = split_heads(parts[0]), k = split_heads(parts[1]), v = split_heads(parts[2]);
+  const Value s = ops::mul_scalar(ops::batch_matmul(q, k, false, true), 1.0 / std::sqrt(double(dh)));
+  const Value p = dropout(mask.valid() ? ops::masked_softmax(s, mask) : ops::softmax(s), o.dropout, name + ".attn_drop");
+  const Value y = ops::reshape(ops::transpose(ops::batch_matmul(p, v), {0, 2, 1, 3}), Shape{-1, d});
+  return linear(y, d, name + ".c_proj", Initializer::normal(0, o.proj_std));
+}
+
+Value transformer_block(Value x, i64 seq_len, i64 heads, Value mask, const std::string& name,
+                        const AttentionOptions& o) {
+  const i64 d = known_dim(x, -1, "transformer_block", name, "feature");
+  Value h = ops::add(x, dropout(multi_head_attention(layer_norm(x, name + ".ln_1"), seq_len, heads, mask,
+                                                     name + ".attn", o),
+                                o.dropout, name + ".attn.resid_drop"));
+  const Value f = ops::gelu(linear(layer_norm(h, name + ".ln_2"), 4 * d, name + ".mlp.c_fc",
+                                   Initializer::normal(0, o.init_std)));
+  return ops::add(h, dropout(linear(f, d, name + ".mlp.c_proj", Initializer::normal(0, o.proj_std)), o.dropout,
+                             name + ".mlp.resid_drop"));
+}
+
 Value dropout(Value x, double p, const std::string& name) {
   RF_CHECK(p >= 0 && p < 1, "dropout '", name, "': p must be in [0, 1), got ", p);
   if (p == 0) return x;

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "autodiff/optimizer.h"
 #include "models/checkpoint.h"
 #include "models/cli.h"
 #include "models/data.h"
@@ -110,11 +111,11 @@ RF_REGISTER_MODEL("test_regression", "a linear regression with one hidden layer 
 // links the file that registers them (link_models), though ringflow_core is a static library.
 TEST(ModelRegistry, BuiltInModelsAreLinkedAndListed) {
   const auto names = models().names();
-  for (const char* n : {"mlp", "cnn", "test_regression"})
+  for (const char* n : {"mlp", "cnn", "gpt", "test_regression"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   EXPECT_FALSE(models().get("mlp").description.empty());
   const std::string e = error_of([] { models().get("resnet"); });
-  EXPECT_NE(e.find("unknown model 'resnet': expected cnn, mlp"), std::string::npos) << e;
+  EXPECT_NE(e.find("unknown model 'resnet': expected cnn, gpt, mlp"), std::string::npos) << e;
   EXPECT_NE(error_of([] { models().add({"mlp", "again", build_regression, {}}); }).find("registered twice"),
             std::string::npos);
   std::ostringstream out;
@@ -370,4 +371,26 @@ TEST(Trainer, ResumeContinuesTheRunBitForBit) {
   c.init_from.clear();
   EXPECT_NE(error_of([&] { train(c); }).find("--resume continues the run saved in --init-from"), std::string::npos);
   for (const std::string& p : {whole, half, rest}) std::remove(p.c_str());
+}
+
+// gradients() over a Transformer block, whose values have several consumers: summing their
+// gradients adds nodes while a rule's node is in use (a reference into the graph's node storage
+// dangled when that storage grew: tests/sanitizers' ASan run catches a regression here).
+TEST(Nn, TransformerBlockGradientsReachEveryVariable) {
+  Graph g(2);
+  const Value x = g.placeholder("x", DType::F64, Shape{-1, 16});
+  Value h = nn::linear(x, 16, "embed", Initializer::normal(0, 0.02));
+  for (int i = 0; i < 3; ++i) h = nn::transformer_block(h, 4, 2, ops::causal_mask(g, 4, DType::F64), "h." + std::to_string(i));
+  const Value loss = ops::sum(ops::square(nn::layer_norm(h, "ln_f")));
+  const GradsAndVars gv = compute_gradients(loss);
+  EXPECT_EQ(gv.size(), size_t(2 + 3 * 12 + 2));
+  Session s(g);
+  s.run({}, {}, g.initializers());
+  std::vector<double> xv(8 * 16);
+  for (size_t i = 0; i < xv.size(); ++i) xv[i] = std::sin(double(i));
+  std::vector<Value> grads;
+  for (const auto& p : gv) grads.push_back(p.first);
+  const auto& out = s.run(grads, {{x, Tensor::from_vector<double>(xv, Shape{8, 16})}});
+  for (size_t k = 0; k < out.size(); ++k)
+    for (double v : out[k].to_vector<double>()) ASSERT_TRUE(std::isfinite(v)) << g.node(gv[k].second).name;
 }
