@@ -10,7 +10,8 @@
 #                  compilation, under 1% at the default 60); PyTorch times 5 windows of N/6 steps
 #                  after 3 warm-up steps (bench/gpt/gpt_ref.py bench) (default 60)
 #   --skip-build   do not run scripts/install_deps.sh --bench and scripts/build.sh first
-# Environment: PYTHON (default /usr/bin/python3, Debian's python3-torch).
+# Environment: PYTHON (default /usr/bin/python3, Debian's python3-torch), RINGFLOW (default
+# build/ringflow).
 #
 # PyTorch runs with OMP_NUM_THREADS=K and OPENBLAS_NUM_THREADS=1: Debian's torch calls a
 # threaded OpenBLAS from inside its own OpenMP threads, and with both at 2 it ran at 6.7k chars/s
@@ -25,6 +26,7 @@ threads="1 2"
 steps=60
 skip_build=0
 PYTHON="${PYTHON:-/usr/bin/python3}"
+RINGFLOW="${RINGFLOW:-build/ringflow}"
 BENCH_NAME=gpt_vs_torch
 source bench/lib.sh
 usage() { sed -n '6,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
@@ -45,7 +47,7 @@ if ((!skip_build)); then
   scripts/install_deps.sh --bench || die "scripts/install_deps.sh --bench failed"
   scripts/build.sh || die "scripts/build.sh failed"
 fi
-[[ -x build/ringflow ]] || die "build/ringflow not found (run scripts/build.sh)"
+[[ -x "$RINGFLOW" ]] || die "$RINGFLOW not found (run scripts/build.sh)"
 "$PYTHON" -c 'import torch' 2>/dev/null || die "$PYTHON cannot import torch (install python3-torch)"
 
 tmp="$(mktemp -d)"
@@ -54,7 +56,7 @@ echo "gpt (L4 H4 d128 T128, batch 32, f32, Adam): ringflow vs PyTorch $("$PYTHON
 printf '%7s %4s %16s %16s %8s\n' threads run ringflow_cps pytorch_cps ratio
 summaries=()
 for k in $threads; do
-  rf_cmd=(build/ringflow train --model gpt --batch 32 --max-steps "$steps" --epochs 1 --optimizer adam --beta2 0.99
+  rf_cmd=("$RINGFLOW" train --model gpt --batch 32 --max-steps "$steps" --epochs 1 --optimizer adam --beta2 0.99
           --lr 1e-3 --lr-schedule invsqrt --warmup-steps 200 --clip-grad-norm 1 --threads "$k" --device cpu
           --eval-batch 2048 --quiet)
   pt_cmd=(env OMP_NUM_THREADS="$k" OPENBLAS_NUM_THREADS=1 "$PYTHON" -B bench/gpt/gpt_ref.py bench --batch 32
@@ -62,9 +64,9 @@ for k in $threads; do
   rf_all=() pt_all=() ratio_all=()
   for ((r = 1; r <= runs; r++)); do
     if ((r % 2)); then
-      run_one ringflow "$tmp/rf.json" "${rf_cmd[@]}"; run_one pytorch "$tmp/pt.json" "${pt_cmd[@]}"
+      run_one ringflow "$tmp/rf.json" "${rf_cmd[@]}"; BENCH_KEY=chars_per_second run_one pytorch "$tmp/pt.json" "${pt_cmd[@]}"
     else
-      run_one pytorch "$tmp/pt.json" "${pt_cmd[@]}"; run_one ringflow "$tmp/rf.json" "${rf_cmd[@]}"
+      BENCH_KEY=chars_per_second run_one pytorch "$tmp/pt.json" "${pt_cmd[@]}"; run_one ringflow "$tmp/rf.json" "${rf_cmd[@]}"
     fi
     rf_cps="$(python3 -c 'import sys; print(float(sys.argv[1]) * 128)' "$(json_field "$tmp/rf.json" samples_per_second)")"
     pt_cps="$(json_field "$tmp/pt.json" chars_per_second)"

@@ -53,6 +53,7 @@ run_one() {
     tail -n 20 "$out.err" >&2
     exit 1
   fi
-  json_field "$out" samples_per_second >/dev/null ||
-    die "$name printed no JSON line with samples_per_second: $*"$'\n'"$(tail -n 5 "$out")"
+  local key="${BENCH_KEY:-samples_per_second}"  # the field every run must report
+  json_field "$out" "$key" >/dev/null ||
+    die "$name printed no JSON line with $key: $*"$'\n'"$(tail -n 5 "$out")"
 }

@@ -185,7 +185,7 @@ void gelu_grad_f32(const float* dy, const float* x, float* dx, i64 n) {
       const i64 m = std::min(kVBlock, e - b);
       for (i64 i = 0; i < m; ++i) {
         c[i] = x[b + i] * 0.70710678118654752440f;
-        p[i] = std::max(-0.5f * x[b + i] * x[b + i], kExpFloor);  // the pdf below FLT_MIN: as good as 0
+        p[i] = std::max(-0.5f * x[b + i] * x[b + i], kExpFloor);  // pdf below 1e-35: as good as 0 (vmath.h)
       }
       verf(c, c, m);
       vexp(p, p, m);

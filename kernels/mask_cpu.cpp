@@ -120,58 +120,72 @@ void compare(CompareOp op, const T* a, const Shape& as, const T* b, const Shape&
   });
 }
 
+constexpr i64 kMaxRowBlock = 512;
+
+// One row of softmax(x + mask): y = exp(x + m - max) / sum, mask elements mc apart (1, or 0 for
+// one value broadcast along the row). A fully masked row (max -inf) is zeros, not NaN. The max
+// and the double sum run in independent lanes (one serial chain each would bound the row's time);
+// f32 exponentials are libmvec's 8-wide expf (kernels/vmath.h), which takes a slow scalar path for
+// a vector with a lane that underflows (every masked -inf): such lanes are clamped to kExpFloor
+// for the call and set to 0 after it (kernels/vmath.h: below 1.8e-35, nothing an f32 sum of >= 1 resolves).
+template <class T>
+void softmax_row(const T* __restrict x, const T* __restrict mask, i64 mc, T* __restrict y, i64 cols) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  if (mc == 1) {
+    for (i64 i = 0; i < cols; ++i) y[i] = x[i] + mask[i];
+  } else {
+    const T m0 = mask[0];
+    for (i64 i = 0; i < cols; ++i) y[i] = x[i] + m0;
+  }
+  T lane[8] = {kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf};
+  i64 i = 0;
+  for (; i + 8 <= cols; i += 8)
+    for (int l = 0; l < 8; ++l) lane[l] = y[i + l] > lane[l] ? y[i + l] : lane[l];
+  for (; i < cols; ++i) lane[0] = y[i] > lane[0] ? y[i] : lane[0];
+  T m = lane[0];
+  for (int l = 1; l < 8; ++l) m = lane[l] > m ? lane[l] : m;
+  if (m == kNegInf) {
+    for (i64 k = 0; k < cols; ++k) y[k] = T(0);
+    return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    for (i64 k = 0; k < cols; ++k) y[k] -= m;
+    // Underflowing lanes: remembered as a sign (y - m <= floor) before the clamp.
+    float floor_hit[kMaxRowBlock];
+    for (i64 k0 = 0; k0 < cols; k0 += kMaxRowBlock) {
+      const i64 n = std::min(kMaxRowBlock, cols - k0);
+      float* yk = y + k0;
+      for (i64 k = 0; k < n; ++k) {
+        floor_hit[k] = yk[k] <= kExpFloor ? 0.0f : 1.0f;
+        yk[k] = yk[k] < kExpFloor ? kExpFloor : yk[k];
+      }
+      vexp(yk, yk, n);
+      for (i64 k = 0; k < n; ++k) yk[k] *= floor_hit[k];
+    }
+  } else {
+    for (i64 k = 0; k < cols; ++k) y[k] = std::exp(y[k] - m);
+  }
+  double part[4] = {0, 0, 0, 0};  // the sum in double (as softmax_cpu.cpp), 4 lanes added in order
+  i = 0;
+  for (; i + 4 <= cols; i += 4)
+    for (int l = 0; l < 4; ++l) part[l] += double(y[i + l]);
+  for (; i < cols; ++i) part[0] += double(y[i]);
+  const T inv = static_cast<T>(1.0 / ((part[0] + part[1]) + (part[2] + part[3])));
+  for (i64 k = 0; k < cols; ++k) y[k] *= inv;
+}
+
 template <class T> void masked_softmax(const T* x, const Shape& xs, const T* mask, const Shape& ms, T* y) {
   const Shape* const ins[1] = {&ms};
   const Bcast<1> b = make_bcast("masked_softmax", xs, ins);
   const i64 cols = b.inner;
   if (cols <= 0) return;
   const i64 mc = b.st[0][b.out.rank - 1];  // 1, or 0 for a mask broadcast along the row
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   parallel_range(b.rows, std::max<i64>(1, kSoftmaxGrain / cols), [&](i64 r0, i64 r1) {
     walk_rows(b, r0, r1, [&](i64 r, const i64* off) {
       const T* xr = x + r * cols;
       const T* mr = mask + off[0];
       T* yr = y + r * cols;
-      // x + mask into y, and its max, in 8 independent lanes (one serial max over a row is a chain
-      // of dependent instructions; lanes let the compiler vectorise).
-      T lane[8] = {kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf};
-      i64 i = 0;
-      if (mc == 1) {
-        for (; i + 8 <= cols; i += 8)
-          for (int l = 0; l < 8; ++l) {
-            yr[i + l] = xr[i + l] + mr[i + l];
-            lane[l] = yr[i + l] > lane[l] ? yr[i + l] : lane[l];
-          }
-      }
-      for (; i < cols; ++i) {
-        yr[i] = xr[i] + mr[i * mc];
-        lane[0] = yr[i] > lane[0] ? yr[i] : lane[0];
-      }
-      T m = lane[0];
-      for (int l = 1; l < 8; ++l) m = lane[l] > m ? lane[l] : m;
-      if (m == kNegInf) {  // fully masked: zeros, not exp(-inf - -inf) = NaN
-        std::fill(yr, yr + cols, T(0));
-        return;
-      }
-      if constexpr (std::is_same_v<T, float>) {
-        // libmvec's 8-wide expf (kernels/vmath.h) takes a slow scalar path for a vector with any
-        // lane whose result underflows (every masked -inf): such lanes are clamped to kExpFloor
-        // for the call and set to 0 after it (exp(kExpFloor) < FLT_MIN: what a float can hold there).
-        for (i64 k = 0; k < cols; ++k) yr[k] = std::max(yr[k] - m, kExpFloor);
-        vexp(yr, yr, cols);
-        for (i64 k = 0; k < cols; ++k) yr[k] = xr[k] + mr[k * mc] - m <= kExpFloor ? 0.0f : yr[k];
-      } else {
-        for (i64 k = 0; k < cols; ++k) yr[k] = std::exp(yr[k] - m);
-      }
-      // The sum in double (as softmax_cpu.cpp), over 4 lanes then added in order: deterministic.
-      double part[4] = {0, 0, 0, 0};
-      i = 0;
-      for (; i + 4 <= cols; i += 4)
-        for (int l = 0; l < 4; ++l) part[l] += double(yr[i + l]);
-      for (; i < cols; ++i) part[0] += double(yr[i]);
-      const double s = (part[0] + part[1]) + (part[2] + part[3]);
-      const T inv = static_cast<T>(1.0 / s);
-      for (i64 i = 0; i < cols; ++i) yr[i] *= inv;
+      softmax_row(xr, mr, mc, yr, cols);
     });
   });
 }

@@ -20,9 +20,11 @@ extern "C" __m256 _ZGVdN8v_erff(__m256);
 
 namespace rf::kernels::cpu {
 
-// exp(x) for x below this is under FLT_MIN (a denormal or 0): the kernels clamp such arguments
-// before vexp (libmvec handles a vector with an underflowing lane on a slow scalar path).
-constexpr float kExpFloor = -87.5f;
+// The kernels clamp exp arguments below this before vexp and treat their results as 0: libmvec
+// takes a slow scalar path for a vector with any lane whose result is not a normal float (below
+// FLT_MIN, exp(-87.3)), and exp(-80) = 1.8e-35 is already far below anything f32 softmax or GELU
+// sums can resolve (their terms are compared against values >= 1e-7 * 1).
+constexpr float kExpFloor = -80.0f;
 
 // y[i] = exp(x[i]) (x and y may be the same array).
 inline void vexp(const float* x, float* y, i64 n) {
