@@ -75,6 +75,12 @@ CommandLine parse_command_line(int argc, const char* const* argv, std::ostream& 
                  "data/kjv for kjv, falling back to Debian's `bible` program)");
   tr->add_option("--epochs", c.epochs, "epochs over the training set")
       ->check(integer<int64_t>())->capture_default_str();
+  tr->add_option("--max-minutes", c.max_minutes,
+                 "stop once the training steps have taken this many minutes (rank 0's clock; 0: no limit)")
+      ->capture_default_str();
+  tr->add_option("--eval-every", c.eval_every, "also evaluate on the test set every this many steps (0: per epoch)")
+      ->check(integer<int64_t>())
+      ->capture_default_str();
   tr->add_option("--max-steps", c.max_steps, "stop after this many steps (default: no limit)")
       ->check(integer<int64_t>())
       // The default, -1 (no limit), is not a value a user can pass.

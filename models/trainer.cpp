@@ -62,6 +62,9 @@ void validate_trainer_config(const TrainerConfig& c) {
   RF_CHECK(!c.no_gradient_exchange || c.check_every == 0,
            "--no-gradient-exchange lets the replicas drift apart: it does not combine with --check-every");
   RF_CHECK(c.weight_decay >= 0 && std::isfinite(c.weight_decay), "--weight-decay must be >= 0, got ", c.weight_decay);
+  RF_CHECK(c.max_minutes >= 0 && std::isfinite(c.max_minutes), "--max-minutes must be >= 0 (0: no limit), got ",
+           c.max_minutes);
+  RF_CHECK(c.eval_every >= 0, "--eval-every must be >= 0 (0: each epoch's end), got ", c.eval_every);
   RF_CHECK(c.beta1 >= 0 && c.beta1 < 1, "--beta1 must be in [0, 1), got ", c.beta1);
   RF_CHECK(c.beta2 >= 0 && c.beta2 < 1, "--beta2 must be in [0, 1), got ", c.beta2);
   RF_CHECK(c.clip_norm >= 0 && std::isfinite(c.clip_norm), "--clip-grad-norm must be >= 0 (0: off), got ",
@@ -700,7 +703,8 @@ nlohmann::json Trainer::fit(const std::string& model, const std::map<std::string
   Evaluation eval;
   const DType loss_dtype = g.spec(m.loss).dtype;
   (void)loss_dtype;
-  for (int64_t epoch = setup.resume.epoch; epoch < c.epochs && step < total_steps; ++epoch) {
+  int64_t stop_at = -1;  // --max-minutes: the step the time ran out after
+  for (int64_t epoch = setup.resume.epoch; epoch < c.epochs && step < total_steps && stop_at < 0; ++epoch) {
     if (epoch == setup.resume.epoch && setup.resume.position > 0)
       data.restore(setup.resume);  // --resume: mid-epoch
     else
@@ -747,9 +751,14 @@ nlohmann::json Trainer::fit(const std::string& model, const std::map<std::string
       const double sps = double((step - first_step) * c.batch) / std::max(train_seconds, 1e-9);
       progress.update(epoch + 1, c.epochs, step, total_steps, loss, sps,
                       double((total_steps - step) * c.batch) / std::max(sps, 1e-9));
+      if (c.max_minutes > 0) {  // rank 0's clock decides, so every rank stops after the same step
+        int64_t up = train_seconds >= c.max_minutes * 60 ? 1 : 0;
+        if (world > 1) comm->broadcast(&up, 1, DType::I64, 0);
+        if (up) stop_at = step;
+      }
       if (step % c.metrics_every == 0) {
         const auto [mloss, mvalues] = global_mean(window_loss, double(window_steps), window);
-        nlohmann::json line = {{"step", step}, {"epoch", epoch + 1}, {"loss", mloss}};
+        nlohmann::json line = {{"step", step}, {"epoch", epoch + 1}, {"loss", mloss}, {"train_seconds", train_seconds}};
         for (size_t k = 0; k < nm; ++k) line[m.metrics[k].name] = mvalues[k];
         line["lr"] = lr;
         line["samples_per_second"] = sps;
@@ -759,12 +768,21 @@ nlohmann::json Trainer::fit(const std::string& model, const std::map<std::string
         window_steps = 0;
         window.assign(nm, MetricSum{});
       }
+      if (c.eval_every > 0 && step % c.eval_every == 0 && step < total_steps && step != stop_at) {
+        const Evaluation mid = evaluate(sess, m, fetches, setup.feed_of_input, data, c.eval_batch, *comm);
+        nlohmann::json line = {{"step", step}, {"epoch", epoch + 1}, {"train_seconds", train_seconds}};
+        for (size_t k = 0; k < nm; ++k) line[m.metrics[k].name] = mid.metrics[k];
+        line["test_loss"] = mid.loss;
+        emit(line);
+      }
+      if (step == stop_at) break;
     }
     eval = evaluate(sess, m, fetches, setup.feed_of_input, data, c.eval_batch, *comm);
     evaluated = true;
     nlohmann::json line = {{"step", step}, {"epoch", epoch + 1}, {"loss", global_mean(final_loss, 1, {}).first}};
     for (size_t k = 0; k < nm; ++k) line[m.metrics[k].name] = eval.metrics[k];
     line["test_loss"] = eval.loss;
+    line["train_seconds"] = train_seconds;
     line["lr"] = sched.at(std::max<int64_t>(step - 1, 0));
     line["samples_per_second"] = double(epoch_steps * c.batch) / std::max(seconds_since(epoch_start), 1e-9);
     emit(line);

@@ -25,6 +25,8 @@ struct TrainerConfig {
   std::string dtype = "f32";  // f32 | f64: Variables and math
   int64_t epochs = 3;
   int64_t max_steps = -1;  // stop after this many steps in total (-1: no limit)
+  double max_minutes = 0;  // stop once training steps have taken this long (rank 0's clock; 0: no limit)
+  int64_t eval_every = 0;  // also evaluate every this many steps (0: at the end of each epoch only)
   int64_t batch = 64;      // global batch
   double lr = 0.05;
   std::string optimizer = "momentum";
