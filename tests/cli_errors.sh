@@ -252,6 +252,21 @@ mkfifo "$tmp/ckfifo"
 expect_error "FIFO as --init-from" "not a regular file" "${common[@]}" --data-dir "$tmp/good" --init-from "$tmp/ckfifo"
 # Out: a run whose last update diverges (its loss, read before that update, was finite) ends
 # with an error and saves nothing.
+# The gpt model's and the optimizer's flags, and `ringflow sample`.
+expect_error "negative clip" "clip-grad-norm must be >= 0" "${common[@]}" --clip-grad-norm -1
+expect_error "beta2 of 1" "beta2 must be in" "${common[@]}" --beta2 1
+expect_error "negative max-minutes" "max-minutes must be >= 0" "${common[@]}" --max-minutes -1
+if command -v bible >/dev/null; then  # the text from Debian's bible program (no data/kjv in the cwd)
+  pushd "$tmp" >/dev/null
+  expect_error "heads that do not divide the width" "does not divide --width" train --quiet --model gpt --heads 3 \
+    --max-steps 1
+  popd >/dev/null
+fi
+expect_error "gpt option on mlp" "is not an option of model 'mlp'" "${common[@]}" --heads 2
+expect_error "kjv text missing" "cannot read the text corpus" train --quiet --model gpt --max-steps 1 \
+  --data-dir "$tmp/no_such_dir"
+expect_error "sample without a checkpoint" "init-from" sample --prompt x
+expect_error "sample from a missing file" "init-from" sample --init-from "$tmp/none.safetensors"
 expect_error "diverged at the last step" "training diverged by step 1" train --quiet --model mlp --max-steps 1 \
   --data-dir "$tmp/good" --batch 10 --lr 1e30 --save "$tmp/diverged.safetensors"
 if [[ -e "$tmp/diverged.safetensors" ]]; then
