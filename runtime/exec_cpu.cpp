@@ -24,41 +24,9 @@ template <class F> void with_float(const Node& n, DType t, F&& f) {
   }
 }
 
-Shape left_pad(const Shape& s, int rank) {
-  Shape out;
-  for (int i = 0; i < rank - s.rank; ++i) out.push_back(1);
-  for (int i = 0; i < s.rank; ++i) out.push_back(s[i]);
-  return out;
-}
 
-// The shape at rank `rank` that BroadcastLike's input broadcasts from (see op_list.h).
-Shape broadcast_source_shape(const Attrs& a, const Shape& x, int rank) {
-  if (a.axes.empty() || a.keepdims) return left_pad(x, rank);
-  Shape out;
-  int src = 0;
-  for (int i = 0; i < rank; ++i) {
-    const bool inserted = std::find(a.axes.begin(), a.axes.end(), i) != a.axes.end();
-    out.push_back(inserted ? 1 : x[src++]);
-  }
-  return out;
-}
 
-// [outer, C, inner] view of an [N, C, ...] tensor for the bias ops.
-void channel_dims(const Shape& s, i64* outer, i64* c, i64* inner) {
-  *outer = s[0];
-  *c = s[1];
-  *inner = 1;
-  for (int i = 2; i < s.rank; ++i) *inner *= s[i];
-}
 
-kc::ConvGeom conv_geom(const Node& n, const Shape& x, const Shape& w, const Shape& y) {
-  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], n.attrs.stride_h, n.attrs.stride_w,
-          n.attrs.pad_h, n.attrs.pad_w, y[2], y[3]};
-}
-kc::PoolGeom pool_geom(const Node& n, const Shape& x, const Shape& y) {
-  const Attrs& a = n.attrs;
-  return {x[0], x[1], x[2], x[3], a.kernel_h, a.kernel_w, a.stride_h, a.stride_w, a.pad_h, a.pad_w, y[2], y[3]};
-}
 
 UnaryOp unary_of(Op op) {
   switch (op) {
@@ -70,8 +38,11 @@ UnaryOp unary_of(Op op) {
     case Op::Relu: return UnaryOp::Relu;
     case Op::Tanh: return UnaryOp::Tanh;
     case Op::Sigmoid: return UnaryOp::Sigmoid;
-    default: return UnaryOp::Gelu;
+    case Op::Gelu: return UnaryOp::Gelu;
+    case Op::Rsqrt: return UnaryOp::Rsqrt;
+    default: break;  // the callers pass only the ops above; anything else is a bug here, not a GELU
   }
+  fail("internal: op ", op_name(op), " is not a unary elementwise op");
 }
 BinaryOp binary_of(Op op) {
   switch (op) {
@@ -82,8 +53,11 @@ BinaryOp binary_of(Op op) {
     case Op::ReluGrad: return BinaryOp::ReluGrad;
     case Op::TanhGrad: return BinaryOp::TanhGrad;
     case Op::SigmoidGrad: return BinaryOp::SigmoidGrad;
-    default: return BinaryOp::GeluGrad;
+    case Op::GeluGrad: return BinaryOp::GeluGrad;
+    case Op::RsqrtGrad: return BinaryOp::RsqrtGrad;
+    default: break;  // the callers pass only the ops above; anything else is a bug here
   }
+  fail("internal: op ", op_name(op), " is not a binary elementwise op");
 }
 
 }  // namespace
@@ -129,8 +103,8 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
         if (in[0]->shape() == ys && in[1]->shape() == ys) {
           kc::binary<T>(binary_of(n.op), in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(), ys.numel());
         } else {
-          kc::binary_broadcast<T>(binary_of(n.op), in[0]->data<T>(), left_pad(in[0]->shape(), ys.rank),
-                                  in[1]->data<T>(), left_pad(in[1]->shape(), ys.rank), out[0]->data<T>(), ys);
+          kc::binary_broadcast<T>(binary_of(n.op), in[0]->data<T>(), geometry::left_pad(n, in[0]->shape(), ys.rank),
+                                  in[1]->data<T>(), geometry::left_pad(n, in[1]->shape(), ys.rank), out[0]->data<T>(), ys);
         }
       });
       return;
@@ -217,8 +191,8 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
         using T = decltype(t);
         const Shape& os = out[0]->shape();
         try {
-          kc::where<T>(in[0]->data<uint8_t>(), left_pad(in[0]->shape(), os.rank), in[1]->data<T>(),
-                       left_pad(in[1]->shape(), os.rank), in[2]->data<T>(), left_pad(in[2]->shape(), os.rank),
+          kc::where<T>(in[0]->data<uint8_t>(), geometry::left_pad(n, in[0]->shape(), os.rank), in[1]->data<T>(),
+                       geometry::left_pad(n, in[1]->shape(), os.rank), in[2]->data<T>(), geometry::left_pad(n, in[2]->shape(), os.rank),
                        out[0]->data<T>(), os);
         } catch (const std::invalid_argument& e) {
           fail("node '", n.name, "' (Where): ", e.what());
@@ -230,8 +204,8 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       auto run = [&](auto t) {
         using T = decltype(t);
         try {
-          kc::compare<T>(kernels::CompareOp(a.compare), in[0]->data<T>(), left_pad(in[0]->shape(), os.rank),
-                         in[1]->data<T>(), left_pad(in[1]->shape(), os.rank), out[0]->data<uint8_t>(), os);
+          kc::compare<T>(kernels::CompareOp(a.compare), in[0]->data<T>(), geometry::left_pad(n, in[0]->shape(), os.rank),
+                         in[1]->data<T>(), geometry::left_pad(n, in[1]->shape(), os.rank), out[0]->data<uint8_t>(), os);
         } catch (const std::invalid_argument& e) {
           fail("node '", n.name, "' (Compare): ", e.what());
         }
@@ -247,7 +221,7 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
         using T = decltype(t);
         const Shape& xs = in[0]->shape();
         try {
-          kc::masked_softmax<T>(in[0]->data<T>(), xs, in[1]->data<T>(), left_pad(in[1]->shape(), xs.rank),
+          kc::masked_softmax<T>(in[0]->data<T>(), xs, in[1]->data<T>(), geometry::left_pad(n, in[1]->shape(), xs.rank),
                                 out[0]->data<T>());
         } catch (const std::invalid_argument& e) {
           fail("node '", n.name, "' (MaskedSoftmax): ", e.what());
@@ -264,7 +238,7 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
         // The reduced shape at the input's rank: 1 on reduced axes.
         Shape ys;
         if (n.op == Op::SumLike) {
-          ys = left_pad(out[0]->shape(), xs.rank);
+          ys = geometry::left_pad(n, out[0]->shape(), xs.rank);
         } else {
           ys = xs;
           if (a.axes.empty())
@@ -279,7 +253,7 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         const Shape& ys = out[0]->shape();
-        const Shape xs = broadcast_source_shape(a, in[0]->shape(), ys.rank);
+        const Shape xs = geometry::broadcast_source_shape(n, in[0]->shape(), ys.rank);
         double scale = a.scalar == 0 ? 1.0 : a.scalar;
         if (a.average && ys.numel() > 0) scale *= double(xs.numel()) / double(ys.numel());
         kc::broadcast_to<T>(in[0]->data<T>(), xs, out[0]->data<T>(), ys, scale);
@@ -297,7 +271,7 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         i64 outer, c, inner;
-        channel_dims(in[0]->shape(), &outer, &c, &inner);
+        geometry::bias_dims(n, in[0]->shape(), &outer, &c, &inner);
         kc::bias_add<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(), outer, c, inner);
       });
       return;
@@ -305,7 +279,7 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         i64 outer, c, inner;
-        channel_dims(in[0]->shape(), &outer, &c, &inner);
+        geometry::bias_dims(n, in[0]->shape(), &outer, &c, &inner);
         kc::bias_grad<T>(in[0]->data<T>(), out[0]->data<T>(), outer, c, inner);
       });
       return;
@@ -314,21 +288,21 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         kc::conv2d<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(),
-                      conv_geom(n, in[0]->shape(), in[1]->shape(), out[0]->shape()));
+                      geometry::conv_geom(n, in[0]->shape(), in[1]->shape(), out[0]->shape()));
       });
       return;
     case Op::Conv2DGradInput:  // (dy, w, x_like)
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         kc::conv2d_grad_input<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(),
-                                 conv_geom(n, out[0]->shape(), in[1]->shape(), in[0]->shape()));
+                                 geometry::conv_geom(n, out[0]->shape(), in[1]->shape(), in[0]->shape()));
       });
       return;
     case Op::Conv2DGradFilter:  // (x, dy, w_like)
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         kc::conv2d_grad_filter<T>(in[0]->data<T>(), in[1]->data<T>(), out[0]->data<T>(),
-                                  conv_geom(n, in[0]->shape(), out[0]->shape(), in[1]->shape()));
+                                  geometry::conv_geom(n, in[0]->shape(), out[0]->shape(), in[1]->shape()));
       });
       return;
 
@@ -336,26 +310,26 @@ void exec_cpu(const Node& n, Tensor* const* in, Tensor* const* out, const ExecCo
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         kc::max_pool2d<T>(in[0]->data<T>(), out[0]->data<T>(), out[1]->data<int32_t>(),
-                          pool_geom(n, in[0]->shape(), out[0]->shape()));
+                          geometry::pool_geom(n, in[0]->shape(), out[0]->shape()));
       });
       return;
     case Op::MaxPool2DGrad:  // (dy, argmax, x_like)
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
         kc::max_pool2d_grad<T>(in[0]->data<T>(), in[1]->data<int32_t>(), out[0]->data<T>(),
-                               pool_geom(n, out[0]->shape(), in[0]->shape()));
+                               geometry::pool_geom(n, out[0]->shape(), in[0]->shape()));
       });
       return;
     case Op::AvgPool2D:
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
-        kc::avg_pool2d<T>(in[0]->data<T>(), out[0]->data<T>(), pool_geom(n, in[0]->shape(), out[0]->shape()));
+        kc::avg_pool2d<T>(in[0]->data<T>(), out[0]->data<T>(), geometry::pool_geom(n, in[0]->shape(), out[0]->shape()));
       });
       return;
     case Op::AvgPool2DGrad:  // (dy, x_like)
       with_float(n, out[0]->dtype(), [&](auto t) {
         using T = decltype(t);
-        kc::avg_pool2d_grad<T>(in[0]->data<T>(), out[0]->data<T>(), pool_geom(n, out[0]->shape(), in[0]->shape()));
+        kc::avg_pool2d_grad<T>(in[0]->data<T>(), out[0]->data<T>(), geometry::pool_geom(n, out[0]->shape(), in[0]->shape()));
       });
       return;
 
@@ -550,7 +524,7 @@ void exec_fused_cpu(FusedChain& f, Tensor* const* in, Tensor* const* out, const 
     with_float(*f.root, y.dtype(), [&](auto t) {
       using T = decltype(t);
       kc::conv2d_bias<T>(in[0]->data<T>(), in[1]->data<T>(), bias.data<T>(), f.relu != nullptr, y.data<T>(),
-                         conv_geom(*f.root, in[0]->shape(), in[1]->shape(), y.shape()));
+                         geometry::conv_geom(*f.root, in[0]->shape(), in[1]->shape(), y.shape()));
     });
     return;
   }
@@ -558,7 +532,7 @@ void exec_fused_cpu(FusedChain& f, Tensor* const* in, Tensor* const* out, const 
   with_float(*f.bias_add, y.dtype(), [&](auto t) {
     using T = decltype(t);
     i64 outer, c, inner;
-    channel_dims(y.shape(), &outer, &c, &inner);
+    geometry::bias_dims(*f.bias_add, y.shape(), &outer, &c, &inner);
     if (f.relu)
       kc::bias_add_relu<T>(y.data<T>(), bias.data<T>(), y.data<T>(), outer, c, inner);
     else

@@ -34,36 +34,7 @@ using kernels::ScalarOp;
 using kernels::UnaryOp;
 
 
-// Numpy broadcasting aligns shapes at the right: prepend size-1 axes up to `rank`.
-Shape left_pad(const Node& node, const Shape& s, int rank) {
-  RF_CHECK(s.rank <= rank, "node '", node.name, "': cannot align shape ", s.str(), " to rank ", rank);
-  Shape r;
-  for (int i = s.rank; i < rank; ++i) r.push_back(1);
-  for (int i = 0; i < s.rank; ++i) r.push_back(s.dims[i]);
-  return r;
-}
 
-// BroadcastLike's input shape at the output's rank (op_list.h): with attrs.axes and no keepdims,
-// x lacks those axes (it came from a Sum/Mean without keepdims), so 1s go back in there; else x
-// is left-padded like any numpy broadcast.
-Shape broadcast_source_shape(const Node& node, const Shape& x, int rank) {
-  const Attrs& a = node.attrs;
-  if (a.axes.empty() || a.keepdims) return left_pad(node, x, rank);
-  bool inserted[Shape::kMaxRank] = {};
-  int n_inserted = 0;
-  for (int ax : a.axes) {
-    const int d = ax < 0 ? ax + rank : ax;
-    RF_CHECK(d >= 0 && d < rank, "node '", node.name, "' (BroadcastLike): axis ", ax, " out of range for rank ", rank);
-    if (!inserted[d]) ++n_inserted;
-    inserted[d] = true;
-  }
-  RF_CHECK(x.rank + n_inserted == rank, "node '", node.name, "' (BroadcastLike): ", x.str(), " with ", n_inserted,
-           " reduced axes does not have rank ", rank);
-  Shape out;
-  int src = 0;
-  for (int d = 0; d < rank; ++d) out.push_back(inserted[d] ? 1 : x.dims[src++]);
-  return out;
-}
 
 
 void check_same_numel(const Node& node, const Tensor& a, const Tensor& b) {
@@ -91,8 +62,8 @@ void run_binary(const Node& node, BinaryOp op, Tensor* const* in, Tensor* const*
       kc::binary<T>(op, a.data<T>(), b.data<T>(), y.data<T>(), y.numel(), st);
     } else {
       const int r = y.shape().rank;
-      kc::binary_broadcast<T>(op, a.data<T>(), left_pad(node, a.shape(), r), b.data<T>(),
-                              left_pad(node, b.shape(), r), y.data<T>(), y.shape(), st);
+      kc::binary_broadcast<T>(op, a.data<T>(), geometry::left_pad(node, a.shape(), r), b.data<T>(),
+                              geometry::left_pad(node, b.shape(), r), y.data<T>(), y.shape(), st);
     }
   });
 }
@@ -142,14 +113,6 @@ void run_sum_mean(const Node& node, bool mean, Tensor* const* in, Tensor* const*
   run_reduce(node, x, ys, *out[0], mean ? 1.0 / double(count) : 1.0, st);
 }
 
-// (x[outer, C, inner...]): the channel axis is 1.
-void bias_dims(const Node& node, const Shape& s, i64* outer, i64* C, i64* inner) {
-  RF_CHECK(s.rank >= 2, "node '", node.name, "' (", op_name(node.op), "): needs rank >= 2, got ", s.str());
-  *outer = s.dims[0];
-  *C = s.dims[1];
-  *inner = 1;
-  for (int d = 2; d < s.rank; ++d) *inner *= s.dims[d];
-}
 
 // MatMul's row-major geometry: A is [m,k] ([k,m] when transposed), B is [k,n] ([n,k] when
 // transposed); each leading dimension is the stored row length (shape()[1]).
@@ -170,19 +133,7 @@ MatDims matmul_dims(const Node& node, const Tensor& a, const Tensor& b, const Te
 }
 
 
-kernels::ConvGeom conv_geom(const Node& n, const Shape& x, const Shape& w, const Shape& y) {
-  RF_CHECK(x.rank == 4 && w.rank == 4 && y.rank == 4, "node '", n.name, "' (", op_name(n.op), "): needs NCHW / OIHW, got ",
-           x.str(), ", ", w.str(), ", ", y.str());
-  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], n.attrs.stride_h, n.attrs.stride_w, n.attrs.pad_h, n.attrs.pad_w,
-          y[2], y[3]};
-}
 
-kernels::PoolGeom pool_geom(const Node& n, const Shape& x, const Shape& y) {
-  RF_CHECK(x.rank == 4 && y.rank == 4, "node '", n.name, "' (", op_name(n.op), "): needs NCHW, got ", x.str(), " and ",
-           y.str());
-  const Attrs& a = n.attrs;
-  return {x[0], x[1], x[2], x[3], a.kernel_h, a.kernel_w, a.stride_h, a.stride_w, a.pad_h, a.pad_w, y[2], y[3]};
-}
 
 // One cuDNN convolution pass, with the device's persistent workspace (cuda::workspace): no
 // allocation per call, and a captured CUDA graph keeps pointing at memory nobody else gets.
@@ -260,8 +211,8 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
                dtype_name(in[0]->dtype()), ", not U8");
       dispatch(node, y.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        kc::where<T>(in[0]->data<uint8_t>(), left_pad(node, in[0]->shape(), r), in[1]->data<T>(),
-                     left_pad(node, in[1]->shape(), r), in[2]->data<T>(), left_pad(node, in[2]->shape(), r),
+        kc::where<T>(in[0]->data<uint8_t>(), geometry::left_pad(node, in[0]->shape(), r), in[1]->data<T>(),
+                     geometry::left_pad(node, in[1]->shape(), r), in[2]->data<T>(), geometry::left_pad(node, in[2]->shape(), r),
                      y.data<T>(), y.shape(), st);
       });
       return;
@@ -274,7 +225,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       const auto op = kernels::CompareOp(at.compare);
       auto run = [&](auto tag) {
         using T = decltype(tag);
-        kc::compare<T>(op, a.data<T>(), left_pad(node, a.shape(), r), b.data<T>(), left_pad(node, b.shape(), r),
+        kc::compare<T>(op, a.data<T>(), geometry::left_pad(node, a.shape(), r), b.data<T>(), geometry::left_pad(node, b.shape(), r),
                        y.data<uint8_t>(), y.shape(), st);
       };
       if (a.dtype() == DType::I32) run(int32_t{});
@@ -288,7 +239,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       check_same_numel(node, x, y);
       dispatch(node, y.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        kc::masked_softmax<T>(x.data<T>(), x.shape(), in[1]->data<T>(), left_pad(node, in[1]->shape(), x.shape().rank),
+        kc::masked_softmax<T>(x.data<T>(), x.shape(), in[1]->data<T>(), geometry::left_pad(node, in[1]->shape(), x.shape().rank),
                               y.data<T>(), st);
       });
       return;
@@ -298,12 +249,12 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
     case Op::Mean: return run_sum_mean(node, true, in, out, st);
     case Op::SumLike: {
       const Tensor& x = *in[0];
-      return run_reduce(node, x, left_pad(node, in[1]->shape(), x.shape().rank), *out[0], 1.0, st);
+      return run_reduce(node, x, geometry::left_pad(node, in[1]->shape(), x.shape().rank), *out[0], 1.0, st);
     }
     case Op::BroadcastLike: {
       const Tensor& x = *in[0];
       Tensor& y = *out[0];
-      const Shape xs = broadcast_source_shape(node, x.shape(), y.shape().rank);
+      const Shape xs = geometry::broadcast_source_shape(node, x.shape(), y.shape().rank);
       double scale = at.scalar == 0 ? 1.0 : at.scalar;
       if (at.average && y.numel() > 0) scale *= double(xs.numel()) / double(y.numel());
       dispatch(node, y.dtype(), [&](auto tag) {
@@ -318,7 +269,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       const Tensor& b = *in[1];
       Tensor& y = *out[0];
       i64 outer, C, inner;
-      bias_dims(node, x.shape(), &outer, &C, &inner);
+      geometry::bias_dims(node, x.shape(), &outer, &C, &inner);
       RF_CHECK(b.numel() == C, "node '", node.name, "' (BiasAdd): bias ", b.shape().str(), " for ", C, " channels");
       check_same_numel(node, x, y);
       dispatch(node, y.dtype(), [&](auto tag) {
@@ -331,7 +282,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       const Tensor& dy = *in[0];
       Tensor& db = *out[0];
       i64 outer, C, inner;
-      bias_dims(node, dy.shape(), &outer, &C, &inner);
+      geometry::bias_dims(node, dy.shape(), &outer, &C, &inner);
       RF_CHECK(db.numel() == C, "node '", node.name, "' (BiasAddGrad): output ", db.shape().str(), " for ", C,
                " channels");
       dispatch(node, db.dtype(), [&](auto tag) {
@@ -521,7 +472,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       const Tensor& x = *in[0];
       const Tensor& w = *in[1];
       Tensor& y = *out[0];
-      const kernels::ConvGeom g = conv_geom(node, x.shape(), w.shape(), y.shape());
+      const kernels::ConvGeom g = geometry::conv_geom(node, x.shape(), w.shape(), y.shape());
       dispatch(node, y.dtype(), [&](auto tag) {
         using T = decltype(tag);
         run_conv<T>(ctx, kc::ConvPass::Forward, g, [&](bool tf32, void* ws, size_t bytes, cudnnHandle_t h) {
@@ -534,7 +485,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       const Tensor& dy = *in[0];
       const Tensor& w = *in[1];
       Tensor& dx = *out[0];
-      const kernels::ConvGeom g = conv_geom(node, dx.shape(), w.shape(), dy.shape());
+      const kernels::ConvGeom g = geometry::conv_geom(node, dx.shape(), w.shape(), dy.shape());
       dispatch(node, dx.dtype(), [&](auto tag) {
         using T = decltype(tag);
         run_conv<T>(ctx, kc::ConvPass::BackwardData, g, [&](bool tf32, void* ws, size_t bytes, cudnnHandle_t h) {
@@ -547,7 +498,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
       const Tensor& x = *in[0];
       const Tensor& dy = *in[1];
       Tensor& dw = *out[0];
-      const kernels::ConvGeom g = conv_geom(node, x.shape(), dw.shape(), dy.shape());
+      const kernels::ConvGeom g = geometry::conv_geom(node, x.shape(), dw.shape(), dy.shape());
       dispatch(node, dw.dtype(), [&](auto tag) {
         using T = decltype(tag);
         run_conv<T>(ctx, kc::ConvPass::BackwardFilter, g, [&](bool tf32, void* ws, size_t bytes, cudnnHandle_t h) {
@@ -560,7 +511,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
     case Op::MaxPool2D: {  // x -> (y, argmax)
       const Tensor& x = *in[0];
       Tensor& y = *out[0];
-      const kernels::PoolGeom g = pool_geom(node, x.shape(), y.shape());
+      const kernels::PoolGeom g = geometry::pool_geom(node, x.shape(), y.shape());
       dispatch(node, y.dtype(), [&](auto tag) {
         using T = decltype(tag);
         kc::max_pool2d<T>(x.data<T>(), y.data<T>(), out[1]->data<int32_t>(), g, st);
@@ -570,7 +521,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
     case Op::MaxPool2DGrad: {  // (dy, argmax, x_like)
       const Tensor& dy = *in[0];
       Tensor& dx = *out[0];
-      const kernels::PoolGeom g = pool_geom(node, dx.shape(), dy.shape());
+      const kernels::PoolGeom g = geometry::pool_geom(node, dx.shape(), dy.shape());
       check_same_numel(node, dy, *in[1]);
       dispatch(node, dx.dtype(), [&](auto tag) {
         using T = decltype(tag);
@@ -581,7 +532,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
     case Op::AvgPool2D: {
       const Tensor& x = *in[0];
       Tensor& y = *out[0];
-      const kernels::PoolGeom g = pool_geom(node, x.shape(), y.shape());
+      const kernels::PoolGeom g = geometry::pool_geom(node, x.shape(), y.shape());
       dispatch(node, y.dtype(), [&](auto tag) {
         using T = decltype(tag);
         kc::avg_pool2d<T>(x.data<T>(), y.data<T>(), g, st);
@@ -591,7 +542,7 @@ void exec(const Node& node, Tensor* const* in, Tensor* const* out, const ExecCon
     case Op::AvgPool2DGrad: {  // (dy, x_like)
       const Tensor& dy = *in[0];
       Tensor& dx = *out[0];
-      const kernels::PoolGeom g = pool_geom(node, dx.shape(), dy.shape());
+      const kernels::PoolGeom g = geometry::pool_geom(node, dx.shape(), dy.shape());
       dispatch(node, dx.dtype(), [&](auto tag) {
         using T = decltype(tag);
         kc::avg_pool2d_grad<T>(dy.data<T>(), dx.data<T>(), g, st);
@@ -749,7 +700,7 @@ void exec_fused(FusedChain& f, Tensor* const* in, Tensor* const* out, const Exec
   Tensor& y = *out[0];
   const Tensor& bias = *in[f.root->inputs.size()];
   i64 outer, C, inner;
-  bias_dims(*f.bias_add, y.shape(), &outer, &C, &inner);
+  geometry::bias_dims(*f.bias_add, y.shape(), &outer, &C, &inner);
   RF_CHECK(bias.numel() == C, "node '", f.bias_add->name, "' (BiasAdd): bias ", bias.shape().str(), " for ", C,
            " channels");
   bool done = false;
