@@ -10,6 +10,7 @@
 
 #include "kernels/cuda.h"
 #include "kernels/launch.cuh"
+#include "kernels/row_reduce.cuh"
 #include "runtime/error.h"
 
 namespace rf::kernels::cuda {
@@ -74,28 +75,9 @@ __global__ void compare_kernel(CompareOp op, const T* a, const T* c, uint8_t* ou
   }
 }
 
-struct Max {
-  template <class A> __device__ A operator()(A a, A b) const { return b > a ? b : a; }
-};
-struct Plus {
-  template <class A> __device__ A operator()(A a, A b) const { return a + b; }
-};
-
-// Reduces v over the kThreads threads of a row (a warp, or the whole block); all get the result.
-template <int kThreads, class A, class F> __device__ A row_reduce(A v, F f) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = f(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if constexpr (kThreads > 32) {
-    __shared__ A part[kThreads / 32];
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    v = part[0];
-#pragma unroll
-    for (int i = 1; i < kThreads / 32; ++i) v = f(v, part[i]);
-    __syncthreads();  // part is reused by the row's next reduction
-  }
-  return v;
-}
+using rows::Max;
+using rows::Plus;
+using rows::row_reduce;
 
 // b holds the mask's strides over x's axes; rows are x's leading axes, the last is the row.
 template <class T, int kThreads>

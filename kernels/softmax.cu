@@ -7,6 +7,7 @@
 
 #include "kernels/cuda.h"
 #include "kernels/launch.cuh"
+#include "kernels/row_reduce.cuh"
 #include "runtime/error.h"
 
 namespace rf::kernels::cuda {
@@ -15,29 +16,9 @@ namespace {
 
 constexpr i64 kWarpRowMax = 1024;  // up to this many columns a warp owns a row (<= 32 per lane)
 
-struct Max {
-  template <class A> __device__ A operator()(A a, A b) const { return b > a ? b : a; }
-};
-struct Plus {
-  template <class A> __device__ A operator()(A a, A b) const { return a + b; }
-};
-
-// Reduces v over the kThreads threads of a row (threadIdx.x), every thread gets the result.
-// kThreads is 32 (a warp per row) or kBlock (the block is one row).
-template <int kThreads, class A, class F> __device__ A row_reduce(A v, F f) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = f(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if constexpr (kThreads > 32) {
-    __shared__ A part[kThreads / 32];
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    v = part[0];
-#pragma unroll
-    for (int i = 1; i < kThreads / 32; ++i) v = f(v, part[i]);
-    __syncthreads();  // part is reused by the row's next reduction
-  }
-  return v;
-}
+using rows::Max;
+using rows::Plus;
+using rows::row_reduce;
 
 // Row loop shared by every kernel: rows advance by the grid; all threads of a row take the same
 // iterations, so the block-wide barriers in row_reduce are uniform.

@@ -27,7 +27,10 @@ i64 known_dim(Value x, int axis, const char* layer, const std::string& name, con
 
 }  // namespace
 
-Value linear(Value x, i64 out, const std::string& name, bool bias) {
+namespace {
+// x W^T (+ b): W drawn from weight_init, b zeros; or, without weight_init, both from PyTorch's
+// default U(-1/sqrt(in), 1/sqrt(in)).
+Value dense(Value x, i64 out, const std::string& name, const Initializer* weight_init, bool bias) {
   RF_CHECK(x.valid(), "linear '", name, "': no input");
   Graph& g = *x.graph;
   const DType dt = g.spec(x).dtype;
@@ -35,11 +38,19 @@ Value linear(Value x, i64 out, const std::string& name, bool bias) {
   RF_CHECK(out > 0, "linear '", name, "': out must be positive, got ", out);
   const i64 in = known_dim(x, 1, "linear", name, "feature");
   // Weight, then bias, then the ops: the node order of the models before the registry.
-  const Value w = param(g, name + ".weight", Shape{out, in}, dt, double(in));
-  const Value b = bias ? param(g, name + ".bias", Shape{out}, dt, double(in)) : Value{};
+  const Value w = weight_init ? g.variable(name + ".weight", Shape{out, in}, dt, *weight_init)
+                              : param(g, name + ".weight", Shape{out, in}, dt, double(in));
+  Value b;
+  if (bias)
+    b = weight_init ? g.variable(name + ".bias", Shape{out}, dt, Initializer::zeros())
+                    : param(g, name + ".bias", Shape{out}, dt, double(in));
   const Value y = ops::matmul(x, w, false, true);
   return bias ? ops::bias_add(y, b) : y;
 }
+}  // namespace
+
+Value linear(Value x, i64 out, const std::string& name, bool bias) { return dense(x, out, name, nullptr, bias); }
+
 
 Value conv2d(Value x, i64 cout, int kernel, const std::string& name, int stride, int pad, bool bias) {
   RF_CHECK(x.valid(), "conv2d '", name, "': no input");
@@ -57,16 +68,9 @@ Value conv2d(Value x, i64 cout, int kernel, const std::string& name, int stride,
 }
 
 Value linear(Value x, i64 out, const std::string& name, const Initializer& weight_init) {
-  RF_CHECK(x.valid(), "linear '", name, "': no input");
-  Graph& g = *x.graph;
-  const DType dt = g.spec(x).dtype;
-  RF_CHECK(g.spec(x).shape.rank == 2, "linear '", name, "': input must be [N, in], got ", g.spec(x).shape.str());
-  RF_CHECK(out > 0, "linear '", name, "': out must be positive, got ", out);
-  const i64 in = known_dim(x, 1, "linear", name, "feature");
-  const Value w = g.variable(name + ".weight", Shape{out, in}, dt, weight_init);
-  const Value b = g.variable(name + ".bias", Shape{out}, dt, Initializer::zeros());
-  return ops::bias_add(ops::matmul(x, w, false, true), b);
+  return dense(x, out, name, &weight_init, true);
 }
+
 
 Value embedding(Value ids, i64 vocab, i64 dim, DType dtype, const std::string& name, const Initializer& init) {
   RF_CHECK(ids.valid(), "embedding '", name, "': no input");
