@@ -12,30 +12,18 @@
 
 #include "kernels/cuda.h"
 #include "kernels/launch.cuh"
+#include "kernels/row_reduce.cuh"
 #include "runtime/error.h"
 
 namespace rf::kernels::cuda {
 
 namespace {
 
-constexpr i64 kWarpRowMax = 1024;  // up to this many columns a warp owns a row
+using rows::kWarpRowMax;
 
-// Sum over the kThreads threads of a row (threadIdx.x); every thread gets the result. kThreads is
-// 32 (a warp per row, blockDim.y rows per block) or kBlock (the block is one row).
-template <int kThreads> __device__ double row_sum(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  if constexpr (kThreads > 32) {
-    __shared__ double part[kThreads / 32];
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    v = part[0];
-#pragma unroll
-    for (int i = 1; i < kThreads / 32; ++i) v += part[i];
-    __syncthreads();  // part is reused by the row's next sum
-  }
-  return v;
-}
+// Sum over the kThreads threads of a row (kernels/row_reduce.cuh): 32 (a warp per row, blockDim.y
+// rows per block) or kBlock (the block is one row).
+template <int kThreads> __device__ double row_sum(double v) { return rows::row_reduce<kThreads>(v, rows::Plus{}); }
 
 // Rows advance by the grid; every thread of a row takes the same iterations (uniform barriers).
 #define RF_FOR_ROWS(r) \
@@ -137,16 +125,7 @@ template <class T> __global__ void layer_norm_finish_kernel(const double* part, 
   }
 }
 
-template <class... P, class... A>
-void launch_rows(void (*narrow)(P...), void (*wide)(P...), i64 rows, i64 cols, cudaStream_t stream, A... args) {
-  if (rows <= 0 || cols <= 0) return;
-  const bool w = cols > kWarpRowMax;
-  const int rows_per_block = w ? 1 : kBlock / 32;
-  const dim3 block(w ? kBlock : 32, unsigned(rows_per_block));
-  const auto grid = unsigned(std::min<i64>((rows + rows_per_block - 1) / rows_per_block, kMaxGrid));
-  (w ? wide : narrow)<<<grid, block, 0, stream>>>(args...);
-  CUDA_CHECK_LAUNCH();
-}
+using rows::launch_rows;
 
 template <class T> __global__ void fill_kernel(T* y, i64 n, T v) {
   RF_GRID_STRIDE(i, n) y[i] = v;

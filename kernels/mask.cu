@@ -17,7 +17,7 @@ namespace rf::kernels::cuda {
 
 namespace {
 
-constexpr i64 kWarpRowMax = 1024;  // as softmax.cu: up to this many columns a warp owns a row
+using rows::kWarpRowMax;
 
 // Element strides of K operands along each output axis (0 where an operand is broadcast); the
 // output's dims. Passed by value to the kernels.

@@ -14,7 +14,7 @@ namespace rf::kernels::cuda {
 
 namespace {
 
-constexpr i64 kWarpRowMax = 1024;  // up to this many columns a warp owns a row (<= 32 per lane)
+using rows::kWarpRowMax;
 
 using rows::Max;
 using rows::Plus;
@@ -118,17 +118,7 @@ template <class T> __global__ void sparse_xent_grad_kernel(const T* dloss, const
     dlogits[i] = dloss[i / cols] * backprop[i];
 }
 
-// Launches the warp-per-row instance for narrow rows, the block-per-row one for wide rows.
-template <class... P, class... A>
-void launch_rows(void (*narrow)(P...), void (*wide)(P...), i64 rows, i64 cols, cudaStream_t stream, A... args) {
-  if (rows <= 0 || cols <= 0) return;
-  const bool w = cols > kWarpRowMax;
-  const int rows_per_block = w ? 1 : kBlock / 32;
-  const dim3 block(w ? kBlock : 32, unsigned(rows_per_block));
-  const auto grid = unsigned(std::min<i64>((rows + rows_per_block - 1) / rows_per_block, kMaxGrid));
-  (w ? wide : narrow)<<<grid, block, 0, stream>>>(args...);
-  CUDA_CHECK_LAUNCH();
-}
+using rows::launch_rows;
 
 }  // namespace
 
